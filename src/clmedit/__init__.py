@@ -1,0 +1,43 @@
+"""clmedit: edit the knowledge of code LLMs and measure how well that works.
+
+    from clmedit import load_model, get_editor, evaluate_case, read_cases
+    model, tok = load_model("smollm2-135m")
+    cases = read_cases("cnle.jsonl")
+    result = get_editor("grace", preset="smollm2-135m").apply(model, tok, cases[:1])
+    scores = evaluate_case(model, tok, cases[0])
+    result.restore()
+
+Names are imported lazily so that `import clmedit` (and the CLI's help) stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_API: dict[str, str] = {
+    "load_model": "clmedit.models.load",
+    "tiny_model": "clmedit.models.tiny",
+    "arch_of": "clmedit.models.arch",
+    "EditCase": "clmedit.data.schema",
+    "Neighbour": "clmedit.data.schema",
+    "read_cases": "clmedit.data.schema",
+    "write_cases": "clmedit.data.schema",
+    "get_editor": "clmedit.editors.base",
+    "editor_names": "clmedit.editors.base",
+    "register_editor": "clmedit.editors.base",
+    "Editor": "clmedit.editors.base",
+    "EditResult": "clmedit.editors.base",
+    "evaluate_case": "clmedit.eval.protocol",
+    "CaseScores": "clmedit.eval.protocol",
+}
+
+__all__ = sorted(_API) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'clmedit' has no attribute {name!r}")

@@ -1,0 +1,105 @@
+"""Settings: the editor hparams base, preset lookup, YAML load/save, and the run configuration.
+
+Layer indices in hparams are given for a model `reference_layers` deep (the study's 32-layer
+7B models by default) and rescaled to the edited model's depth at apply time, so one default
+works on any model. A preset fixes them for one model (its reference_layers = its depth).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from clmedit.models.arch import rescale_layer
+
+PRESETS_DIR = Path(__file__).parent / "presets"
+
+# model name (lower-cased, with or without the hub owner) -> preset name
+MODEL_PRESETS: dict[str, str] = {
+    "codellama/codellama-7b-hf": "codellama-7b",
+    "codellama-7b-hf": "codellama-7b",
+    "codellama-7b": "codellama-7b",
+    "qwen/codeqwen1.5-7b": "codeqwen1.5-7b",
+    "codeqwen1.5-7b": "codeqwen1.5-7b",
+    "stabilityai/stable-code-3b": "stable-code-3b",
+    "stable-code-3b": "stable-code-3b",
+    "smollm2-135m": "smollm2-135m",
+    "huggingfacetb/smollm2-135m-instruct": "smollm2-135m",
+    "smollm2-135m-instruct": "smollm2-135m",
+}
+
+H = TypeVar("H", bound="EditorHParams")
+
+
+class EditorHParams(BaseModel):
+    """Base of every editor's hparams: frozen, validated, unknown keys rejected."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    reference_layers: int = Field(32, gt=0, description="depth the layer indices were chosen for")
+    seed: int = Field(0, description="seed for any randomness inside the editor")
+
+    def layer_for(self, layer: int, num_layers: int) -> int:
+        """`layer` rescaled from reference_layers to the model's depth."""
+        if num_layers == self.reference_layers:
+            return layer if layer >= 0 else num_layers + layer
+        return rescale_layer(layer, num_layers, self.reference_layers)
+
+    def layers_for(self, layers: list[int], num_layers: int) -> list[int]:
+        return sorted(dict.fromkeys(self.layer_for(layer, num_layers) for layer in layers))
+
+    @classmethod
+    def from_study(cls: type[H], raw: dict[str, Any]) -> H:
+        """Build from the study's hparams YAML keys. Editors override to translate their keys."""
+        return cls(**raw)
+
+    @classmethod
+    def from_yaml(cls: type[H], path: str | Path, **overrides: Any) -> H:
+        """Load our YAML or the study's (detected by keys unknown to us)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"hparams file {path} does not exist")
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: expected a mapping of hparams, got {type(raw).__name__}")
+        ours = set(cls.model_fields)
+        if set(raw) <= ours:
+            return cls(**{**raw, **overrides})
+        base = cls.from_study(raw)
+        return base.model_copy(update=overrides) if overrides else base
+
+    def to_yaml(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(self.model_dump(), sort_keys=False))
+        return path
+
+
+def preset_for_model(model_name: str) -> str | None:
+    """The preset name for a model name or path, if we ship one."""
+    key = model_name.strip().rstrip("/").lower()
+    return MODEL_PRESETS.get(key) or MODEL_PRESETS.get(key.rsplit("/", 1)[-1])
+
+
+def preset_path(editor: str, preset: str) -> Path:
+    return PRESETS_DIR / editor / f"{preset}.yaml"
+
+
+def load_hparams(cls: type[H], editor: str, preset: str | None = None, **overrides: Any) -> H:
+    """Defaults < preset YAML (if one exists for this editor) < explicit overrides."""
+    if preset is None:
+        return cls(**overrides)
+    path = Path(preset)
+    if path.suffix in (".yaml", ".yml"):
+        return cls.from_yaml(path, **overrides)
+    name = preset_for_model(preset) or preset
+    path = preset_path(editor, name)
+    if not path.is_file():
+        known = sorted(p.stem for p in (PRESETS_DIR / editor).glob("*.yaml"))
+        if preset_for_model(preset) is None and name not in known:
+            raise ValueError(f"no preset {preset!r} for editor {editor!r}; known: {known or 'none'}")
+        return cls(**overrides)
+    return cls.from_yaml(path, **overrides)

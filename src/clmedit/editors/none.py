@@ -1,0 +1,12 @@
+"""The no-edit baseline: changes nothing (the unedited row, and the conformance suite's identity)."""
+
+from __future__ import annotations
+
+from clmedit.editors.base import Editor, EditResult
+
+
+class NoEdit(Editor):
+    name = "none"
+
+    def _apply(self, model, tok, cases) -> EditResult:
+        return EditResult()

@@ -1,0 +1,119 @@
+"""Where each model family keeps its parts: one adapter per `config.model_type`.
+
+Editors never hard-code module paths; they ask the adapter for "the down projection of
+layer 5" and get a module back, whatever the family calls it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ArchAdapter:
+    """Stable names -> module paths for one family. Per-layer paths are relative to the layer."""
+
+    layers: str  # the ModuleList of decoder blocks
+    mlp: str  # the feed-forward block, relative to a layer
+    down_proj: str  # the MLP output projection (d_mlp -> d_model), relative to a layer
+    attn: str  # the attention block, relative to a layer
+    attn_out: str  # the attention output projection, relative to a layer
+    final_norm: str  # the norm before the unembedding
+    embed: str  # token embedding
+    lm_head: str  # unembedding
+    conv1d: bool = False  # GPT-2's Conv1D stores weights as (in, out) instead of nn.Linear's (out, in)
+
+    # --- module access -------------------------------------------------------------------------
+    def blocks(self, model: nn.Module) -> nn.ModuleList:
+        return model.get_submodule(self.layers)
+
+    def num_layers(self, model: nn.Module) -> int:
+        return len(self.blocks(model))
+
+    def path(self, part: str, layer: int | None = None) -> str:
+        """Full dotted path of `part` ('down_proj', 'mlp', 'attn', 'attn_out', 'final_norm', ...)."""
+        rel = getattr(self, part)
+        if layer is None:
+            return rel
+        return f"{self.layers}.{layer}.{rel}"
+
+    def module(self, model: nn.Module, part: str, layer: int | None = None) -> nn.Module:
+        return model.get_submodule(self.path(part, layer))
+
+    def down_proj_module(self, model: nn.Module, layer: int) -> nn.Module:
+        return self.module(model, "down_proj", layer)
+
+    # --- weight orientation --------------------------------------------------------------------
+    def weight_out_in(self, module: nn.Module) -> torch.Tensor:
+        """The module's weight as an (out, in) view, whatever the storage convention."""
+        return module.weight.T if self.conv1d else module.weight
+
+    def mlp_dim(self, model: nn.Module, layer: int = 0) -> int:
+        """Width of the down projection's input (the 'key' space of ROME/GRACE)."""
+        return self.weight_out_in(self.down_proj_module(model, layer)).shape[1]
+
+
+_LLAMA_LIKE = ArchAdapter(
+    layers="model.layers",
+    mlp="mlp",
+    down_proj="mlp.down_proj",
+    attn="self_attn",
+    attn_out="self_attn.o_proj",
+    final_norm="model.norm",
+    embed="model.embed_tokens",
+    lm_head="lm_head",
+)
+
+ADAPTERS: dict[str, ArchAdapter] = {
+    "llama": _LLAMA_LIKE,
+    "mistral": _LLAMA_LIKE,
+    "qwen2": _LLAMA_LIKE,
+    "stablelm": _LLAMA_LIKE,
+    "gpt2": ArchAdapter(
+        layers="transformer.h",
+        mlp="mlp",
+        down_proj="mlp.c_proj",
+        attn="attn",
+        attn_out="attn.c_proj",
+        final_norm="transformer.ln_f",
+        embed="transformer.wte",
+        lm_head="lm_head",
+        conv1d=True,
+    ),
+    "gpt_neox": ArchAdapter(
+        layers="gpt_neox.layers",
+        mlp="mlp",
+        down_proj="mlp.dense_4h_to_h",
+        attn="attention",
+        attn_out="attention.dense",
+        final_norm="gpt_neox.final_layer_norm",
+        embed="gpt_neox.embed_in",
+        lm_head="embed_out",
+    ),
+}
+
+
+def arch_of(model: nn.Module) -> ArchAdapter:
+    """The adapter for a transformers causal LM; a clear error names what to add for a new family."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in ADAPTERS:
+        raise NotImplementedError(
+            f"model_type {model_type!r} has no ArchAdapter; add one to ADAPTERS in clmedit/models/arch.py "
+            f"(layers=..., mlp=..., down_proj=..., attn=..., attn_out=..., final_norm=..., embed=..., "
+            f"lm_head=...). Supported: {', '.join(sorted(ADAPTERS))}"
+        )
+    return ADAPTERS[model_type]
+
+
+def rescale_layer(layer: int, num_layers: int, reference_layers: int = 32) -> int:
+    """Map a layer index chosen for a `reference_layers`-deep model to a `num_layers`-deep one.
+
+    The study's settings are for 32-layer 7B models; a 30-layer model's "layer 21" is
+    round(21 * 30 / 32) = 20. Negative indices count from the top and are kept relative.
+    """
+    if layer < 0:
+        return num_layers + layer
+    return min(num_layers - 1, max(0, round(layer * num_layers / reference_layers)))
