@@ -22,8 +22,15 @@ def llama_tiny():
 
 def make_case(i: int = 0, task: str = "cnle", target: str = "sorted(xs, reverse=True)") -> EditCase:
     """A small CNLE case with distinct prompt, rephrase and five neighbours."""
-    intents = ["sort a list in reverse order", "join two paths", "read a json file", "square each item",
-               "strip spaces from a string", "print numbers up to ten", "add two numbers"]
+    intents = [
+        "sort a list in reverse order",
+        "join two paths",
+        "read a json file",
+        "square each item",
+        "strip spaces from a string",
+        "print numbers up to ten",
+        "add two numbers",
+    ]
     text = intents[i % len(intents)] + (f" {i}" if i >= len(intents) else "")
     return EditCase(
         case_id=f"case-{i}",
@@ -31,12 +38,16 @@ def make_case(i: int = 0, task: str = "cnle", target: str = "sorted(xs, reverse=
         prompt=format_prompt(task, text),
         target=target,
         rephrase=format_prompt(task, "order the list descending " + str(i)),
-        neighbours=[Neighbour(prompt=format_prompt(task, f"{intents[(i + k) % len(intents)]} variant {k}"))
-                    for k in range(1, 6)],
+        neighbours=[
+            Neighbour(prompt=format_prompt(task, f"{intents[(i + k) % len(intents)]} variant {k}"))
+            for k in range(1, 6)
+        ],
     )
 
 
 @pytest.fixture
 def cases():
-    return [make_case(i, target=t) for i, t in enumerate(["sorted(xs, reverse=True)", "os.path.join(a, b)",
-                                                          "json.load(f)"])]
+    return [
+        make_case(i, target=t)
+        for i, t in enumerate(["sorted(xs, reverse=True)", "os.path.join(a, b)", "json.load(f)"])
+    ]

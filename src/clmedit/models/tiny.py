@@ -53,22 +53,34 @@ def tiny_tokenizer(vocab_size: int = 384) -> PreTrainedTokenizerFast:
     )
     core.train_from_iterator([_CORPUS] * 4, trainer=trainer)
     tok = PreTrainedTokenizerFast(tokenizer_object=core)
-    tok.add_special_tokens({"eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"})
+    tok.add_special_tokens(
+        {"eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}
+    )
     return tok
 
 
 def tiny_config(family: str, vocab_size: int, layers: int = 4, special_id: int = 0) -> PretrainedConfig:
     """A 4-layer, 64-wide config of `family` (MLP width 128 where the family lets us set it)."""
     ids = dict(bos_token_id=special_id, eos_token_id=special_id, pad_token_id=special_id)
-    common = dict(vocab_size=vocab_size, num_hidden_layers=layers, num_attention_heads=4, hidden_size=64, **ids)
+    common = dict(
+        vocab_size=vocab_size, num_hidden_layers=layers, num_attention_heads=4, hidden_size=64, **ids
+    )
     if family == "llama":
-        return LlamaConfig(**common, intermediate_size=128, num_key_value_heads=2, max_position_embeddings=512)
+        return LlamaConfig(
+            **common, intermediate_size=128, num_key_value_heads=2, max_position_embeddings=512
+        )
     if family == "mistral":
-        return MistralConfig(**common, intermediate_size=128, num_key_value_heads=2, max_position_embeddings=512)
+        return MistralConfig(
+            **common, intermediate_size=128, num_key_value_heads=2, max_position_embeddings=512
+        )
     if family == "qwen2":
-        return Qwen2Config(**common, intermediate_size=128, num_key_value_heads=2, max_position_embeddings=512)
+        return Qwen2Config(
+            **common, intermediate_size=128, num_key_value_heads=2, max_position_embeddings=512
+        )
     if family == "stablelm":
-        return StableLmConfig(**common, intermediate_size=128, num_key_value_heads=2, max_position_embeddings=512)
+        return StableLmConfig(
+            **common, intermediate_size=128, num_key_value_heads=2, max_position_embeddings=512
+        )
     if family == "gpt_neox":
         return GPTNeoXConfig(**common, intermediate_size=128, max_position_embeddings=512)
     if family == "gpt2":
