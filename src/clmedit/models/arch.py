@@ -91,7 +91,7 @@ ADAPTERS: dict[str, ArchAdapter] = {
         attn_out="attention.dense",
         final_norm="gpt_neox.final_layer_norm",
         embed="gpt_neox.embed_in",
-        lm_head="embed_out",
+        lm_head="lm_head",
     ),
 }
 
