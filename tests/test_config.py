@@ -1,10 +1,12 @@
 """Hparams: presets, the study's YAML, overrides, layer rescaling, and the editor registry."""
 
 import pytest
+import torch
 from pydantic import Field, ValidationError
 
 from clmedit.config import EditorHParams, load_hparams, preset_for_model
 from clmedit.editors.base import EditResult, backup_weights, editor_class, editor_names, get_editor
+from tests.conftest import make_case
 
 
 class Demo(EditorHParams):
@@ -60,11 +62,9 @@ def test_registry_is_lazy_and_names_are_clear():
 
 
 def test_none_editor_and_backup_restore_are_exact(llama_tiny):
-    import torch
-
     model, tok = llama_tiny
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    result = get_editor("none").apply(model, tok, [__import__("tests.conftest").conftest.make_case(0)])
+    result = get_editor("none").apply(model, tok, [make_case(0)])
     assert isinstance(result, EditResult) and result.seconds >= 0
     param = dict(model.named_parameters())["model.layers.1.mlp.down_proj.weight"]
     undo = backup_weights({"w": param})
