@@ -1,0 +1,185 @@
+"""A-GRACE's key encoder: an MLP trained so a rephrase lands near its original, a neighbour far.
+
+    key = E(x) = W2 relu(W1 (x - mu) / sigma)          x: pooled down_proj input, (d_mlp,)
+    W1: d_mlp -> d_mlp/4, W2: d_mlp/4 -> 256; mu, sigma: per-feature statistics of the training
+    features (fixed buffers, so the learned part sees unit-scale inputs whatever the model).
+
+Trained with the contrastive loss of Hadsell et al. (2006) on pairs (a, b, y):
+
+    L = y * d^2 + (1 - y) * max(0, margin - d)^2,    d = ||E(a) - E(b)||_2
+
+with positives (prompt, rephrase) y = 1 and negatives (prompt, neighbour) y = 0. The margin
+(1.3 for CNLE, 2.5 for CSNE in the study) sits above GRACE's insertion radius 1.0, so a
+trained encoder puts rephrases inside a codebook entry's ball and neighbours outside it.
+Early stopping watches the loss on a validation split of the *training* cases.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+WEIGHTS, CONFIG = "encoder.safetensors", "encoder.json"
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    d_in: int  # width of the pooled feature (the model's d_mlp)
+    d_out: int = 256  # key width
+    d_hidden: int = 0  # 0: d_in // 4, as in the study
+    pool: str = "mean"  # how the feature was pooled over prompt tokens ("mean" | "last")
+    layer: int = -1  # the model layer the features come from (informative; the editor decides)
+    meta: dict = field(default_factory=dict)  # provenance: model name, margin, fold, ...
+
+    @property
+    def hidden(self) -> int:
+        return self.d_hidden or max(1, self.d_in // 4)
+
+
+class KeyEncoder(nn.Module):
+    """d_in -> d_in/4 -> d_out MLP with ReLU, on standardised inputs. (B, d_in) -> (B, d_out)."""
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        self.config = config
+        self.register_buffer("mu", torch.zeros(config.d_in))
+        self.register_buffer("sigma", torch.ones(config.d_in))
+        self.net = nn.Sequential(
+            nn.Linear(config.d_in, config.hidden), nn.ReLU(), nn.Linear(config.hidden, config.d_out)
+        )
+
+    def set_stats(self, feats: torch.Tensor) -> None:
+        """Fix the standardisation from training features (N, d_in)."""
+        self.mu.copy_(feats.mean(0))
+        self.sigma.copy_(feats.std(0).clamp_min(1e-4) if len(feats) > 1 else torch.ones_like(self.sigma))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x.to(self.mu.dtype) - self.mu) / self.sigma
+        return self.net(x)
+
+
+def contrastive_loss(za: torch.Tensor, zb: torch.Tensor, y: torch.Tensor, margin: float) -> torch.Tensor:
+    """Mean over pairs of y d^2 + (1-y) max(0, margin - d)^2; za, zb (B, k), y (B,) in {0, 1}."""
+    d = (za - zb).pow(2).sum(-1).add(1e-12).sqrt()
+    y = y.to(d.dtype)
+    return (y * d.pow(2) + (1 - y) * (margin - d).clamp_min(0).pow(2)).mean()
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    margin: float = 1.3  # 1.3 CNLE, 2.5 CSNE
+    batch_size: int = 64  # cases per step (each gives one positive and one negative pair)
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    epochs: int = 100
+    patience: int = 10  # epochs without validation improvement before stopping
+    val_fraction: float = 0.1  # of the training cases, held out for model selection
+    seed: int = 0
+
+
+def _pairs(anchor, positive, negative, idx):
+    a = torch.cat([anchor[idx], anchor[idx]])
+    b = torch.cat([positive[idx], negative[idx]])
+    y = torch.cat([torch.ones(len(idx)), torch.zeros(len(idx))])
+    return a, b, y
+
+
+@torch.no_grad()
+def pair_loss(encoder: KeyEncoder, anchor, positive, negative, margin: float) -> float:
+    a, b, y = _pairs(anchor, positive, negative, torch.arange(len(anchor)))
+    return float(contrastive_loss(encoder(a), encoder(b), y, margin))
+
+
+def train_encoder(
+    anchor: torch.Tensor,
+    positive: torch.Tensor,
+    negative: torch.Tensor,
+    settings: TrainSettings = TrainSettings(),
+    config: EncoderConfig | None = None,
+) -> tuple[KeyEncoder, dict]:
+    """Train a KeyEncoder on features (N, d_in) of prompts, their rephrases and a neighbour each.
+
+    The last `val_fraction` of a seeded permutation is the validation split; the weights with
+    the lowest validation loss are returned (early stopping after `patience` flat epochs).
+    Returns (encoder in eval mode, history dict with per-epoch losses and the best epoch).
+    """
+    if not (len(anchor) == len(positive) == len(negative)) or len(anchor) < 2:
+        raise ValueError("train_encoder needs >= 2 cases and equal numbers of anchors/positives/negatives")
+    gen = torch.Generator().manual_seed(settings.seed)
+    torch.manual_seed(settings.seed)
+    config = config or EncoderConfig(d_in=anchor.size(1))
+    encoder = KeyEncoder(config)
+    perm = torch.randperm(len(anchor), generator=gen)
+    n_val = max(1, int(round(settings.val_fraction * len(anchor))))
+    val, train = perm[:n_val], perm[n_val:]
+    encoder.set_stats(torch.cat([anchor[train], positive[train], negative[train]]))
+    opt = torch.optim.AdamW(encoder.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+
+    def val_loss() -> float:
+        encoder.eval()
+        return pair_loss(encoder, anchor[val], positive[val], negative[val], settings.margin)
+
+    history = {"train": [], "val": [val_loss()], "best_epoch": 0}
+    best, best_state, flat = history["val"][0], copy.deepcopy(encoder.state_dict()), 0
+    for epoch in range(1, settings.epochs + 1):
+        encoder.train()
+        order = train[torch.randperm(len(train), generator=gen)]
+        total = 0.0
+        for start in range(0, len(order), settings.batch_size):
+            a, b, y = _pairs(anchor, positive, negative, order[start : start + settings.batch_size])
+            loss = contrastive_loss(encoder(a), encoder(b), y, settings.margin)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(y)
+        history["train"].append(total / (2 * len(order)))
+        history["val"].append(val_loss())
+        if history["val"][-1] < best - 1e-6:
+            best, best_state, flat = history["val"][-1], copy.deepcopy(encoder.state_dict()), 0
+            history["best_epoch"] = epoch
+        else:
+            flat += 1
+            if flat >= settings.patience:
+                break
+    encoder.load_state_dict(best_state)
+    encoder.eval()
+    log.info(
+        "encoder: %d epochs, best val loss %.4f at epoch %d (start %.4f)",
+        len(history["train"]),
+        best,
+        history["best_epoch"],
+        history["val"][0],
+    )
+    return encoder, history
+
+
+def save_encoder(encoder: KeyEncoder, directory: str | Path) -> Path:
+    """Write encoder.safetensors + encoder.json into `directory`."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+    save_file(state, str(directory / WEIGHTS))
+    (directory / CONFIG).write_text(json.dumps(asdict(encoder.config), indent=2))
+    return directory
+
+
+def load_encoder(directory: str | Path) -> KeyEncoder:
+    """Read what `save_encoder` wrote; the loaded encoder gives bitwise the same keys."""
+    directory = Path(directory)
+    if not (directory / WEIGHTS).is_file():
+        raise FileNotFoundError(
+            f"{directory} holds no {WEIGHTS}; train one with `clmedit train --editor agrace`"
+        )
+    config = EncoderConfig(**json.loads((directory / CONFIG).read_text()))
+    encoder = KeyEncoder(config)
+    encoder.load_state_dict(load_file(str(directory / WEIGHTS)))
+    return encoder.eval()

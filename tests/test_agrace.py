@@ -1,0 +1,79 @@
+"""A-GRACE: contrastive key encoder, cached prompt features, and the editor and its ablations."""
+
+from __future__ import annotations
+
+import torch
+
+from clmedit.editors.agrace.encoder import (
+    TrainSettings,
+    contrastive_loss,
+    load_encoder,
+    pair_loss,
+    save_encoder,
+    train_encoder,
+)
+from clmedit.editors.agrace.features import cached_prompt_features, pool_tokens, prompt_features
+
+
+def _toy(n: int = 256, d: int = 48, seed: int = 0):
+    """Anchors; positives = anchor + small noise along a nuisance direction; negatives = other anchors nearby."""
+    g = torch.Generator().manual_seed(seed)
+    anchor = torch.randn(n, d, generator=g)
+    nuisance = torch.randn(d, generator=g)
+    positive = anchor + 2.0 * torch.randn(n, 1, generator=g) * nuisance + 0.1 * torch.randn(n, d, generator=g)
+    negative = anchor + 0.8 * torch.randn(n, d, generator=g)  # near in raw space, but a different input
+    return anchor, positive, negative
+
+
+def test_encoder_training_lowers_loss_and_separates_pairs():
+    anchor, positive, negative = _toy()
+    settings = TrainSettings(margin=1.3, epochs=40, patience=10, lr=1e-3)
+    encoder, history = train_encoder(anchor, positive, negative, settings)
+    assert history["val"][history["best_epoch"]] < 0.5 * history["val"][0]
+    with torch.no_grad():
+        d_pos = (encoder(anchor) - encoder(positive)).norm(dim=-1)
+        d_neg = (encoder(anchor) - encoder(negative)).norm(dim=-1)
+    assert d_pos.median() < d_neg.median()
+    assert (d_pos < d_neg).float().mean() > 0.9
+
+
+def test_contrastive_loss_terms():
+    za, zb = torch.zeros(2, 3), torch.tensor([[0.5, 0.0, 0.0], [0.5, 0.0, 0.0]])
+    y = torch.tensor([1.0, 0.0])
+    # positive: d^2 = 0.25; negative: (1.3 - 0.5)^2 = 0.64
+    assert torch.allclose(contrastive_loss(za, zb, y, 1.3), torch.tensor((0.25 + 0.64) / 2), atol=1e-5)
+
+
+def test_saved_encoder_gives_identical_keys(tmp_path):
+    anchor, positive, negative = _toy(64, 32)
+    encoder, _ = train_encoder(anchor, positive, negative, TrainSettings(epochs=2))
+    loaded = load_encoder(save_encoder(encoder, tmp_path / "enc"))
+    assert loaded.config == encoder.config
+    assert torch.equal(encoder(anchor), loaded(anchor))
+    assert pair_loss(loaded, anchor, positive, negative, 1.3) == pair_loss(
+        encoder, anchor, positive, negative, 1.3
+    )
+
+
+def test_pool_tokens_mean_and_last():
+    x = torch.arange(2 * 4 * 3, dtype=torch.float32).view(2, 4, 3)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]]).bool()
+    assert torch.equal(pool_tokens(x, mask, "mean")[0], x[0, :2].mean(0))
+    assert torch.equal(pool_tokens(x, mask, "last"), torch.stack([x[0, 1], x[1, 3]]))
+
+
+def test_prompt_features_batched_equal_single_and_cached(llama_tiny, tmp_path):
+    model, tok = llama_tiny
+    prompts = [
+        "Intent: sort a list\nCode:",
+        "Intent: read a json file from disk\nCode:",
+        "Code: x\nDescription:",
+    ]
+    batched = prompt_features(model, tok, prompts, layer=2, how="mean", batch_size=8)
+    single = torch.cat([prompt_features(model, tok, [p], layer=2, how="mean") for p in prompts])
+    assert batched.shape == (3, 128)
+    assert torch.allclose(batched, single, atol=1e-5)
+    first = cached_prompt_features(model, tok, prompts, 2, "last", cache=tmp_path)
+    again = cached_prompt_features(model, tok, prompts, 2, "last", cache=tmp_path)
+    assert len(list(tmp_path.glob("*.safetensors"))) == 1
+    assert torch.equal(first, again)
