@@ -1,0 +1,179 @@
+"""Meta-training MALMEN's hypernetwork on a training split of edit cases.
+
+One step, for a batch of cases: shifts S_l = net(pairs of the batch) for every edited layer,
+then, with W_l + S_l in place (added in forward hooks, so gradients reach the net),
+
+    loss = edit_coef * NLL(target | prompt and rephrase)                 (edit / generalization)
+         + loc_coef  * KL(p_before || p_after) on the neighbours' tokens  (locality)
+
+and an Adam step on the net (meta-lr). The model itself never changes and gets no gradient.
+
+Why it is cheap: edits touch only the last few layers, so the residual stream entering the
+first edited layer is a constant. It is computed once per training sequence, and every step
+runs only the upper stack (models/partial.py). The (key, gradient) pairs of the unedited
+model are constants too, extracted once. Model selection: the net with the lowest loss on a
+validation split of the *training* cases (checked every `val_every` steps) is kept.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from clmedit.data.schema import EditCase
+from clmedit.editors.malmen.hypernet import MalmenNet
+from clmedit.editors.malmen.pairs import Pairs, key_grad_pairs
+from clmedit.models.arch import arch_of
+from clmedit.models.hooks import Trace
+from clmedit.models.partial import forward_from, hidden_before
+from clmedit.models.text import IGNORE, model_name, prompt_ids, target_ids, target_nll
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Seq:
+    hidden: torch.Tensor  # (T, d_model): residual stream entering the first edited layer
+    labels: torch.Tensor  # (T,): target ids on target tokens, IGNORE elsewhere
+
+
+def _sequences(model, tok, cases: list[EditCase], first_layer: int) -> list[dict[str, list[_Seq]]]:
+    """Per case: 'edit' = [prompt + target, rephrase + target], 'loc' = neighbours (+ their answers)."""
+    name = model_name(model)
+    device = next(model.parameters()).device
+    out = []
+    for case in tqdm(cases, desc="malmen: cache hidden states", leave=False):
+        t = target_ids(tok, case.target)
+        rows: list[tuple[str, list[int], list[int]]] = []
+        for text in (case.prompt, case.rephrase):
+            p = prompt_ids(tok, text)
+            rows.append(("edit", p + t, [IGNORE] * len(p) + t))
+        for n in case.neighbours:
+            ids = prompt_ids(tok, n.prompt) + (target_ids(tok, n.answers[name]) if name in n.answers else [])
+            rows.append(("loc", ids, [IGNORE] * len(ids)))
+        seqs: dict[str, list[_Seq]] = {"edit": [], "loc": []}
+        for kind, ids, labels in rows:
+            x = torch.tensor([ids], device=device)
+            h = hidden_before(model, first_layer, x, torch.ones_like(x))[0]
+            seqs[kind].append(_Seq(h, torch.tensor(labels, device=device)))
+        out.append(seqs)
+    return out
+
+
+def _collate(seqs: list[_Seq]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-pad to (B, T, d) hidden, (B, T) mask, (B, T) labels."""
+    width = max(len(s.labels) for s in seqs)
+    d, device = seqs[0].hidden.size(-1), seqs[0].hidden.device
+    hidden = torch.zeros(len(seqs), width, d, device=device, dtype=seqs[0].hidden.dtype)
+    mask = torch.zeros(len(seqs), width, dtype=torch.long, device=device)
+    labels = torch.full((len(seqs), width), IGNORE, dtype=torch.long, device=device)
+    for i, s in enumerate(seqs):
+        n = len(s.labels)
+        hidden[i, :n], mask[i, :n], labels[i, :n] = s.hidden, 1, s.labels
+    return hidden, mask, labels
+
+
+def _kl(before: torch.Tensor, after: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over unmasked positions of KL(softmax(before) || softmax(after)); logits (B, T, V)."""
+    lp, lq = before.float().log_softmax(-1), after.float().log_softmax(-1)
+    kl = (lp.exp() * (lp - lq)).sum(-1)
+    return (kl * mask).sum() / mask.sum().clamp_min(1)
+
+
+class MetaLoss:
+    """The post-edit loss of a batch of cases, differentiable in the net's parameters."""
+
+    def __init__(
+        self, model: nn.Module, net: MalmenNet, layers: list[int], edit_coef: float, loc_coef: float
+    ):
+        self.model, self.net, self.layers = model, net, layers
+        self.paths = [arch_of(model).path("down_proj", layer) for layer in layers]
+        self.edit_coef, self.loc_coef = edit_coef, loc_coef
+
+    def __call__(self, pairs: Pairs, seqs: list[dict[str, list[_Seq]]]) -> tuple[torch.Tensor, dict]:
+        shifts = [
+            self.net.weight_shift(i, pairs.keys[l_], pairs.grads[l_]) for i, l_ in enumerate(self.layers)
+        ]
+        edit = _collate([s for c in seqs for s in c["edit"]])
+        loc = _collate([s for c in seqs for s in c["loc"]])
+        with torch.no_grad():
+            before = forward_from(self.model, self.layers[0], loc[0], loc[1])
+        with ExitStack() as stack:
+            for path, shift in zip(self.paths, shifts):
+                # W + S on the fly: out + inp @ S^T (S is (d_out, d_in) in nn.Linear's orientation)
+                stack.enter_context(
+                    Trace(
+                        self.model, path, retain_output=False, edit_output=lambda o, i, s=shift: o + i @ s.T
+                    )
+                )
+            edit_loss = target_nll(forward_from(self.model, self.layers[0], edit[0], edit[1]), edit[2])
+            loc_loss = _kl(before, forward_from(self.model, self.layers[0], loc[0], loc[1]), loc[1])
+        loss = self.edit_coef * edit_loss + self.loc_coef * loc_loss
+        return loss, {"edit": float(edit_loss.detach()), "loc": float(loc_loss.detach())}
+
+
+def meta_train(
+    model: nn.Module, tok, cases: list[EditCase], net: MalmenNet, layers: list[int], hp
+) -> tuple[MalmenNet, dict]:
+    """Train `net` in place on `cases` (hp: MalmenHParams); returns (best net, history).
+
+    The last `hp.val_fraction` of a seeded shuffle of the cases is the validation split.
+    """
+    rng = random.Random(hp.seed)
+    torch.manual_seed(hp.seed)
+    order = list(range(len(cases)))
+    rng.shuffle(order)
+    n_val = max(1, round(hp.val_fraction * len(cases))) if len(cases) > 1 else 0
+    val, train = order[:n_val], order[n_val:] or order
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        pairs = key_grad_pairs(model, tok, cases, layers, hp.pair_batch_size, hp.tokens)
+        train_pairs = pairs.select(train)
+        for i, layer in enumerate(layers):
+            net.set_stats(i, train_pairs.keys[layer], train_pairs.grads[layer])
+        seqs = _sequences(model, tok, cases, layers[0])
+        net.to(next(model.parameters()).device).train()
+        loss_fn = MetaLoss(model, net, layers, hp.edit_coef, hp.loc_coef)
+        opt = torch.optim.Adam(net.parameters(), lr=hp.meta_lr)
+
+        def evaluate(idx: list[int]) -> float:
+            total = 0.0
+            with torch.no_grad():
+                for s in range(0, len(idx), hp.batch_size):
+                    chunk = idx[s : s + hp.batch_size]
+                    total += float(loss_fn(pairs.select(chunk), [seqs[i] for i in chunk])[0]) * len(chunk)
+            return total / len(idx)
+
+        history: dict = {"step": [], "train": [], "val": [], "best_step": 0}
+        best = evaluate(val) if val else float("inf")
+        history["val_start"], best_state = best, copy.deepcopy(net.state_dict())
+        for step in tqdm(range(1, hp.steps + 1), desc="malmen: meta-train", leave=False):
+            chunk = rng.sample(train, min(hp.batch_size, len(train)))
+            loss, parts = loss_fn(pairs.select(chunk), [seqs[i] for i in chunk])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            history["train"].append(float(loss.detach()))
+            if val and (step % hp.val_every == 0 or step == hp.steps):
+                score = evaluate(val)
+                history["step"].append(step)
+                history["val"].append(score)
+                if score < best:
+                    best, best_state, history["best_step"] = score, copy.deepcopy(net.state_dict()), step
+                log.info("malmen step %d: train %.4f (%s) val %.4f", step, float(loss.detach()), parts, score)
+        if val:
+            net.load_state_dict(best_state)
+        history["val_best"] = best
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    return net.eval(), history

@@ -1,0 +1,76 @@
+"""MALMEN: the joint least-squares solve, pair extraction, meta-training, apply/restore, save/load."""
+
+from __future__ import annotations
+
+import torch
+
+from clmedit.editors.malmen.editor import Malmen, MalmenHParams
+from clmedit.editors.malmen.hypernet import load_hypernet, ridge_solve, save_hypernet
+from clmedit.editors.malmen.pairs import key_grad_pairs
+from clmedit.models.arch import arch_of
+from tests.conftest import make_case
+
+
+def _lstsq_reference(keys, values, lam):
+    """min ||S u_i - v_i||^2 + lam ||S||^2 as a plain least-squares problem: [U; sqrt(lam) I] S^T = [V; 0]."""
+    d_in = keys.size(1)
+    a = torch.cat([keys, lam**0.5 * torch.eye(d_in, dtype=keys.dtype)])
+    b = torch.cat([values, torch.zeros(d_in, values.size(1), dtype=values.dtype)])
+    return torch.linalg.lstsq(a, b).solution.T
+
+
+def test_ridge_solve_equals_direct_least_squares():
+    g = torch.Generator().manual_seed(0)
+    for n in (5, 40):  # dual (n < d_in) and primal (n >= d_in) branches
+        keys = torch.randn(n, 16, generator=g, dtype=torch.float64)
+        values = torch.randn(n, 8, generator=g, dtype=torch.float64)
+        for lam in (1e-3, 0.7):
+            got = ridge_solve(keys, values, lam)
+            assert got.shape == (8, 16)
+            assert torch.allclose(got, _lstsq_reference(keys, values, lam), atol=1e-8)
+
+
+def test_pairs_grads_give_the_weight_gradient(llama_tiny):
+    """sum_t g_t u_t^T of the pairs equals autograd's dL/dW of the down_proj."""
+    model, tok = llama_tiny
+    cases = [make_case(0), make_case(1, target="os.path.join(a, b)")]
+    pairs = key_grad_pairs(model, tok, cases, [2], batch_size=2, tokens="all")
+    assert pairs.owner.tolist().count(0) > 0 and pairs.owner.tolist().count(1) > 0
+    weight = arch_of(model).down_proj_module(model, 2).weight
+    from clmedit.models.text import IGNORE, edit_batch
+
+    total = 0.0
+    for c in cases:  # the pair loss is the sum over cases of each case's mean target NLL
+        b = edit_batch(tok, [c.prompt], [c.target])
+        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+        labels = b["labels"][:, 1:]
+        total = total + torch.nn.functional.cross_entropy(
+            logits[:, :-1].transpose(1, 2), labels, ignore_index=IGNORE
+        )
+    (grad,) = torch.autograd.grad(total, [weight])
+    assert torch.allclose(pairs.grads[2].T @ pairs.keys[2], grad, atol=1e-5)
+
+
+def test_fit_apply_restore_bitwise_and_save_load(llama_tiny, tmp_path):
+    model, tok = llama_tiny
+    train = [make_case(i) for i in range(6)]
+    editor = Malmen(MalmenHParams(steps=6, batch_size=2, val_every=3, init_lr=1e-2, meta_lr=1e-3))
+    history = editor.fit(model, tok, train)
+    assert len(history["train"]) == 6 and all(torch.isfinite(torch.tensor(history["train"])))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = editor.apply(model, tok, [make_case(7), make_case(8, target="json.load(f)")])
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed and all("down_proj" in k for k in changed)
+    result.restore()
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    # a saved and reloaded hypernetwork makes exactly the same edit
+    editor.save(tmp_path / "net")
+    again = Malmen(MalmenHParams(hypernet_dir=str(tmp_path / "net")))
+    r1 = editor.apply(model, tok, [make_case(7)])
+    w1 = {k: v.clone() for k, v in model.state_dict().items()}
+    r1.restore()
+    r2 = again.apply(model, tok, [make_case(7)])
+    assert all(torch.equal(v, w1[k]) for k, v in model.state_dict().items())
+    r2.restore()
+    net, extra = load_hypernet(save_hypernet(editor.net, tmp_path / "n2", {"layers": [1]}))
+    assert extra["layers"] == [1]
