@@ -1,0 +1,86 @@
+"""Tables rendered from summaries equal hand-written ones; figures appear when their data exists."""
+
+from __future__ import annotations
+
+import json
+
+from clmedit.report.figures import all_figures, cost_bars, distance_envelope, key_pca
+from clmedit.report.tables import load_summaries, render_latex, render_markdown
+
+
+def _summary(editor: str, eff: float, fluency: float | None, failed: int = 0) -> dict:
+    triple = {"em": eff, "bleu": eff / 2, "rouge_l": 12.345}
+    return {
+        "editor": editor,
+        "model": "m",
+        "tasks": ["cnle"],
+        "counts": {"cases": 4, "ok": 4 - failed, "failed": failed},
+        "metrics": {
+            "effectiveness": triple,
+            "generalization": triple,
+            "specificity": triple,
+            "fluency": fluency,
+        },
+        "cost": {"median_seconds": 0.5, "median_peak_bytes": 2**21},
+    }
+
+
+EXPECTED = """\
+### m — CNLE (4 cases)
+
+| Editor | Eff. EM | Eff. BLEU | Eff. RL | Gen. EM | Gen. BLEU | Gen. RL | Spec. EM | Spec. BLEU | Spec. RL | Fluency |
+|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
+| Unedited | 0.00 | 0.00 | 12.35 | 0.00 | 0.00 | 12.35 | 0.00 | 0.00 | 12.35 | 512.00 |
+| GRACE (1 failed) | 100.00 | 50.00 | 12.35 | 100.00 | 50.00 | 12.35 | 100.00 | 50.00 | 12.35 | - |"""
+
+
+def test_markdown_table_matches_hand_written():
+    # rows come in the paper's order (unedited first) whatever the input order
+    summaries = [_summary("grace", 100.0, None, failed=1), _summary("none", 0.0, 512.0)]
+    assert render_markdown(summaries) == EXPECTED
+
+
+def test_flat_metric_keys_are_read_too():
+    flat = {
+        "editor": "ft",
+        "model": "m",
+        "tasks": ["csne"],
+        "counts": {"ok": 1},
+        "metrics": {"effectiveness.em": 7},
+    }
+    assert "| FT-L | 7.00 | - |" in render_markdown([flat])
+
+
+def test_latex_bolds_the_best_and_escapes():
+    tex = render_latex([_summary("grace", 100.0, 1.0), _summary("none", 0.0, 2.0)])
+    assert r"\textbf{100.00}" in tex and r"\textbf{2.00}" in tex
+    assert r"\begin{tabular}{lrrrrrrrrrr}" in tex and tex.count(r"\\") >= 4
+
+
+def test_load_summaries_searches_run_dirs(tmp_path):
+    for editor in ("none", "grace"):
+        d = tmp_path / "cnle" / editor
+        d.mkdir(parents=True)
+        (d / "summary.json").write_text(json.dumps(_summary(editor, 1.0, 1.0)))
+    found = load_summaries([tmp_path])
+    assert sorted(s["editor"] for s in found) == ["grace", "none"]
+    assert all("run_dir" in s for s in found)
+
+
+def test_figures_written_when_data_exists_and_skipped_otherwise(tmp_path):
+    recs = [
+        {"case_id": str(i), "info": {"distances": {"rephrase": i, "neighbours": [i + 1, i + 3], "radius": 2.0},
+                                     "keys": {"prompt": [i, 0, 1], "rephrase": [i, 1, 0], "neighbours": [[0, i, 2]]}}}
+        for i in range(4)
+    ]  # fmt: skip
+    assert distance_envelope(recs, tmp_path / "d.png").stat().st_size > 0
+    assert key_pca(recs, tmp_path / "k.png").stat().st_size > 0
+    assert distance_envelope([{"case_id": "x", "info": {}}], tmp_path / "none.png") is None
+    assert key_pca([], tmp_path / "none2.png") is None
+    bars = cost_bars([_summary("none", 0, 1), _summary("grace", 1, 1)], tmp_path)
+    assert [p.name for p in bars] == ["cost_m_cnle.png"]
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "cases.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    written = all_figures([{**_summary("grace", 1, 1), "run_dir": str(run_dir)}], tmp_path / "figs")
+    assert {p.name for p in written} == {"cost_m_cnle.png", "distances.png", "keys_pca.png"}

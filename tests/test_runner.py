@@ -1,0 +1,135 @@
+"""The runner on a tiny model: outputs, resume after a kill, failures recorded, shards, restore guard."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from clmedit.data.schema import write_cases
+from clmedit.editors.base import Editor, EditResult, backup_weights
+from clmedit.models.arch import arch_of
+from clmedit.run import records
+from clmedit.run.runner import RunConfig, parse_shard, run, shard_cases, split_folds
+from tests.conftest import make_case
+
+
+class Bump(Editor):
+    """A tiny real weight edit: shifts one down_proj row (undo by backup), counting its apply calls."""
+
+    name = "bump"
+
+    def __init__(self, hparams=None, fail_on=(), interrupt_at=None, leak_on=()):
+        super().__init__(hparams)
+        self.calls, self.fail_on, self.interrupt_at, self.leak_on = (
+            0,
+            set(fail_on),
+            interrupt_at,
+            set(leak_on),
+        )
+
+    def _apply(self, model, tok, cases) -> EditResult:
+        self.calls += 1
+        if self.interrupt_at is not None and self.calls > self.interrupt_at:
+            raise KeyboardInterrupt  # what a kill (Ctrl-C) looks like from inside the loop
+        weight = arch_of(model).down_proj_module(model, 1).weight
+        if cases[0].case_id in self.leak_on:
+            with torch.no_grad():
+                weight[0] += 1.0  # a broken editor: changes the model, then fails without undo
+        if cases[0].case_id in self.fail_on | self.leak_on:
+            raise ValueError(f"cannot edit {cases[0].case_id}")
+        undo = backup_weights({"w": weight})
+        with torch.no_grad():
+            weight[0] += 0.5
+        return EditResult(undo=[undo], info={"delta": torch.tensor(0.5), "keys": {"prompt": [1.0, 2.0]}})
+
+
+@pytest.fixture
+def data(tmp_path):
+    return write_cases(tmp_path / "cases.jsonl", [make_case(i) for i in range(3)])
+
+
+def _config(data, out, **kw) -> RunConfig:
+    return RunConfig(model="tiny", editor="bump", data=str(data), out=out, fluency=False, **kw)
+
+
+def test_run_writes_records_summary_and_table(llama_tiny, data, tmp_path):
+    model, tok = llama_tiny
+    before = records.fingerprint(model)
+    out = run(_config(data, tmp_path / "r", verify_restore=True), model, tok, editor=Bump())
+    recs = records.read_records(out)
+    assert [r["case_id"] for r in recs] == [f"case-{i}" for i in range(3)]
+    assert all(r["error"] is None and r["seconds"] > 0 and r["info"]["delta"] == 0.5 for r in recs)
+    assert set(recs[0]["scores"]["effectiveness"]) == {"em", "bleu", "rouge_l"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"] == {"cases": 3, "ok": 3, "failed": 0, "apply_calls": 3}
+    assert summary["editor"] == "bump" and summary["config"]["editor"] == "bump"
+    assert "| Eff. EM |" in (out / "table.md").read_text()
+    assert not list(out.glob(".*.tmp"))  # atomic writes leave no temporary files behind
+    assert records.fingerprint(model) == before  # every edit was undone
+
+
+def test_killed_run_resumes_with_only_the_rest(llama_tiny, data, tmp_path):
+    model, tok = llama_tiny
+    out = tmp_path / "r"
+    with pytest.raises(KeyboardInterrupt):
+        run(_config(data, out), model, tok, editor=Bump(interrupt_at=1))
+    assert len(records.read_records(out)) == 1
+    with open(out / "cases.jsonl", "a") as fh:  # a line torn by the kill is ignored and redone
+        fh.write('{"case_id": "case-1", "sco')
+    again = Bump()
+    run(_config(data, out), model, tok, editor=again)
+    assert again.calls == 2
+    assert sorted(r["case_id"] for r in records.read_records(out)) == [f"case-{i}" for i in range(3)]
+
+
+def test_failing_case_is_recorded_and_run_continues(llama_tiny, data, tmp_path):
+    model, tok = llama_tiny
+    out = run(_config(data, tmp_path / "r"), model, tok, editor=Bump(fail_on={"case-1"}))
+    by_id = {r["case_id"]: r for r in records.read_records(out)}
+    assert by_id["case-1"]["error"]["type"] == "ValueError"
+    assert "cannot edit case-1" in by_id["case-1"]["error"]["message"]
+    assert by_id["case-0"]["error"] is None and by_id["case-2"]["error"] is None
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"]["failed"] == 1 and summary["failures"]["by_type"] == {"ValueError": 1}
+
+
+def test_editor_that_leaks_a_failed_edit_stops_the_run(llama_tiny, data, tmp_path):
+    model, tok = llama_tiny
+    with pytest.raises(RuntimeError, match="left the model changed after case case-0"):
+        run(_config(data, tmp_path / "r"), model, tok, editor=Bump(leak_on={"case-0"}))
+
+
+def test_shards_partition_and_merge(llama_tiny, data, tmp_path):
+    cases = [make_case(i) for i in range(7)]
+    parts = [shard_cases(cases, (i, 3)) for i in range(3)]
+    ids = [c.case_id for p in parts for c in p]
+    assert sorted(ids) == sorted(c.case_id for c in cases) and len(set(ids)) == 7
+    model, tok = llama_tiny
+    out = tmp_path / "r"
+    for i in range(2):
+        run(_config(data, out, shard=f"{i}/2", limit=2), model, tok, editor=Bump())
+    assert {p.name for p in out.glob("cases*.jsonl")} == {"cases.0of2.jsonl", "cases.1of2.jsonl"}
+    assert json.loads((out / "summary.json").read_text())["counts"]["ok"] == 2
+
+
+def test_folds_split_one_to_one_and_seeded():
+    cases = [make_case(i) for i in range(9)]
+    a, b = split_folds(cases, 2, seed=3)
+    assert len(a) == 5 and len(b) == 4 and not {c.case_id for c in a} & {c.case_id for c in b}
+    assert [c.case_id for c in split_folds(cases, 2, seed=3)[0]] == [c.case_id for c in a]
+
+
+@pytest.mark.parametrize("spec", ["1/1", "a/2", "3", "-1/2"])
+def test_bad_shard_is_rejected(spec):
+    with pytest.raises(ValueError, match="i/n"):
+        parse_shard(spec)
+
+
+def test_base_answers_are_cached_beside_the_data(llama_tiny, data, tmp_path):
+    model, tok = llama_tiny
+    run(_config(data, tmp_path / "r", limit=1), model, tok, editor=Bump())
+    sidecar = data.with_name("cases.jsonl.answers.tiny-llama.json")
+    cached = json.loads(sidecar.read_text())
+    assert make_case(0).neighbours[0].prompt in cached
