@@ -133,3 +133,13 @@ def test_base_answers_are_cached_beside_the_data(llama_tiny, data, tmp_path):
     sidecar = data.with_name("cases.jsonl.answers.tiny-llama.json")
     cached = json.loads(sidecar.read_text())
     assert make_case(0).neighbours[0].prompt in cached
+
+
+def test_distributed_without_ray_says_how_to_install(monkeypatch, tmp_path):
+    import sys
+
+    from clmedit.run.distributed import run_grid
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    with pytest.raises(ImportError, match=r"pip install 'clmedit\[ray\]'"):
+        run_grid([RunConfig(data="x.jsonl", out=tmp_path)], shards=2)
