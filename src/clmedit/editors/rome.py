@@ -1,0 +1,61 @@
+"""ROME: a rank-one edit of one layer's down projection (Meng et al., 2022), as the study ran it.
+
+For each case in turn:
+  1. k* = input of down_proj in layer l at the prompt's last token          (locate.keys)
+  2. v* = W k* + d, with d optimised so the model then says the target       (locate.values)
+  3. W <- W + (v* - W k*) (C^-1 k*)^T / (k*^T C^-1 k*)                        (locate.solve)
+so that (W + dW) k* = v* exactly. The study used C = I (no covariance adjustment); set
+mom2_adjustment to weigh by the code-corpus statistics instead.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from clmedit.editors.base import Editor, EditResult, backup_weights
+from clmedit.locate.keys import compute_keys
+from clmedit.locate.params import LocateHParams
+from clmedit.locate.solve import add_to_down_proj, rank_one_update
+from clmedit.locate.stats import layer_stats
+from clmedit.locate.values import optimize_values, site_path
+from clmedit.models.arch import arch_of
+
+
+class RomeHParams(LocateHParams):
+    layers: list[int] = Field(default_factory=lambda: [5], description="the one edited layer (of 32)")
+    mom2_adjustment: bool = Field(False, description="the study's ROME: C = I")
+
+
+class Rome(Editor):
+    name = "rome"
+    HParams = RomeHParams
+
+    def _apply(self, model, tok, cases) -> EditResult:
+        """Apply the cases one after another, each a rank-one update of the same down_proj.
+
+        Invariant: only that weight changes; EditResult.restore() writes back its bitwise copy.
+        """
+        hp, arch = self.hparams, arch_of(model)
+        if len(hp.layers) != 1:
+            raise ValueError(f"ROME edits one layer; got layers={hp.layers} (use memit for several)")
+        layer = hp.layer_for(hp.layers[0], arch.num_layers(model))
+        site = ("down_proj", layer)
+        path = site_path(arch, site)
+        cov = None
+        if hp.mom2_adjustment:
+            cov = layer_stats(model, tok, [layer], hp.stats_corpus, hp.stats_samples, hp.stats_seq_len)[layer]
+        result = EditResult(undo=[backup_weights({path: arch.down_proj_module(model, layer).weight})])
+        nll, steps = [], []
+        try:
+            for case in cases:
+                values = optimize_values(model, tok, [case.prompt], [case.target], [site], hp.value_params())
+                key = compute_keys(model, tok, [case.prompt], [layer])[layer][0]
+                # v* - W k* is exactly the optimised delta: init is W k* (+ bias) at the same token
+                add_to_down_proj(model, layer, rank_one_update(key, values.delta[path][0], cov))
+                nll += values.nll
+                steps += values.steps
+        except BaseException:
+            result.restore()
+            raise
+        result.info = {"layer": layer, "value_nll": nll, "value_steps": steps}
+        return result

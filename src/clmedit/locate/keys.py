@@ -1,0 +1,74 @@
+"""Keys at the edit token: the input of a layer's down projection where the edit is read.
+
+The study (after ROME) edits at the last token of the prompt's last word. Our prompts end in
+`Code:` / `Description:`, so that token is the prompt's last token: position `len(prompt) - 1`.
+Batches are right-padded, so a row's positions up to its own length see exactly the tokens
+they would see alone (causal attention), and the key does not depend on the batch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from clmedit.models.arch import arch_of
+from clmedit.models.hooks import Trace, TraceDict
+from clmedit.models.text import prompt_ids
+
+
+def prompt_batch(tok, prompts: list[str], device: torch.device | str = "cpu") -> dict:
+    """Right-padded prompt ids: input_ids, attention_mask (B, T) and `last` (B,) = index of each last token."""
+    rows = [prompt_ids(tok, p) for p in prompts]
+    if any(not r for r in rows):
+        raise ValueError("an empty prompt has no edit token; every prompt needs at least one token")
+    width = max(len(r) for r in rows)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(r)] = 1
+    last = torch.tensor([len(r) - 1 for r in rows])
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "last": last.to(device)}
+
+
+def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x (B, T, d), index (B,) -> (B, d): row i at position index[i]."""
+    return x[torch.arange(x.shape[0], device=x.device), index]
+
+
+@torch.no_grad()
+def compute_keys(
+    model: nn.Module, tok, prompts: list[str], layers: list[int], batch_size: int = 16
+) -> dict[int, torch.Tensor]:
+    """k_l(x) = input of down_proj in layer l at the last token of prompt x, for each layer l.
+
+    Returns {layer: (N, d_mlp) float32}. One forward per batch covers every layer and stops
+    right after the highest one (nothing above it runs). The model is unchanged.
+    """
+    arch = arch_of(model)
+    device = next(model.parameters()).device
+    paths = {layer: arch.path("down_proj", layer) for layer in layers}
+    out: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
+    for start in range(0, len(prompts), batch_size):
+        batch = prompt_batch(tok, prompts[start : start + batch_size], device)
+        with TraceDict(model, paths.values(), stop=True, retain_input=True, retain_output=False) as td:
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+        for layer, path in paths.items():
+            out[layer].append(gather_rows(td[path].input, batch["last"]).float())
+    return {layer: torch.cat(chunks) for layer, chunks in out.items()}
+
+
+@torch.no_grad()
+def module_outputs(
+    model: nn.Module, tok, prompts: list[str], path: str, batch_size: int = 16
+) -> torch.Tensor:
+    """Output (first tensor) of module `path` at each prompt's last token: (N, d) float32."""
+    device = next(model.parameters()).device
+    chunks = []
+    for start in range(0, len(prompts), batch_size):
+        batch = prompt_batch(tok, prompts[start : start + batch_size], device)
+        with Trace(model, path, stop=True) as tr:
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+        chunks.append(gather_rows(tr.output, batch["last"]).float())
+    return torch.cat(chunks)

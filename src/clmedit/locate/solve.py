@@ -1,0 +1,71 @@
+"""The closed-form weight updates of ROME and MEMIT, and MEMIT's spread of a target over layers.
+
+All solves run in float64; the update is cast to the weight's dtype only when it is added.
+Weights are always handled as (out, in) through ArchAdapter.weight_out_in (GPT-2's Conv1D too).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from clmedit.locate.keys import compute_keys, module_outputs
+from clmedit.models.arch import arch_of
+
+
+def rank_one_update(key: torch.Tensor, resid: torch.Tensor, cov: torch.Tensor | None = None) -> torch.Tensor:
+    """ROME: dW = r (C^-1 k)^T / (k^T C^-1 k),  key k (d_in,), resid r = v* - W k (d_out,) -> (d_out, d_in).
+
+    It solves  min ||dW K0||_F^2  s.t. (W + dW) k = v*,  with K0 K0^T = C: the new weight maps
+    k to v* exactly and, among all such weights, moves the outputs of the keys summarised by C
+    the least. C = None means C = I (the study's ROME: no covariance adjustment), the
+    minimum-Frobenius-norm update.
+    """
+    k, r = key.double(), resid.double()
+    u = k if cov is None else torch.linalg.solve(cov.double(), k)
+    return torch.outer(r, u) / (k @ u)
+
+
+def least_squares_update(
+    keys: torch.Tensor, resid: torch.Tensor, cov: torch.Tensor | None = None, weight: float = 15000.0
+) -> torch.Tensor:
+    """MEMIT: dW = R^T K (lambda C + K^T K)^-1,  keys K (N, d_in), resids R (N, d_out) -> (d_out, d_in).
+
+    It solves  min_dW  ||K dW^T - R||_F^2 + lambda ||dW C^{1/2}||_F^2 : the new keys' outputs move
+    by their residuals as far as possible while the outputs of the keys summarised by
+    C = E[k k^T] (weighted by lambda, MEMIT's mom2_update_weight) move as little as possible.
+    """
+    k, r = keys.double(), resid.double()
+    c = torch.eye(k.shape[1], dtype=k.dtype, device=k.device) if cov is None else cov.double()
+    a = weight * c + k.T @ k  # (d_in, d_in), symmetric positive definite
+    return torch.linalg.solve(a, k.T @ r).T
+
+
+@torch.no_grad()
+def add_to_down_proj(model: nn.Module, layer: int, delta: torch.Tensor) -> None:
+    """W_out_in(down_proj of `layer`) += delta (d_out, d_in), in place."""
+    arch = arch_of(model)
+    weight = arch.weight_out_in(arch.down_proj_module(model, layer))
+    weight.add_(delta.to(device=weight.device, dtype=weight.dtype))
+
+
+def spread_over_layers(
+    model: nn.Module, tok, prompts: list[str], layers: list[int], site: str, target: torch.Tensor,
+    covs: dict[int, torch.Tensor | None], weight: float,
+) -> list[float]:  # fmt: skip
+    """MEMIT's update of down_proj in `layers` (ascending) so module `site` outputs `target` (N, d).
+
+    For layer l_i (i = 0..L-1): keys K_i at the edit token under the current weights,
+    R_i = (target - out_site) / (L - i) (the remaining residual shared by the layers left),
+    dW_i = least_squares_update(K_i, R_i, C_i, weight), applied before the next layer's keys
+    are read. Returns the mean residual norm ||target - out_site|| seen at each layer.
+    The caller backs the weights up; they are modified in place.
+    """
+    norms = []
+    for i, layer in enumerate(layers):
+        keys = compute_keys(model, tok, prompts, [layer])[layer]  # (N, d_in)
+        resid = target.to(keys.device) - module_outputs(model, tok, prompts, site)  # (N, d_out)
+        norms.append(float(resid.norm(dim=-1).mean()))
+        delta = least_squares_update(keys, resid / (len(layers) - i), covs.get(layer), weight)
+        add_to_down_proj(model, layer, delta)
+    return norms

@@ -1,0 +1,204 @@
+"""Target values: the hidden-state change at the edit token that makes the model say the target.
+
+For each case i and each edit site s (a module whose output is a hidden vector: an MLP, an
+attention block, a whole decoder block) we find a delta d_{s,i} added to that output at the
+prompt's last token, minimising
+
+    L(d) = NLL(target | prompt, d)                                   (prompt + " " + target)
+         + kl_factor * KL( p(. | prompt + kl_suffix) || p_d(. | prompt + kl_suffix) )
+         + weight_decay * sum_s ||d_s||^2 / ||h_s||^2
+
+where h_s is the site's original output at that token and the KL term (ROME's "essence"
+prompt, as in the study's EasyEdit runs) keeps what the model says right after the edited
+representation from drifting. After each Adam step ||d_s|| is clamped to clamp_factor * ||h_s||.
+The target value of a site is v_s = h_s + d_s.
+
+The layers below the lowest site do not change, so their output is computed once and each step
+runs only the upper stack (models.partial.UpperStack). Cases are independent (each delta only
+touches its own rows), so a batch is optimised together with the per-case losses summed.
+Invariant: the model's parameters (values and requires_grad flags) are unchanged on return.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from clmedit.models.arch import ArchAdapter, arch_of
+from clmedit.models.hooks import Trace, TraceDict
+from clmedit.models.partial import UpperStack
+from clmedit.models.text import IGNORE, edit_batch
+
+log = logging.getLogger(__name__)
+
+Site = tuple[str, int]  # (part, layer): part is "block" or an ArchAdapter part ("mlp", "attn", ...)
+
+
+class ValueParams(BaseModel):
+    """Settings of the target-value optimisation (ROME/MEMIT names in brackets)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    steps: int = Field(25, ge=1, description="Adam steps [v_num_grad_steps]")
+    lr: float = Field(0.5, gt=0, description="Adam learning rate [v_lr]")
+    weight_decay: float = Field(1e-3, ge=0, description="penalty on ||d||^2/||h||^2 [v_weight_decay]")
+    clamp_factor: float = Field(4.0, gt=0, description="||d|| <= clamp_factor * ||h|| [clamp_norm_factor]")
+    kl_factor: float = Field(0.0625, ge=0, description="weight of the KL term [kl_factor]")
+    kl_suffix: str = Field(" is a", description="appended to the prompt for the KL term (ROME's '{} is a')")
+    stop_loss: float = Field(5e-2, ge=0, description="stop once every case's target NLL is below this")
+    value_batch_size: int = Field(8, ge=1, description="cases whose values are optimised together")
+
+
+def site_path(arch: ArchAdapter, site: Site) -> str:
+    part, layer = site
+    return f"{arch.layers}.{layer}" if part == "block" else arch.path(part, layer)
+
+
+@contextmanager
+def frozen(model: nn.Module) -> Iterator[None]:
+    """Parameters stop requiring grad inside the block (no weight gradients are built), then are put back."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+@dataclass
+class Values:
+    """Per site path: `init` h (N, d) and `delta` d (N, d), float32; `nll` per case after optimisation."""
+
+    init: dict[str, torch.Tensor] = field(default_factory=dict)
+    delta: dict[str, torch.Tensor] = field(default_factory=dict)
+    nll: list[float] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)
+
+    def target(self, path: str) -> torch.Tensor:
+        return self.init[path] + self.delta[path]
+
+
+def _batch(tok, prompts: list[str], targets: list[str], suffix: str, device) -> dict:
+    """Rows 0..N-1: prompt + " " + target (labels on target); rows N..2N-1: prompt + kl_suffix."""
+    edit = edit_batch(tok, prompts, targets)
+    suffix_ids = tok(suffix, add_special_tokens=False)["input_ids"] if suffix else []
+    n, plens = len(prompts), edit["prompt_lens"]
+    kl_rows = [edit["input_ids"][i, : plens[i]].tolist() + suffix_ids for i in range(n)]
+    width = max(edit["input_ids"].shape[1], max(len(r) for r in kl_rows))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    ids = torch.full((2 * n, width), pad, dtype=torch.long)
+    mask = torch.zeros((2 * n, width), dtype=torch.long)
+    labels = torch.full((n, width), IGNORE, dtype=torch.long)
+    w0 = edit["input_ids"].shape[1]
+    ids[:n, :w0], mask[:n, :w0], labels[:, :w0] = edit["input_ids"], edit["attention_mask"], edit["labels"]
+    for i, r in enumerate(kl_rows):
+        ids[n + i, : len(r)] = torch.tensor(r)
+        mask[n + i, : len(r)] = 1
+    lookup = torch.tensor(plens * 2) - 1  # the edit token, in both row sets
+    kl_last = torch.tensor([len(r) - 1 for r in kl_rows])
+    to = {"device": device}
+    return {"ids": ids.to(**to), "mask": mask.to(**to), "labels": labels.to(**to), "lookup": lookup.to(**to),
+            "kl_last": kl_last.to(**to)}  # fmt: skip
+
+
+def _row_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean NLL of the target tokens per row: logits (N, T, V), labels (N, T) -> (N,)."""
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    lab = labels[:, 1:]
+    keep = lab != IGNORE
+    tok_lp = logp.gather(-1, lab.clamp(min=0).unsqueeze(-1)).squeeze(-1) * keep
+    return -tok_lp.sum(1) / keep.sum(1).clamp(min=1)
+
+
+def optimize_values(
+    model: nn.Module, tok, prompts: list[str], targets: list[str], sites: list[Site], hp: ValueParams
+) -> Values:
+    """Find deltas d_s (one per case and site) minimising L(d) in the module docstring.
+
+    Returns Values keyed by the sites' module paths. The model is unchanged.
+    """
+    arch = arch_of(model)
+    paths = [site_path(arch, s) for s in sites]
+    out = Values(init={p: [] for p in paths}, delta={p: [] for p in paths})
+    for start in range(0, len(prompts), hp.value_batch_size):
+        chunk = _optimize_chunk(
+            model, tok, prompts[start : start + hp.value_batch_size], targets[start : start + hp.value_batch_size],
+            sites, paths, hp,
+        )  # fmt: skip
+        for p in paths:
+            out.init[p].append(chunk.init[p])
+            out.delta[p].append(chunk.delta[p])
+        out.nll += chunk.nll
+        out.steps += chunk.steps
+    out.init = {p: torch.cat(v) for p, v in out.init.items()}
+    out.delta = {p: torch.cat(v) for p, v in out.delta.items()}
+    return out
+
+
+def _optimize_chunk(model, tok, prompts, targets, sites, paths, hp: ValueParams) -> Values:
+    device = next(model.parameters()).device
+    n = len(prompts)
+    b = _batch(tok, prompts, targets, hp.kl_suffix, device)
+    rows = torch.arange(2 * n, device=device)
+    kl_rows = torch.arange(n, 2 * n, device=device)
+    deltas: dict[str, torch.Tensor] = {}
+
+    def add_delta(path: str):
+        def edit(output: torch.Tensor, _inp) -> torch.Tensor:
+            if path not in deltas:
+                return output
+            d = deltas[path].to(output.dtype)
+            return output.index_put((rows, b["lookup"]), torch.cat([d, d]), accumulate=True)
+
+        return edit
+
+    with frozen(model):
+        stack = UpperStack(model, min(layer for _, layer in sites), b["ids"], b["mask"])
+        with torch.no_grad(), TraceDict(model, paths, retain_output=True, detach=True) as td:
+            logits = stack()
+            init = {p: td[p].output[rows[:n], b["lookup"][:n]].float() for p in paths}
+            kl_ref = torch.log_softmax(logits[kl_rows, b["kl_last"]].float(), dim=-1)  # (N, V)
+        init_norm = {p: init[p].norm(dim=-1) for p in paths}  # (N,)
+        deltas.update({p: torch.zeros_like(init[p], requires_grad=True) for p in paths})
+        opt = torch.optim.Adam(list(deltas.values()), lr=hp.lr)
+        edits = {p: {"edit_output": add_delta(p)} for p in paths}
+        nll = torch.full((n,), float("inf"))
+        steps_run = 0
+        for _ in range(hp.steps):
+            traces = [Trace(model, p, retain_output=False, **edits[p]) for p in paths]
+            try:
+                logits = stack()
+            finally:
+                for tr in traces:
+                    tr.close()
+            nll = _row_nll(logits[:n], b["labels"])
+            if bool((nll < hp.stop_loss).all()):
+                break
+            kl_log = torch.log_softmax(logits[kl_rows, b["kl_last"]].float(), dim=-1)
+            kl = (kl_ref.exp() * (kl_ref - kl_log)).sum(-1)  # KL(p_ref || p_d) per case
+            decay = sum((deltas[p].norm(dim=-1) / init_norm[p]) ** 2 for p in paths)
+            loss = (nll + hp.kl_factor * kl + hp.weight_decay * decay).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            steps_run += 1
+            with torch.no_grad():
+                for p in paths:
+                    cap = (hp.clamp_factor * init_norm[p]).unsqueeze(-1)
+                    norm = deltas[p].norm(dim=-1, keepdim=True)
+                    deltas[p].mul_(torch.where(norm > cap, cap / norm.clamp(min=1e-12), 1.0))
+    log.debug("value optimisation: %d steps, nll %s", steps_run, nll.tolist())
+    return Values(
+        init=init,
+        delta={p: d.detach() for p, d in deltas.items()},
+        nll=nll.detach().tolist(),
+        steps=[steps_run] * n,
+    )

@@ -1,0 +1,97 @@
+"""locate/: the closed forms against direct solves, keys, and the cached covariance statistics."""
+
+import torch
+
+from clmedit.locate.keys import compute_keys
+from clmedit.locate.solve import least_squares_update, rank_one_update
+from clmedit.locate.stats import corpus_fingerprint, layer_stats, stats_path, token_windows
+from clmedit.models.hooks import Trace
+
+CODE = "def add(a, b):\n    return a + b\n\nfor i in range(10):\n    print(i)\n" * 8
+
+
+def _spd(d: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(d, 2 * d, generator=g, dtype=torch.float64)
+    return a @ a.T / (2 * d)
+
+
+def test_rank_one_update_is_the_constrained_least_squares_solution():
+    torch.manual_seed(0)
+    d_out, d_in = 5, 4
+    w, k = torch.randn(d_out, d_in, dtype=torch.float64), torch.randn(d_in, dtype=torch.float64)
+    v = torch.randn(d_out, dtype=torch.float64)
+    for cov in (None, _spd(d_in)):
+        c = torch.eye(d_in, dtype=torch.float64) if cov is None else cov
+        # Direct: each row minimises dw^T C dw s.t. dw . k = r_j; KKT [[2C, k], [k^T, 0]] [dw; mu] = [0; r_j]
+        kkt = torch.zeros(d_in + 1, d_in + 1, dtype=torch.float64)
+        kkt[:d_in, :d_in], kkt[:d_in, d_in], kkt[d_in, :d_in] = 2 * c, k, k
+        rhs = torch.zeros(d_in + 1, d_out, dtype=torch.float64)
+        rhs[d_in] = v - w @ k
+        direct = torch.linalg.solve(kkt, rhs)[:d_in].T
+        ours = rank_one_update(k, v - w @ k, cov)
+        assert torch.allclose(ours, direct, atol=1e-10)
+        assert torch.allclose((w + ours) @ k, v, atol=1e-10)
+
+
+def test_least_squares_update_matches_lstsq_and_rome_direction():
+    torch.manual_seed(1)
+    n, d_in, d_out, lam = 3, 6, 4, 7.0
+    keys, resid = torch.randn(n, d_in, dtype=torch.float64), torch.randn(n, d_out, dtype=torch.float64)
+    cov = _spd(d_in, 1)
+    # min ||K dW^T - R||^2 + lam ||dW C^1/2||^2  ==  lstsq of [K; sqrt(lam) C^1/2^T] dW^T = [R; 0]
+    half = torch.linalg.cholesky(cov)  # C = half half^T
+    a = torch.cat([keys, lam**0.5 * half.T])
+    b = torch.cat([resid, torch.zeros(d_in, d_out, dtype=torch.float64)])
+    direct = torch.linalg.lstsq(a, b).solution.T
+    assert torch.allclose(least_squares_update(keys, resid, cov, lam), direct, atol=1e-8)
+    # one edit: MEMIT's update is ROME's direction (Sherman-Morrison), scaled down
+    one = least_squares_update(keys[:1], resid[:1], cov, lam).flatten()
+    rome = rank_one_update(keys[0], resid[0], cov).flatten()
+    assert torch.nn.functional.cosine_similarity(one, rome, dim=0) > 1 - 1e-9
+
+
+def test_keys_are_batch_invariant_and_read_at_the_last_prompt_token(llama_tiny):
+    model, tok = llama_tiny
+    prompts = ["Intent: sort a list\nCode:", "Code: def f(x):\n    return x\nDescription:"]
+    batched = compute_keys(model, tok, prompts, [1, 2], batch_size=2)
+    for i, p in enumerate(prompts):
+        ids = tok(p, return_tensors="pt")["input_ids"]
+        with Trace(model, "model.layers.2.mlp.down_proj", retain_input=True) as tr:
+            model(input_ids=ids)
+        assert torch.allclose(batched[2][i], tr.input[0, -1], atol=1e-5)
+        assert torch.allclose(batched[1][i], compute_keys(model, tok, [p], [1])[1][0], atol=1e-5)
+
+
+def _count_forwards(model):
+    calls = []
+    return calls, model.register_forward_pre_hook(lambda *a: calls.append(1))
+
+
+def test_stats_are_the_second_moment_and_cached(llama_tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("CLMEDIT_CACHE", str(tmp_path / "cache"))
+    model, tok = llama_tiny
+    corpus = tmp_path / "corpus.py"
+    corpus.write_text(CODE)
+    calls, handle = _count_forwards(model)
+    first = layer_stats(model, tok, [1, 2], corpus, samples=3, seq_len=16, batch_size=2)
+    assert calls and first[1].shape == (128, 128)
+    # C = K^T K / n over exactly the windows used
+    keys = []
+    for window in token_windows(tok, corpus, 3, 16):
+        with Trace(model, "model.layers.2.mlp.down_proj", retain_input=True) as tr:
+            model(input_ids=torch.tensor([window]))
+        keys.append(tr.input[0])
+    k = torch.cat(keys).double()
+    assert torch.allclose(first[2].double(), k.T @ k / len(k), atol=1e-7)
+    calls.clear()
+    again = layer_stats(model, tok, [1, 2], corpus, samples=3, seq_len=16, batch_size=2)
+    assert not calls and all(torch.equal(first[i], again[i]) for i in (1, 2))
+    # a half-written / corrupt file is ignored and recomputed; a stray temp file is never read
+    path = stats_path(model, 2, corpus_fingerprint(corpus), 3, 16)
+    assert path.is_file()
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    (path.parent / f".{path.name}.junk.tmp").write_bytes(b"garbage")
+    fixed = layer_stats(model, tok, [1, 2], corpus, samples=3, seq_len=16, batch_size=2)
+    assert calls and torch.allclose(fixed[2], first[2], atol=1e-7)
+    handle.remove()

@@ -1,0 +1,26 @@
+"""PMET on a tiny random model: attention + FFN targets, only FFN weights change, restore is exact."""
+
+import torch
+
+from clmedit.editors.base import get_editor
+from tests.conftest import make_case
+from tests.test_locate import CODE
+from tests.test_rome import TINY, first_token
+
+
+def test_pmet_edits_only_ffn_weights(llama_tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("CLMEDIT_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "c.py").write_text(CODE)
+    model, tok = llama_tiny
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    stats = dict(stats_corpus=str(tmp_path / "c.py"), stats_samples=4, stats_seq_len=32)
+    editor = get_editor("pmet", **TINY, **stats, mom2_weight=1e-3)
+    assert get_editor("pmet").hparams.steps == 30
+    cases = [make_case(i, target=t) for i, t in enumerate(["os", "return"])]
+    result = editor.apply(model, tok, cases)
+    for case in cases:
+        assert first_token(model, tok, case.prompt) == tok(" " + case.target)["input_ids"][0]
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(before[k], v)}
+    assert changed and all(k.endswith("mlp.down_proj.weight") for k in changed)
+    result.restore()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
