@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from clmedit.editors.agrace.editor import AGrace, AGraceHParams, AGraceLast, AGraceNoCL
 from clmedit.editors.agrace.encoder import (
     TrainSettings,
     contrastive_loss,
@@ -13,9 +14,10 @@ from clmedit.editors.agrace.encoder import (
     train_encoder,
 )
 from clmedit.editors.agrace.features import cached_prompt_features, pool_tokens, prompt_features
+from tests.conftest import make_case
 
 
-def _toy(n: int = 256, d: int = 48, seed: int = 0):
+def _toy(n: int = 160, d: int = 32, seed: int = 0):
     """Anchors; positives = anchor + small noise along a nuisance direction; negatives = other anchors nearby."""
     g = torch.Generator().manual_seed(seed)
     anchor = torch.randn(n, d, generator=g)
@@ -27,7 +29,7 @@ def _toy(n: int = 256, d: int = 48, seed: int = 0):
 
 def test_encoder_training_lowers_loss_and_separates_pairs():
     anchor, positive, negative = _toy()
-    settings = TrainSettings(margin=1.3, epochs=40, patience=10, lr=1e-3)
+    settings = TrainSettings(margin=1.3, epochs=25, patience=10, lr=2e-3)
     encoder, history = train_encoder(anchor, positive, negative, settings)
     assert history["val"][history["best_epoch"]] < 0.5 * history["val"][0]
     with torch.no_grad():
@@ -77,3 +79,42 @@ def test_prompt_features_batched_equal_single_and_cached(llama_tiny, tmp_path):
     again = cached_prompt_features(model, tok, prompts, 2, "last", cache=tmp_path)
     assert len(list(tmp_path.glob("*.safetensors"))) == 1
     assert torch.equal(first, again)
+
+
+def _fit_small(editor, model, tok, tmp_path):
+    train = [
+        make_case(i, target=t) for i, t in enumerate(["sorted(xs)", "os.path.join(a, b)", "json.load(f)"] * 3)
+    ]
+    return editor.fit(model, tok, train, enc_epochs=3, feature_cache=str(tmp_path / "feat"))
+
+
+def test_agrace_fit_apply_restore_and_reload(llama_tiny, tmp_path):
+    model, tok = llama_tiny
+    editor = AGrace(AGraceHParams(n_iter=3))
+    history = _fit_small(editor, model, tok, tmp_path)
+    assert len(history["val"]) >= 2
+    prompts = [make_case(20).prompt, make_case(20).rephrase]
+    keys = editor.prompt_keys(model, tok, prompts)
+    assert keys.shape == (2, 256)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = editor.apply(model, tok, [make_case(20)])
+    assert result.info["keys"].shape == (1, 256)
+    result.restore()
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(v, after[k]) for k, v in before.items())
+    editor.save(tmp_path / "enc")
+    again = AGrace(AGraceHParams(encoder_dir=str(tmp_path / "enc")))
+    assert torch.equal(again.prompt_keys(model, tok, prompts), keys)
+
+
+def test_ablation_keys(llama_tiny, tmp_path):
+    model, tok = llama_tiny
+    prompts = [make_case(1).prompt, make_case(2).prompt]
+    no_cl = AGraceNoCL()
+    assert not no_cl.trainable
+    mean_keys = no_cl.prompt_keys(model, tok, prompts)
+    assert mean_keys.shape == (2, 128)  # d_mlp of the tiny model: the raw mean activation
+    last = AGraceLast(AGraceHParams(n_iter=2))
+    _fit_small(last, model, tok, tmp_path)
+    assert last.encoder.config.pool == "last"
+    assert last.prompt_keys(model, tok, prompts).shape == (2, 256)

@@ -1,0 +1,163 @@
+"""A-GRACE: GRACE with a key that generalises across rephrasings (the study's contribution).
+
+GRACE's key, the down_proj input at the last prompt token, moves a lot when the prompt is
+reworded, so a rephrase misses the codebook entry (generalization ~0). A-GRACE keys on
+
+    key(x) = E( mean_{t in prompt} h_t )         h_t: down_proj input at layer L, token t
+
+where E is a small MLP trained contrastively on a training split (encoder.py) to pull
+(prompt, rephrase) together and push (prompt, neighbour) apart by a margin above GRACE's
+radius. Everything else (codebook, value training, replacement) is GRACE's, unchanged.
+
+Ablations (the study's Table VI):
+    agrace-no-cl   key = mean_t h_t            (mean pooling, no encoder, nothing to train)
+    agrace-last    key = E(h_last)             (the encoder over GRACE's own last-token key)
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from pydantic import Field
+
+from clmedit.editors.agrace.encoder import (
+    EncoderConfig,
+    KeyEncoder,
+    TrainSettings,
+    load_encoder,
+    save_encoder,
+    train_encoder,
+)
+from clmedit.editors.agrace.features import Pool, cached_prompt_features, pool_tokens
+from clmedit.editors.grace.editor import Grace, GraceHParams
+from clmedit.models.text import model_name
+
+log = logging.getLogger(__name__)
+
+
+class AGraceHParams(GraceHParams):
+    margin: float | None = Field(None, gt=0, description="contrastive margin; None: by task (below)")
+    margin_cnle: float = Field(1.3, gt=0, description="margin for NL->code cases")
+    margin_csne: float = Field(2.5, gt=0, description="margin for code->NL cases")
+    key_dim: int = Field(256, ge=1, description="encoder output width")
+    enc_batch_size: int = Field(64, ge=1, description="training cases per encoder step")
+    enc_lr: float = Field(1e-4, gt=0, description="AdamW learning rate of the encoder")
+    enc_weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay of the encoder")
+    enc_epochs: int = Field(100, ge=1, description="maximum encoder epochs")
+    enc_patience: int = Field(10, ge=1, description="early stopping patience (epochs)")
+    enc_val_fraction: float = Field(0.1, gt=0, lt=1, description="training cases held out for selection")
+    encoder_dir: str | None = Field(None, description="folder of a trained encoder to load")
+    feature_cache: str | None = Field(None, description="feature cache folder; None: $CLMEDIT_CACHE/features")
+
+
+class AGrace(Grace):
+    """GRACE keyed by a contrastive encoder of the mean prompt activation."""
+
+    name = "agrace"
+    HParams = AGraceHParams
+    trainable = True
+    pool: ClassVar[Pool] = "mean"
+    use_encoder: ClassVar[bool] = True
+
+    def __init__(self, hparams: AGraceHParams | None = None):
+        super().__init__(hparams)
+        self.encoder: KeyEncoder | None = None
+        if self.use_encoder and getattr(self.hparams, "encoder_dir", None):
+            self.load(self.hparams.encoder_dir)
+
+    # --- keys -----------------------------------------------------------------------------------
+    def keys(self, inputs: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T, d_mlp) down_proj inputs, (B, T) prompt mask -> (B, d_key): E(pool over the prompt)."""
+        pooled = pool_tokens(inputs.float(), prompt_mask, self.pool)  # (B, d_mlp)
+        if not self.use_encoder:
+            return pooled
+        if self.encoder is None:
+            raise RuntimeError(
+                f"{self.name} needs a trained key encoder: call fit(model, tok, train_cases), "
+                f"load(dir), or set encoder_dir (train one with `clmedit train --editor {self.name}`)"
+            )
+        self.encoder.to(pooled.device)
+        return self.encoder(pooled)
+
+    # --- training -------------------------------------------------------------------------------
+    def margin_for(self, cases: list) -> float:
+        hp = self.hparams
+        if hp.margin is not None:
+            return hp.margin
+        tasks = {c.task for c in cases}
+        return hp.margin_csne if tasks == {"csne"} else hp.margin_cnle
+
+    def fit(self, model, tok, train_cases, **kwargs: Any) -> dict[str, Any]:
+        """Train the key encoder on (prompt, rephrase) positives and (prompt, first neighbour) negatives.
+
+        Features come from the unedited model at the edited layer (cached on disk); a validation
+        split of `train_cases` picks the epoch. kwargs override hparams (e.g. enc_epochs=20).
+        """
+        if kwargs:
+            self.hparams = self.hparams.model_copy(update=kwargs)
+        if not self.use_encoder:
+            return {}
+        hp = self.hparams
+        usable = [c for c in train_cases if c.neighbours]
+        if len(usable) < 2:
+            raise ValueError(f"{self.name}: need >= 2 training cases with neighbours, got {len(usable)}")
+        layer = self.edit_layer(model)
+        texts = (
+            [c.prompt for c in usable]
+            + [c.rephrase for c in usable]
+            + [c.neighbours[0].prompt for c in usable]
+        )
+        feats = cached_prompt_features(model, tok, texts, layer, self.pool, cache=hp.feature_cache)
+        anchor, positive, negative = feats.split(len(usable))
+        margin = self.margin_for(usable)
+        settings = TrainSettings(
+            margin=margin,
+            batch_size=hp.enc_batch_size,
+            lr=hp.enc_lr,
+            weight_decay=hp.enc_weight_decay,
+            epochs=hp.enc_epochs,
+            patience=hp.enc_patience,
+            val_fraction=hp.enc_val_fraction,
+            seed=hp.seed,
+        )
+        meta = {"model": model_name(model), "margin": margin, "train_cases": len(usable)}
+        config = EncoderConfig(d_in=anchor.size(1), d_out=hp.key_dim, pool=self.pool, layer=layer, meta=meta)
+        self.encoder, history = train_encoder(anchor, positive, negative, settings, config)
+        self.encoder.to(next(model.parameters()).device)
+        return history
+
+    def save(self, directory: str | Path) -> None:
+        if not self.use_encoder:
+            raise NotImplementedError(f"{self.name} has no trained part to save")
+        if self.encoder is None:
+            raise RuntimeError(f"{self.name}: nothing to save; call fit() first")
+        save_encoder(self.encoder, directory)
+
+    def load(self, directory: str | Path) -> None:
+        if not self.use_encoder:
+            raise NotImplementedError(f"{self.name} has no trained part to load")
+        encoder = load_encoder(directory)
+        if encoder.config.pool != self.pool:
+            raise ValueError(
+                f"{directory}: encoder was trained on {encoder.config.pool!r} keys, {self.name} uses {self.pool!r}"
+            )
+        self.encoder = encoder
+
+
+class AGraceNoCL(AGrace):
+    """Ablation: the mean prompt activation as the key, no encoder (nothing to train)."""
+
+    name = "agrace-no-cl"
+    HParams = GraceHParams
+    trainable = False
+    use_encoder = False
+
+
+class AGraceLast(AGrace):
+    """Ablation: the contrastive encoder over GRACE's last-token key instead of the mean."""
+
+    name = "agrace-last"
+    pool = "last"
