@@ -206,11 +206,15 @@ def make_rephrases(
     for ex, (para, problem) in zip(targeted, llm):
         if problem:
             run.skipped[f"llm {problem} (fell back)"] += 1
-        human = (
-            ex.human_rephrase
-            if ex.human_rephrase and rewrite.paraphrase_problem(ex.input, ex.human_rephrase, None, 0) is None
-            else None
-        )
+        human = ex.human_rephrase
+        if human and rewrite.paraphrase_problem(ex.input, human, None, 0) is not None:
+            # auto/llm: a human rewrite must pass the same checks (keeps identifiers and literals);
+            # --rephrase human takes it whenever it differs from the input.
+            human = (
+                human
+                if cfg.rephrase == "human" and rewrite.normalized(human) != rewrite.normalized(ex.input)
+                else None
+            )
         if para:
             out.append((ex, para, {"rephrase_kind": "llm"}))
         elif human and cfg.rephrase != "rule":

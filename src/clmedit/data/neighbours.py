@@ -113,19 +113,46 @@ def bm25_tokens(text: str) -> list[str]:
 
 
 def bm25_knn(
-    queries: Sequence[str], pool: Sequence[str], k: int, progress: bool = False
+    queries: Sequence[str], pool: Sequence[str], k: int, chunk: int = 256
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k pool items per query by BM25 (Okapi) score, best first; ties by lower index."""
-    from rank_bm25 import BM25Okapi
+    """Top-k pool items per query by Okapi BM25 score, best first; ties by lower index.
 
-    index = BM25Okapi([bm25_tokens(t) or ["<empty>"] for t in pool])
+    `rank_bm25.BM25Okapi` fixes the scoring (idf with its epsilon floor, k1, b); instead of its
+    per-query Python loop we precompute the document-term weights as a sparse matrix W (N x V),
+    W[d, t] = idf(t) * f(t, d) * (k1 + 1) / (f(t, d) + k1 * (1 - b + b * |d| / avgdl)),
+    so the scores of a chunk of queries are one product counts(Q) @ W.T — identical to get_scores.
+    """
+    from rank_bm25 import BM25Okapi
+    from scipy import sparse
+
+    bm = BM25Okapi([bm25_tokens(t) or ["<empty>"] for t in pool])
+    vocab = {term: j for j, term in enumerate(bm.idf)}
+    rows, cols, vals = [], [], []
+    for d, (freqs, length) in enumerate(zip(bm.doc_freqs, bm.doc_len)):
+        norm = bm.k1 * (1 - bm.b + bm.b * length / bm.avgdl)
+        for term, f in freqs.items():
+            rows.append(d)
+            cols.append(vocab[term])
+            vals.append(bm.idf[term] * f * (bm.k1 + 1) / (f + norm))
+    weights = sparse.csr_matrix(
+        (vals, (rows, cols)), shape=(len(pool), len(vocab)), dtype=np.float64
+    ).T.tocsr()
     k = min(k, len(pool))
     idx = np.empty((len(queries), k), dtype=np.int64)
     scores = np.empty((len(queries), k), dtype=np.float32)
-    for i, q in enumerate(tqdm(queries, desc="bm25", disable=not progress)):
-        row = index.get_scores(bm25_tokens(q)).astype(np.float32)
-        top = np.argsort(-row, kind="stable")[:k]  # stable: ties keep the lower index first
-        idx[i], scores[i] = top, row[top]
+    for start in range(0, len(queries), chunk):
+        q_rows, q_cols = [], []
+        for i, text in enumerate(queries[start : start + chunk]):
+            for term in bm25_tokens(text):
+                if term in vocab:  # unseen terms score 0, as in rank_bm25
+                    q_rows.append(i)
+                    q_cols.append(vocab[term])
+        n = min(chunk, len(queries) - start)
+        counts = sparse.csr_matrix((np.ones(len(q_rows)), (q_rows, q_cols)), shape=(n, len(vocab)))
+        sims = np.asarray((counts @ weights).todense())  # (B, N)
+        top = np.argsort(-sims, axis=1, kind="stable")[:, :k]  # stable: ties keep the lower index
+        idx[start : start + n] = top
+        scores[start : start + n] = np.take_along_axis(sims, top, axis=1)
     return idx, scores
 
 
@@ -147,7 +174,7 @@ def nearest(
     if not pool:
         raise ValueError("the neighbour pool is empty: every input was targeted")
     if embedder is None:
-        return bm25_knn(queries, pool, k, progress)
+        return bm25_knn(queries, pool, k)
     q = embedder.encode(list(queries))
     p = embedder.encode(list(pool))
     return knn(q, p, k)

@@ -191,8 +191,18 @@ def renamable_names(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> list[str]:
     return sorted(n for n in names if not (n.startswith("__") and n.endswith("__")))
 
 
-def mine_identifier_pool(codes: Iterable[str], max_size: int = 5000) -> list[str]:
-    """Parameter and local names used in a corpus, most frequent first: the source of new names."""
+# Added after the corpus's own names, so a tiny corpus still has enough fresh names to draw from.
+COMMON_NAMES = tuple(
+    "data item value result key index count size name text line path node obj items values keys "
+    "buf chunk entry record token parts pos offset start end total other target source dest args "
+    "options config state flag mode kind label prefix suffix pattern message content number amount "
+    "element elem arg param res out tmp val cur prev nxt first last left right head tail".split()
+)
+
+
+def mine_identifier_pool(codes: Iterable[str], max_size: int = 1000) -> list[str]:
+    """Parameter and local names used in a corpus, most frequent first (then `COMMON_NAMES`):
+    the source of new names."""
     counts: Counter[str] = Counter()
     for code in codes:
         try:
@@ -203,7 +213,8 @@ def mine_identifier_pool(codes: Iterable[str], max_size: int = 5000) -> list[str
             name = node.arg if isinstance(node, ast.arg) else node.id if isinstance(node, ast.Name) else None
             if name and _IDENT.match(name) and name not in RESERVED and name not in KEEP:
                 counts[name] += 1
-    return [n for n, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:max_size]]
+    mined = [n for n, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:max_size]]
+    return mined + [n for n in COMMON_NAMES if n not in counts]
 
 
 def rename_identifiers(

@@ -73,13 +73,14 @@ def reword(intent: str) -> str:
         return new[0].upper() + new[1:] if word[0].isupper() else new
 
     text = "".join(_WORD.sub(swap, p) if free else p for p, free in pieces)
-    if _norm(text) == _norm(intent):
+    if normalized(text) == normalized(intent):
         body = intent.rstrip(" .?!")
         text = f"How to {body[0].lower() + body[1:] if body[:1].isupper() and not body[1:2].isupper() else body}?"
     return text
 
 
-def _norm(text: str) -> str:
+def normalized(text: str) -> str:
+    """Lower-cased words only: two texts equal under it say the same thing in the same words."""
     return re.sub(r"[^\w]+", " ", text.lower()).strip()
 
 
@@ -107,7 +108,7 @@ def paraphrase_problem(
     """Why `candidate` is not an acceptable paraphrase of `original`, or None if it is."""
     if not candidate:
         return "empty paraphrase"
-    if _norm(candidate) == _norm(original):
+    if normalized(candidate) == normalized(original):
         return "paraphrase identical to input"
     if len(candidate) > 3 * len(original) + 40:
         return "paraphrase too long"
