@@ -133,7 +133,7 @@ def test_build_from_conala_yields_valid_cases(tmp_path):
         assert case.rephrase != case.prompt and len(case.neighbours) == 5
         assert case.prompt not in pool_inputs  # neighbours come from the non-targeted pool
     assert result.cases[0].meta["rephrase_kind"] in ("human", "rule")
-    again = build_dataset(cfg, tmp_path / "again.jsonl")
+    build_dataset(cfg, tmp_path / "again.jsonl")
     assert (tmp_path / "again.jsonl").read_text() == out.read_text()  # deterministic
 
 

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from clmedit.data.rename import mine_identifier_pool, rename_identifiers, renamable_names, verify_renaming
+from clmedit.data.rename import mine_identifier_pool, renamable_names, rename_identifiers, verify_renaming
 
 POOL = [f"name{i}" for i in range(40)] + ["len", "print", "total", "result"]
 

@@ -45,17 +45,28 @@ def _data_exit(err: BaseException) -> typer.Exit:
 def data_build_cmd(
     task: str = typer.Option(..., "--task", "-t", help="cnle (NL->code) or csne (code->NL)"),
     source: str = typer.Option(
-        "stdlib", "--source", "-s", help="stdlib | python-sources DIR... | conala PATH | codesearchnet PATH | hf:NAME"
+        "stdlib",
+        "--source",
+        "-s",
+        help="stdlib | python-sources DIR... | conala PATH | codesearchnet PATH | hf:NAME",
     ),
     paths: list[Path] = typer.Argument(None, help="files or folders of the source"),
-    out: Path | None = typer.Option(None, "--out", "-o", help="JSONL to write (default data/<task>-<source>.jsonl)"),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="JSONL to write (default data/<task>-<source>.jsonl)"
+    ),
     limit: int | None = typer.Option(None, "--limit", "-n", min=1, help="at most N edit cases"),
     seed: int = typer.Option(0, "--seed"),
-    embedder: str = typer.Option("minilm", "--embedder", help="minilm | any sentence-transformers name/path | bm25"),
-    rephrase: str = typer.Option("auto", "--rephrase", help="CNLE: auto (human, else rule) | rule | human | llm"),
+    embedder: str = typer.Option(
+        "minilm", "--embedder", help="minilm | any sentence-transformers name/path | bm25"
+    ),
+    rephrase: str = typer.Option(
+        "auto", "--rephrase", help="CNLE: auto (human, else rule) | rule | human | llm"
+    ),
     llm: str = typer.Option("local", "--llm", help="paraphrase backend: local[:MODEL] | openai:MODEL"),
     judge: str | None = typer.Option(None, "--judge", help="relevance judge backend (CNLE); off by default"),
-    tokenizer: str | None = typer.Option(None, "--tokenizer", help="for the 512-token code limit (default: regex proxy)"),
+    tokenizer: str | None = typer.Option(
+        None, "--tokenizer", help="for the 512-token code limit (default: regex proxy)"
+    ),
     pool_limit: int | None = typer.Option(None, "--pool-limit", min=1, help="subsample the neighbour pool"),
     model: str | None = typer.Option(None, "--model", "-m", help="fill neighbour answers of this model"),
 ) -> None:

@@ -192,12 +192,13 @@ def renamable_names(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> list[str]:
 
 
 # Added after the corpus's own names, so a tiny corpus still has enough fresh names to draw from.
-COMMON_NAMES = tuple(
+_COMMON = (
     "data item value result key index count size name text line path node obj items values keys "
     "buf chunk entry record token parts pos offset start end total other target source dest args "
     "options config state flag mode kind label prefix suffix pattern message content number amount "
-    "element elem arg param res out tmp val cur prev nxt first last left right head tail".split()
+    "element elem arg param res out tmp val cur prev nxt first last left right head tail"
 )
+COMMON_NAMES = tuple(_COMMON.split())
 
 
 def mine_identifier_pool(codes: Iterable[str], max_size: int = 1000) -> list[str]:
