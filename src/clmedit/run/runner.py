@@ -17,6 +17,7 @@ import json
 import logging
 import random
 import re
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from tqdm.auto import tqdm
 
 from clmedit.data.schema import EditCase, atomic_write_text, read_cases
 from clmedit.run import records
+from clmedit.run.prepare import ensure_base_answers, resolve_data
 
 log = logging.getLogger(__name__)
 
@@ -97,50 +99,6 @@ def seed_everything(seed: int) -> None:
         pass
 
 
-def resolve_data(spec: str, limit: int | None = None, seed: int = 0) -> Path:
-    """A case file path, building the default dataset for 'default:<task>' on first use."""
-    if spec.startswith("default:"):
-        from clmedit.data.build import default_dataset
-
-        task = spec.split(":", 1)[1]
-        if task not in ("cnle", "csne"):
-            raise ValueError(f"unknown default dataset {spec!r}; use default:cnle or default:csne")
-        return Path(default_dataset(task, seed=seed))
-    path = Path(spec)
-    if not path.is_file():
-        raise FileNotFoundError(f"data file {path} does not exist (or use default:cnle / default:csne)")
-    return path
-
-
-def _answers_sidecar(data: Path, model_name: str) -> Path:
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", model_name).strip("_") or "model"
-    return data.with_name(f"{data.name}.answers.{slug}.json")
-
-
-def ensure_base_answers(model, tok, cases: list[EditCase], data: Path, model_name: str) -> int:
-    """Fill each neighbour's unedited answer for this model, reusing and extending a sidecar cache.
-
-    The cache maps neighbour prompt -> greedy 16-token output; it must be filled before any edit.
-    Returns how many cases needed new answers.
-    """
-    from clmedit.eval.protocol import fill_base_answers
-
-    sidecar = _answers_sidecar(data, model_name)
-    cached: dict[str, str] = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
-    for case in cases:
-        for n in case.neighbours:
-            if model_name not in n.answers and n.prompt in cached:
-                n.answers[model_name] = cached[n.prompt]
-    filled = fill_base_answers(model, tok, cases, model_name=model_name)
-    if filled:
-        cached.update({n.prompt: n.answers[model_name] for c in cases for n in c.neighbours})
-        try:
-            atomic_write_text(sidecar, json.dumps(cached, ensure_ascii=False))
-        except OSError as err:  # a read-only dataset folder: answers are just recomputed next time
-            log.warning("could not cache base answers at %s: %s", sidecar, err)
-    return filled
-
-
 def _make_editor(config: RunConfig):
     from clmedit.config import preset_for_model
     from clmedit.editors.base import get_editor
@@ -180,6 +138,8 @@ def run(config: RunConfig, model=None, tok=None, editor=None) -> Path:
     mine = shard_cases(cases, config.shard_tuple)
     done = records.done_ids(out)
     editor = editor if editor is not None else _make_editor(config)
+    if editor.trainable and config.folds < 2:
+        raise ValueError(f"editor {editor.name!r} is trained on a split: run it with --folds 2")
     if model is None:
         model, tok = load_model_for(config.model, config.device)
     mname = name_of(model)
@@ -195,8 +155,6 @@ def run(config: RunConfig, model=None, tok=None, editor=None) -> Path:
     )
     if todo:
         ensure_base_answers(model, tok, todo, data, mname)
-    if editor.trainable and config.folds < 2:
-        raise ValueError(f"editor {editor.name!r} is trained on a split: run it with folds >= 2")
     clean = records.fingerprint(model)
     path = records.cases_file(out, config.shard_tuple)
     todo_ids = {c.case_id for c in todo}
@@ -243,6 +201,7 @@ def _edit_and_score(config, editor, model, tok, batch, mname, clean, evaluate_ca
         result = editor.apply(model, tok, batch)
         for case in batch:
             seed_everything(config.seed)
+            t0 = time.perf_counter()
             scores = evaluate_case(
                 model, tok, case, model_name=mname, fluency=config.fluency, seed=config.seed
             )
@@ -253,6 +212,7 @@ def _edit_and_score(config, editor, model, tok, batch, mname, clean, evaluate_ca
                     "task": case.task,
                     "scores": dumped,
                     "outputs": dumped.pop("outputs", {}),
+                    "eval_seconds": time.perf_counter() - t0,
                     "error": None,
                 }
             )
