@@ -42,7 +42,10 @@ class Bump(Editor):
         undo = backup_weights({"w": weight})
         with torch.no_grad():
             weight[0] += 0.5
-        return EditResult(undo=[undo], info={"delta": torch.tensor(0.5), "keys": {"prompt": [1.0, 2.0]}})
+        return EditResult(undo=[undo], info={"delta": torch.tensor(0.5), "big": torch.zeros(1000)})
+
+    def prompt_keys(self, model, tok, prompts):  # a toy key: (prompt length, 1)
+        return torch.tensor([[float(len(p)), 1.0] for p in prompts])
 
 
 @pytest.fixture
@@ -57,10 +60,15 @@ def _config(data, out, **kw) -> RunConfig:
 def test_run_writes_records_summary_and_table(llama_tiny, data, tmp_path):
     model, tok = llama_tiny
     before = records.fingerprint(model)
-    out = run(_config(data, tmp_path / "r", verify_restore=True), model, tok, editor=Bump())
+    out = run(_config(data, tmp_path / "r", verify_restore=True, keys=True), model, tok, editor=Bump())
     recs = records.read_records(out)
     assert [r["case_id"] for r in recs] == [f"case-{i}" for i in range(3)]
     assert all(r["error"] is None and r["seconds"] > 0 and r["info"]["delta"] == 0.5 for r in recs)
+    assert "big" not in recs[0]["info"]  # large tensors stay out of the record
+    case = make_case(0)
+    dist = recs[0]["info"]["distances"]
+    assert dist["rephrase"] == pytest.approx(abs(len(case.rephrase) - len(case.prompt)))
+    assert len(dist["neighbours"]) == 5 and len(recs[0]["info"]["keys"]["neighbours"]) == 5
     assert set(recs[0]["scores"]["effectiveness"]) == {"em", "bleu", "rouge_l"}
     summary = json.loads((out / "summary.json").read_text())
     assert summary["counts"] == {"cases": 3, "ok": 3, "failed": 0, "apply_calls": 3}

@@ -194,6 +194,7 @@ def run_cmd(
     fluency: bool = typer.Option(True, "--fluency/--no-fluency", help="sample texts for fluency (slow)"),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1, ..."),
     verify_restore: bool = typer.Option(False, "--verify-restore", help="checksum weights after each case"),
+    keys: bool = typer.Option(False, "--keys", help="record keys and key distances (for the figures)"),
 ) -> None:
     """Edit each case, evaluate it, restore; write cases.jsonl, summary.json and table.md."""
     from clmedit.data.schema import CaseFileError
@@ -203,7 +204,7 @@ def run_cmd(
         config = RunConfig(
             model=model, editor=editor, data=data, out=out, limit=limit, preset=preset, hparams=_parse_hp(hp),
             seed=seed, shard=shard, batch_size=batch_size, folds=folds, fluency=fluency, device=device,
-            verify_restore=verify_restore,
+            verify_restore=verify_restore, keys=keys,
         )  # fmt: skip
         run_dir = run(config)
     except (CaseFileError, *_user_errors()) as err:
@@ -337,8 +338,13 @@ def stats(
     device: str = typer.Option(None, help="cpu / cuda (default: cuda when available)"),
 ) -> None:
     """Compute and cache the second-moment statistics MEMIT/PMET use (runs reuse the cache)."""
-    from clmedit.locate.stats import DEFAULT_SAMPLES, DEFAULT_SEQ_LEN, layer_stats, stats_path
-    from clmedit.locate.stats import corpus_fingerprint
+    from clmedit.locate.stats import (
+        DEFAULT_SAMPLES,
+        DEFAULT_SEQ_LEN,
+        corpus_fingerprint,
+        layer_stats,
+        stats_path,
+    )
     from clmedit.models.load import load_model
 
     lm, tok = load_model(model, device=device)

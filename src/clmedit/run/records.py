@@ -13,6 +13,7 @@ import math
 import os
 import statistics
 from collections import Counter
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,9 @@ from torch import nn
 
 from clmedit.data.schema import iter_jsonl
 
-# Longer tensors/lists in editor info are dropped from the record (keys of width <= 4096 are kept).
-MAX_LIST = 4096
+# Longer tensors/lists in editor info are dropped, so one record stays a few KB (use RunConfig.keys
+# to record keys on purpose).
+MAX_LIST = 256
 
 
 def cases_file(out: Path, shard: tuple[int, int]) -> Path:
@@ -64,7 +66,7 @@ def append_record(path: Path, record: dict[str, Any]) -> None:
 
 
 def jsonable(value: Any, depth: int = 0) -> Any:
-    """Editor info made JSON-safe: tensors/arrays to lists (small ones only), NaN to None, objects to str."""
+    """Editor info made JSON-safe: tensors/arrays to lists (small ones only), NaN to None, objects dropped."""
     if depth > 6:
         return None
     if value is None or isinstance(value, (bool, int, str)):
@@ -87,7 +89,9 @@ def jsonable(value: Any, depth: int = 0) -> Any:
         return [jsonable(v, depth + 1) for v in value]
     if hasattr(value, "model_dump"):
         return jsonable(value.model_dump(mode="json"), depth + 1)
-    return str(value)
+    if isinstance(value, (Path, Enum)):
+        return str(value)
+    return None  # an editor's internal object (a codebook, a module): not part of the record
 
 
 def fingerprint(model: nn.Module) -> dict[str, str]:

@@ -52,6 +52,7 @@ class RunConfig(BaseModel):
     fluency: bool = Field(True, description="compute the fluency metric (sampling; the slowest part)")
     device: str | None = Field(None, description="torch device; default: cuda if available")
     verify_restore: bool = Field(False, description="debug: checksum the weights after every restore")
+    keys: bool = Field(False, description="record keys and key distances (editors with prompt_keys)")
 
     @field_validator("shard")
     @classmethod
@@ -198,6 +199,7 @@ def _edit_and_score(config, editor, model, tok, batch, mname, clean, evaluate_ca
     result, failure = None, None
     recs: list[dict[str, Any]] = []
     try:
+        analysis = {c.case_id: key_analysis(editor, model, tok, c) for c in batch} if config.keys else {}
         result = editor.apply(model, tok, batch)
         for case in batch:
             seed_everything(config.seed)
@@ -233,8 +235,34 @@ def _edit_and_score(config, editor, model, tok, batch, mname, clean, evaluate_ca
         return [{"case_id": c.case_id, "task": c.task, "error": failure} for c in batch]
     info = records.jsonable(result.info) if result is not None else {}
     for rec in recs:
-        rec.update(seconds=result.seconds, peak_bytes=result.peak_bytes, batch_size=len(batch), info=info)
+        rec.update(seconds=result.seconds, peak_bytes=result.peak_bytes, batch_size=len(batch))
+        rec["info"] = {**info, **(analysis.get(rec["case_id"]) or {})}
     return recs
+
+
+def key_analysis(editor, model, tok, case: EditCase) -> dict[str, Any] | None:
+    """Keys of prompt, rephrase and neighbours (unedited model) and their distances to the prompt's.
+
+    For editors with `prompt_keys` (GRACE family); the data of the distance-envelope and PCA figures.
+    Distance as the editor measures it: L2, or 1 - cosine when hparams.dist_fn == 'cos'.
+    """
+    fn = getattr(editor, "prompt_keys", None)
+    if fn is None:
+        return None
+    k = fn(model, tok, [case.prompt, case.rephrase, *(n.prompt for n in case.neighbours)]).float().cpu()
+    if getattr(editor.hparams, "dist_fn", "euc") == "cos":
+        d = 1 - torch.nn.functional.cosine_similarity(k[1:], k[:1], dim=-1)
+    else:
+        d = torch.linalg.vector_norm(k[1:] - k[:1], dim=-1)
+    d = d.tolist()
+
+    def short(v: torch.Tensor) -> list[float]:
+        return [float(f"{x:.4g}") for x in v.tolist()]
+
+    return {
+        "distances": {"rephrase": d[0], "neighbours": d[1:], "radius": getattr(editor.hparams, "eps", None)},
+        "keys": {"prompt": short(k[0]), "rephrase": short(k[1]), "neighbours": [short(x) for x in k[2:]]},
+    }
 
 
 def write_summary(out: Path, config: RunConfig | None = None, **extra: Any) -> dict[str, Any]:
