@@ -56,7 +56,7 @@ def test_return_expression_rejects_trivial_and_long():
         return return_expression(ast.parse(src).body[0])
 
     assert body('def f(a):\n    """D."""\n    return sorted(a)[::-1]') == "sorted(a)[::-1]"
-    for trivial in ("None", "self", "True", "self._name", "super().f(x)"):
+    for trivial in ("None", "self", "True", "self._name", "super().f(x)", "(a, self.b)"):
         assert body(f"def f(self):\n    return {trivial}") is None
     assert body("def f(a):\n    return " + " + ".join(["a"] * 40)) is None
     assert body("def f(a):\n    x = 1\n    return x + a") is None

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from clmedit.data import rename, rewrite
 from clmedit.data.schema import EditCase, Neighbour, Task, atomic_write_text, format_prompt, write_cases
 from clmedit.data.sources import RawExample, SourceError, collapse
-from clmedit.data.stats import TokenCounter, length_table, token_counter
+from clmedit.data.stats import TokenCounter, dataset_stats, stats_path, token_counter
 
 log = logging.getLogger(__name__)
 
@@ -296,7 +296,10 @@ def build_dataset(
         with run.step("base answers"):
             fill_answers(cases, answer_fn, model_name or "model")
     run.counts["cases"] = len(cases)
-    stats = _stats(cfg, run, cases, counter, judge_counts)
+    stats = dataset_stats(
+        cfg.model_dump(), run.counts, run.skipped, run.timings, cases, counter, judge_counts
+    )
+    stats["pipeline_version"] = PIPELINE_VERSION
     path = None
     if out is not None:
         path = write_cases(out, cases)
@@ -320,28 +323,6 @@ def _case(
             "neighbour_uids": [n.uid for n in neighbours], "neighbour_scores": [round(float(s), 4) for s in scores],
         },
     )  # fmt: skip
-
-
-def _stats(cfg: BuildConfig, run: _Run, cases: list[EditCase], counter: TokenCounter, judge_counts) -> dict:
-    return {
-        "task": cfg.task,
-        "config": cfg.model_dump(),
-        "python": sys.version.split()[0],
-        "pipeline_version": PIPELINE_VERSION,
-        "token_counter": counter.name,
-        "counts": run.counts,
-        "skipped": dict(sorted(run.skipped.items())),
-        "rephrase_kinds": dict(Counter(c.meta.get("rephrase_kind") for c in cases)),
-        "lengths": length_table(cases, counter),
-        "judge": dict(judge_counts) if judge_counts is not None else None,
-        "timings": run.timings,
-    }
-
-
-def stats_path(path: str | Path) -> Path:
-    """`data/x.jsonl` -> `data/x.stats.json`."""
-    path = Path(path)
-    return path.with_name(path.name.removesuffix(".gz").removesuffix(".jsonl") + ".stats.json")
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import re
 import statistics
+import sys
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from clmedit.data.schema import PROMPT_TEMPLATES, EditCase
 
@@ -68,6 +71,36 @@ def length_table(
         fields["rephrase"].append(counter.count(raw_input(case.task, case.rephrase)))
         fields["neighbour"] += [counter.count(raw_input(case.task, n.prompt)) for n in case.neighbours]
     return {name: _summary(values) for name, values in fields.items()}
+
+
+def dataset_stats(
+    config: dict,
+    counts: dict[str, int],
+    skipped: Counter,
+    timings: dict[str, float],
+    cases: Sequence[EditCase],
+    counter: TokenCounter,
+    judge_counts: Counter | None = None,
+) -> dict:
+    """The `<name>.stats.json` of a build: config, counts, skip reasons, Table III, Table II, timings."""
+    return {
+        "task": config["task"],
+        "config": config,
+        "python": sys.version.split()[0],
+        "token_counter": counter.name,
+        "counts": counts,
+        "skipped": dict(sorted(skipped.items())),
+        "rephrase_kinds": dict(Counter(c.meta.get("rephrase_kind") for c in cases)),
+        "lengths": length_table(cases, counter),
+        "judge": dict(judge_counts) if judge_counts is not None else None,
+        "timings": timings,
+    }
+
+
+def stats_path(path: str | Path) -> Path:
+    """`data/x.jsonl` -> `data/x.stats.json`."""
+    path = Path(path)
+    return path.with_name(path.name.removesuffix(".gz").removesuffix(".jsonl") + ".stats.json")
 
 
 def format_stats(stats: dict) -> str:

@@ -39,9 +39,10 @@ _FIELD_LINE = re.compile(r"^\s*(?::\w+[^:]*:|@\w+|>>>|\.\. \w+)")  # :param x:, 
 _SECTION = re.compile(
     r"^\s*(Args|Arguments|Parameters|Returns?|Raises|Yields?|Examples?|Notes?|Usage)\s*:?\s*$"
 )
+_SIGNATURE = re.compile(r"^[\w.]+\(.*\)|->")  # "f(a, b) -> c": a signature line, not a description
 _SENTENCE_END = re.compile(r"(?<![A-Z]\.[a-z])(?<!\be\.g)(?<!\bi\.e)(?<!\betc)[.!?](?=\s|$)")
 _NON_DESCRIPTIVE = re.compile(
-    r"^(todo|xxx|fixme|deprecated|internal|private|undocumented|helper|override|overrides|"
+    r"^\[?(todo|xxx|fixme|deprecated|internal|private|undocumented|helper|override|overrides|"
     r"see |same as|alias|docstring|dummy|for internal use|this method is|not implemented|"
     r"implements? |called |used by |hook |stub)",
     re.IGNORECASE,
@@ -83,6 +84,8 @@ def summary_problem(summary: str, min_words: int = 3, max_chars: int = 300) -> s
         return "docstring summary too long"
     if _NON_DESCRIPTIVE.match(summary):
         return "non-descriptive docstring summary"
+    if _SIGNATURE.search(summary):
+        return "signature instead of a summary"
     if sum(c.isascii() for c in summary) < 0.9 * len(summary):
         return "non-ascii docstring summary"
     if not any(c.isalpha() for c in words[0]):

@@ -112,7 +112,10 @@ def _params(fn: FuncDef) -> list[str]:
 
 
 def _is_trivial(expr: ast.expr) -> bool:
-    """A bare constant/name/attribute chain, or a plain `super()` delegation: nothing to learn."""
+    """A bare constant/name/attribute chain (or a tuple of them), or a plain `super()` delegation:
+    nothing to learn."""
+    if isinstance(expr, ast.Tuple | ast.List | ast.Set):  # (a, b): a tuple of trivial parts
+        return all(_is_trivial(e) for e in expr.elts)
     node = expr
     while isinstance(node, ast.Attribute):
         node = node.value
