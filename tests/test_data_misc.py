@@ -204,3 +204,17 @@ def test_cli_build_from_python_files(tmp_path):
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "4 cases" in res.output and out.is_file() and (tmp_path / "o.stats.json").is_file()
+
+
+@pytest.mark.slow
+def test_local_model_paraphrase_and_judge_run_end_to_end():
+    """The default local backend (smollm2-135m) answers; whatever it says is checked or parsed."""
+    backend = make_backend("local")
+    got = llm_paraphrases(["sort the list `xs` in reverse order"], backend)
+    para, problem = got[0]
+    assert (para is None) != (problem is None)
+    assert para is None or "xs" in para
+    kept, counts = judge_examples(
+        [RawExample("u", "sort the list `xs`", "sorted(xs)")], backend, min_level=1, progress=False
+    )
+    assert sum(counts.values()) == 1

@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from clmedit.data.llm import ChatBackend, LLMError
 from clmedit.data.sources import collapse
@@ -129,7 +130,7 @@ def llm_paraphrases(
     """(paraphrase or None, rejection reason or None) per intent. `encode` gives unit-norm
     embeddings for the similarity check (skipped when None)."""
     replies = []
-    for text in intents:
+    for text in tqdm(intents, desc="paraphrasing", unit="intent", disable=len(intents) < 20):
         try:
             reply = backend.chat([{"role": "user", "content": PARAPHRASE_PROMPT.format(text=text)}])
         except LLMError as err:
