@@ -158,3 +158,12 @@ def test_mine_python_counts_bad_files(tmp_path):
     assert cnle["A.m"].output is None  # pool-only: no one-line return
     with pytest.raises(SourceError):
         mine_python("csne", [tmp_path / "nope"], progress=False)
+
+
+def test_byte_order_marks_are_accepted(tmp_path):
+    (tmp_path / "bom.py").write_bytes(
+        b"\xef\xbb\xbfdef twice(x):\n    '''Double the given number.'''\n    return x * 2\n"
+    )
+    assert mine_python("cnle", [tmp_path], progress=False)[0].output == "x * 2"
+    (tmp_path / "c.json").write_bytes(b'\xef\xbb\xbf[{"intent": "double x", "snippet": "x * 2"}]')
+    assert read_conala(tmp_path / "c.json")[0].output == "x * 2"

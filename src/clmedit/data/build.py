@@ -284,6 +284,8 @@ def build_dataset(
             embedder = load_embedder(cfg.embedder)
     with run.step("rephrase"):
         items = make_rephrases(targeted, pool, cfg, run, embedder.encode if embedder else None)
+    if not items:
+        raise SourceError(f"no edit case could be built (skipped: {dict(run.skipped)})")
     with run.step("neighbours"):
         idx, scores = find_neighbours(
             [ex.input for ex, _, _ in items], [ex.input for ex in pool], cfg, embedder

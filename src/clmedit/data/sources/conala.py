@@ -7,6 +7,7 @@ when it differs, is kept as a human-written rephrase candidate.
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import json
 from collections import Counter
@@ -57,13 +58,13 @@ def _records(path: Path, skipped: Counter) -> Iterator[Any]:
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as fh:
-            head = fh.read(4096).lstrip()
+            head = fh.read(4096).removeprefix(codecs.BOM_UTF8).lstrip()
     except OSError as err:
         raise SourceError(f"{path}: cannot read ({err})") from err
     if head.startswith(b"["):
         try:
             with opener(path, "rb") as fh:
-                data = json.loads(fh.read().decode("utf-8"))
+                data = json.loads(fh.read().decode("utf-8-sig"))
         except UnicodeDecodeError as err:
             raise SourceError(f"{path}: not UTF-8 text") from err
         except json.JSONDecodeError as err:

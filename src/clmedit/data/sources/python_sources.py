@@ -54,7 +54,7 @@ def iter_python_files(roots: Iterable[str | Path], skip_dirs: frozenset[str] = S
 def parse_source(data: bytes, skipped: Counter) -> ast.Module | None:
     """Parse UTF-8 Python source; None (reason counted) for non-UTF-8 text or a syntax error."""
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")  # a BOM is legal in Python source
     except UnicodeDecodeError:
         skipped["non-utf8 file"] += 1
         return None
