@@ -23,7 +23,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="clmedit-data-bench-"))
-    total = time.perf_counter()
+    total, cpu = time.perf_counter(), time.process_time()
     for task in ("cnle", "csne"):
         start = time.perf_counter()
         cfg = BuildConfig(task=task, limit=args.limit, embedder=args.embedder, progress=False)
@@ -31,8 +31,11 @@ def main() -> None:
         print(f"\n{task}: {len(result.cases)} cases, pool {result.stats['counts']['pool']}, "
               f"{time.perf_counter() - start:.1f} s")  # fmt: skip
         for step, seconds in result.stats["timings"].items():
-            print(f"  {step:<14} {seconds:8.1f} s")
-    print(f"\nboth datasets in {time.perf_counter() - total:.1f} s -> {out}")
+            cpu = result.stats["cpu_seconds"][step]
+            print(f"  {step:<14} {seconds:8.1f} s wall {cpu:8.1f} s CPU")
+    print(
+        f"\nboth datasets in {time.perf_counter() - total:.1f} s wall, {time.process_time() - cpu:.1f} s CPU -> {out}"
+    )
 
 
 if __name__ == "__main__":

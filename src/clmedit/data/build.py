@@ -84,14 +84,16 @@ class _Run:
 
     skipped: Counter = field(default_factory=Counter)
     counts: dict[str, int] = field(default_factory=dict)
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # wall seconds per step
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds (all threads): load-independent
 
     @contextmanager
     def step(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         yield
         self.timings[name] = round(time.perf_counter() - start, 3)
-        log.info("%s: %.1f s", name, self.timings[name])
+        self.cpu[name] = round(time.process_time() - cpu, 3)
+        log.info("%s: %.1f s (%.1f s CPU)", name, self.timings[name], self.cpu[name])
 
 
 # --- steps --------------------------------------------------------------------------------------
@@ -301,7 +303,7 @@ def build_dataset(
     stats = dataset_stats(
         cfg.model_dump(), run.counts, run.skipped, run.timings, cases, counter, judge_counts
     )
-    stats["pipeline_version"] = PIPELINE_VERSION
+    stats.update(pipeline_version=PIPELINE_VERSION, cpu_seconds=run.cpu)
     path = None
     if out is not None:
         path = write_cases(out, cases)
