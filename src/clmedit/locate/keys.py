@@ -60,6 +60,31 @@ def compute_keys(
 
 
 @torch.no_grad()
+def keys_and_outputs(
+    model: nn.Module, tok, prompts: list[str], layer: int, path: str, batch_size: int = 16
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(k_layer (N, d_mlp), output of module `path` (N, d)) at each prompt's last token, one pass per batch."""
+    arch = arch_of(model)
+    device = next(model.parameters()).device
+    key_path = arch.path("down_proj", layer)
+    # stop after the decoder block that holds the later of the two (a module's output is complete
+    # only when the module returns, and `path` may contain down_proj, e.g. the MLP of the same layer)
+    site_layer = int(path.removeprefix(arch.layers + ".").split(".")[0])
+    last_block = f"{arch.layers}.{max(layer, site_layer)}"
+    keys, outs = [], []
+    for start in range(0, len(prompts), batch_size):
+        batch = prompt_batch(tok, prompts[start : start + batch_size], device)
+        with (
+            TraceDict(model, [key_path, path], retain_input=True) as td,
+            Trace(model, last_block, retain_output=False, stop=True),
+        ):
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+        keys.append(gather_rows(td[key_path].input, batch["last"]).float())
+        outs.append(gather_rows(td[path].output, batch["last"]).float())
+    return torch.cat(keys), torch.cat(outs)
+
+
+@torch.no_grad()
 def module_outputs(
     model: nn.Module, tok, prompts: list[str], path: str, batch_size: int = 16
 ) -> torch.Tensor:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from clmedit.locate.keys import compute_keys, module_outputs
+from clmedit.locate.keys import keys_and_outputs
 from clmedit.models.arch import arch_of
 
 
@@ -63,8 +63,8 @@ def spread_over_layers(
     """
     norms = []
     for i, layer in enumerate(layers):
-        keys = compute_keys(model, tok, prompts, [layer])[layer]  # (N, d_in)
-        resid = target.to(keys.device) - module_outputs(model, tok, prompts, site)  # (N, d_out)
+        keys, out = keys_and_outputs(model, tok, prompts, layer, site)  # (N, d_in), (N, d_out)
+        resid = target.to(out.device) - out
         norms.append(float(resid.norm(dim=-1).mean()))
         delta = least_squares_update(keys, resid / (len(layers) - i), covs.get(layer), weight)
         add_to_down_proj(model, layer, delta)
