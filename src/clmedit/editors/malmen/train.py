@@ -44,26 +44,39 @@ class _Seq:
     labels: torch.Tensor  # (T,): target ids on target tokens, IGNORE elsewhere
 
 
-def _sequences(model, tok, cases: list[EditCase], first_layer: int) -> list[dict[str, list[_Seq]]]:
-    """Per case: 'edit' = [prompt + target, rephrase + target], 'loc' = neighbours (+ their answers)."""
+def _sequences(
+    model, tok, cases: list[EditCase], first_layer: int, batch_size: int = 32
+) -> list[dict[str, list[_Seq]]]:
+    """Per case: 'edit' = [prompt + target, rephrase + target], 'loc' = neighbours (+ their answers).
+
+    Hidden states are computed in right-padded batches of similar length (causal attention: a
+    row's real positions do not see its padding) and cut back to each row's length.
+    """
     name = model_name(model)
     device = next(model.parameters()).device
-    out = []
-    for case in tqdm(cases, desc="malmen: cache hidden states", leave=False):
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    rows: list[tuple[int, str, list[int], list[int]]] = []  # (case index, kind, ids, labels)
+    for c, case in enumerate(cases):
         t = target_ids(tok, case.target)
-        rows: list[tuple[str, list[int], list[int]]] = []
         for text in (case.prompt, case.rephrase):
             p = prompt_ids(tok, text)
-            rows.append(("edit", p + t, [IGNORE] * len(p) + t))
+            rows.append((c, "edit", p + t, [IGNORE] * len(p) + t))
         for n in case.neighbours:
             ids = prompt_ids(tok, n.prompt) + (target_ids(tok, n.answers[name]) if name in n.answers else [])
-            rows.append(("loc", ids, [IGNORE] * len(ids)))
-        seqs: dict[str, list[_Seq]] = {"edit": [], "loc": []}
-        for kind, ids, labels in rows:
-            x = torch.tensor([ids], device=device)
-            h = hidden_before(model, first_layer, x, torch.ones_like(x))[0]
-            seqs[kind].append(_Seq(h, torch.tensor(labels, device=device)))
-        out.append(seqs)
+            rows.append((c, "loc", ids, [IGNORE] * len(ids)))
+    out: list[dict[str, list[_Seq]]] = [{"edit": [], "loc": []} for _ in cases]
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i][2]))
+    for start in tqdm(range(0, len(order), batch_size), desc="malmen: cache hidden states", leave=False):
+        chunk = [rows[i] for i in order[start : start + batch_size]]
+        width = max(len(r[2]) for r in chunk)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long, device=device)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long, device=device)
+        for j, (_, _, r_ids, _) in enumerate(chunk):
+            ids[j, : len(r_ids)] = torch.tensor(r_ids, device=device)
+            mask[j, : len(r_ids)] = 1
+        hidden = hidden_before(model, first_layer, ids, mask)
+        for j, (c, kind, r_ids, labels) in enumerate(chunk):
+            out[c][kind].append(_Seq(hidden[j, : len(r_ids)].clone(), torch.tensor(labels, device=device)))
     return out
 
 
