@@ -1,0 +1,301 @@
+"""GRACE: a codebook adaptor on one down_proj; the weights are never touched.
+
+The down_proj of layer L (27 of 32) is wrapped by `GraceLayer`. At a prompt's prefill the
+wrapper computes each row's key (`Grace.keys`: the down_proj input at the last prompt token)
+and looks it up in the codebook; a row whose key lies within an entry's radius is *matched*
+and its output is replaced by that entry's value; every other row is untouched (output
+bitwise equal to the unedited layer's), which is what makes GRACE specific.
+
+What a value is, and where it applies (our choice, measured on smollm2-135m). The study's
+protocol greedily decodes len(target) tokens with a KV cache after one prefill. Replacing
+only the key token's output steers the first token alone; one shared vector replayed at the
+key token and every generated token reached 75% EM on real CoNaLa cases (30 steps, lr 1.0).
+So with `replacement="steps"` (default) a value is a sequence V = (v_0, .., v_{S-1}),
+S = len(target tokens): v_0 replaces the output at the key token (predicting target token 0)
+and v_k the output at the k-th generated token of a matched row (predicting token k); after
+S steps the row runs free. The values are trained exactly so, under teacher forcing on
+prompt + " " + target: min_V  -sum_k log p(y_k | prompt, y_<k ; out[P-1+k] := v_k), 30 Adam
+steps, lr 1.0, from the unedited outputs ("warm"). That gave 100% EM with unchanged
+neighbours. `replacement="last"` is the literal single vector at the key token only (S = 1).
+EasyEdit's "replace_last" under a KV cache also rewrites the generated tokens' outputs
+(each decode call's last token), so the study's YAML maps to "steps".
+
+Per-row state is reset at every new prefill: a call with a KV cache of length 0 (or no cache
+and not a recomputation of the last prefill) is a new prompt. Batches may be left-padded:
+the prompt mask comes from the attention mask seen by a forward pre-hook on the model.
+
+Keys come from `Grace.keys(inputs, prompt_mask)`; subclasses (A-GRACE) override it to map
+the prefill's down_proj inputs to any key space, and the wrapper always calls that method.
+Restore removes the wrapper and the hook: the model is then bitwise what it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from clmedit.config import EditorHParams
+from clmedit.data.schema import EditCase
+from clmedit.editors.base import Editor, EditResult, replace_module
+from clmedit.editors.grace.codebook import Codebook, Distance, Expand
+from clmedit.models.arch import arch_of
+from clmedit.models.hooks import Trace
+from clmedit.models.partial import forward_from, trainable_only
+from clmedit.models.text import edit_batch, target_nll
+
+log = logging.getLogger(__name__)
+
+KeyFn = Any  # Callable[[Tensor (B, T, d_in), Tensor (B, T) bool], Tensor (B, d_key)]
+
+
+class GraceHParams(EditorHParams):
+    layer: int = Field(27, description="down_proj of this layer (of reference_layers) is wrapped")
+    edit_lr: float = Field(1.0, gt=0, description="Adam learning rate of the value")
+    n_iter: int = Field(30, ge=1, description="optimisation steps per value")
+    eps: float = Field(1.0, gt=0, description="radius of a new codebook entry")
+    dist_fn: Distance = Field("euc", description="key distance: euc (L2) or cos (1 - cosine)")
+    val_init: Literal["warm", "cold"] = Field("warm", description="warm: unedited outputs; cold: U[0,1)")
+    replacement: Literal["steps", "last"] = Field(
+        "steps", description="steps: one value per decoded token; last: key token only"
+    )
+    eps_expand: Expand = Field("coverage", description="same-label key: grow radius or move key")
+
+    @classmethod
+    def from_study(cls, raw: dict[str, Any]) -> GraceHParams:
+        """Read the study's GRACE YAML (inner_params, edit_lr, n_iter, eps, dist_fn, ...)."""
+        kw: dict[str, Any] = {}
+        params = raw.get("inner_params") or []
+        if params:
+            found = re.search(r"layers?[.\[](\d+)", str(params[0]))
+            if not found:
+                raise ValueError(f"cannot find a layer index in inner_params {params[0]!r}")
+            kw["layer"] = int(found.group(1))
+        for key in ("edit_lr", "n_iter", "eps", "dist_fn", "val_init"):
+            if raw.get(key) is not None:
+                kw[key] = raw[key]
+        if raw.get("replacement") is not None:  # replace_last/_all/_prompt all rewrite decoded tokens
+            kw["replacement"] = "steps"
+        if raw.get("eps_expand") is not None:
+            kw["eps_expand"] = "moving_average" if "avg" in str(raw["eps_expand"]) else "coverage"
+        ignored = sorted(set(raw) - set(kw) - {"inner_params", "replacement", "eps_expand"})
+        log.debug("GRACE from_study: ignoring keys %s", ignored)
+        return cls(**kw)
+
+
+def last_position(mask: torch.Tensor) -> torch.Tensor:
+    """Index (B,) of the last true position of each row of a (B, T) mask."""
+    return mask.size(1) - 1 - mask.long().flip(1).argmax(1)
+
+
+class GraceLayer(nn.Module):
+    """Wraps a down_proj: out = inner(x), with matched rows' outputs replaced by codebook values.
+
+    State per row (reset at each prefill): the matched entry (-1: none), the key position and
+    how many steps have been decoded. `enabled=False` makes it a pure pass-through.
+    """
+
+    def __init__(self, inner: nn.Module, codebook: Codebook, key_fn: KeyFn):
+        super().__init__()
+        self.inner = inner
+        self.codebook = codebook
+        self.key_fn = key_fn
+        self.enabled = True
+        self._call: dict[str, Any] | None = None  # what the model pre-hook saw for this call
+        self._rows: torch.Tensor | None = None  # (B,) matched entry per row
+        self._pos: torch.Tensor | None = None  # (B,) key position per row
+        self._anchor: torch.Tensor | None = None  # (B, d_in) input at the key positions
+        self._steps = 0  # tokens decoded since the prefill (KV-cache mode)
+        self._length = 0  # sequence length at the last call
+
+    def observe(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Forward pre-hook on the whole model: remember the attention mask and the cache length."""
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        past = cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
+        self._call = {"mask": kwargs.get("attention_mask"), "past": int(past)}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, d_in)
+        out = self.inner(x)
+        call, self._call = self._call, None
+        if not self.enabled or len(self.codebook) == 0:
+            return out
+        b, t = x.shape[:2]
+        past = call["past"] if call else 0
+        if self._rows is not None and self._rows.numel() == b:
+            if past > 0 or (call is None and t == 1):  # KV cache: t new tokens after the prefill
+                return self._continue_cached(out)
+            if past == 0 and t > self._length and self._same_prefix(x):  # no cache: recomputation
+                return self._continue_recomputed(out)
+        return self._prefill(x, out, call)
+
+    @torch.no_grad()
+    def _prefill(self, x: torch.Tensor, out: torch.Tensor, call: dict | None) -> torch.Tensor:
+        b, t = x.shape[:2]
+        mask = call.get("mask") if call else None
+        if mask is None or mask.shape[0] != b or mask.shape[1] < t:
+            prompt_mask = torch.ones(b, t, dtype=torch.bool, device=x.device)
+        else:
+            prompt_mask = mask[:, -t:].bool()
+        rows, _ = self.codebook.lookup(self.key_fn(x, prompt_mask))
+        pos = last_position(prompt_mask)
+        self._rows, self._pos, self._steps, self._length = rows, pos, 0, t
+        self._anchor = x[torch.arange(b, device=x.device), pos].clone()
+        return self._write(out, [(r, int(pos[r]), 0) for r in range(b)])
+
+    def _continue_cached(self, out: torch.Tensor) -> torch.Tensor:
+        t = out.shape[1]
+        todo = [(r, j, self._steps + 1 + j) for r in range(out.shape[0]) for j in range(t)]
+        self._steps += t
+        self._length += t
+        return self._write(out, todo)
+
+    def _continue_recomputed(self, out: torch.Tensor) -> torch.Tensor:
+        t = out.shape[1]
+        self._length = t
+        todo = [
+            (r, p, p - int(self._pos[r])) for r in range(out.shape[0]) for p in range(int(self._pos[r]), t)
+        ]
+        return self._write(out, todo)
+
+    def _same_prefix(self, x: torch.Tensor) -> bool:
+        if x.shape[1] <= int(self._pos.max()):
+            return False
+        now = x[torch.arange(x.shape[0], device=x.device), self._pos]
+        return torch.allclose(now, self._anchor, rtol=1e-4, atol=1e-5)
+
+    def _write(self, out: torch.Tensor, todo: list[tuple[int, int, int]]) -> torch.Tensor:
+        """Replace out[row, position] by value step `step` of the row's entry, where one exists."""
+        edits = []
+        for row, position, step in todo:
+            entry = int(self._rows[row])
+            if entry >= 0 and step < self.codebook.values[entry].shape[0]:
+                edits.append((row, position, self.codebook.values[entry][step]))
+        if not edits:
+            return out
+        out = out.clone()
+        for row, position, value in edits:
+            out[row, position] = value.to(out.dtype)
+        return out
+
+
+class Grace(Editor):
+    """GRACE (Hartvigsen et al., 2023): discrete key-value adaptor at one down_proj."""
+
+    name = "grace"
+    HParams = GraceHParams
+
+    # --- keys -----------------------------------------------------------------------------------
+    def keys(self, inputs: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
+        """Key per row: the down_proj input (B, T, d) at the last prompt position -> (B, d).
+
+        `prompt_mask` (B, T) is true on prompt tokens (left- or right-padded). Override to use
+        another key; it is called both when inserting and at every prefill.
+        """
+        return inputs[torch.arange(inputs.size(0), device=inputs.device), last_position(prompt_mask)]
+
+    def edit_layer(self, model: nn.Module) -> int:
+        return self.hparams.layer_for(self.hparams.layer, arch_of(model).num_layers(model))
+
+    @torch.no_grad()
+    def prompt_keys(self, model: nn.Module, tok: Any, prompts: list[str]) -> torch.Tensor:
+        """Keys (N, d_key) of formatted prompts, as the wrapper would compute them at prefill."""
+        path = arch_of(model).path("down_proj", self.edit_layer(model))
+        device = next(model.parameters()).device
+        enc = tok(prompts, return_tensors="pt", padding=True, padding_side="right").to(device)
+        with Trace(model, path, retain_input=True, retain_output=False, detach=True, stop=True) as tr:
+            model(**enc, use_cache=False)
+        return self.keys(tr.input, enc["attention_mask"].bool())
+
+    # --- apply ----------------------------------------------------------------------------------
+    def _apply(self, model: nn.Module, tok: Any, cases: list[EditCase]) -> EditResult:
+        hp = self.hparams
+        arch = arch_of(model)
+        layer = self.edit_layer(model)
+        path = arch.path("down_proj", layer)
+        book = Codebook(eps_init=hp.eps, dist_fn=hp.dist_fn, expand=hp.eps_expand)
+        wrapper = GraceLayer(model.get_submodule(path), book, self.keys)
+        result = EditResult(undo=[replace_module(model, path, wrapper)])
+        result.undo.append(model.register_forward_pre_hook(wrapper.observe, with_kwargs=True).remove)
+        info: dict[str, list] = {"keys": [], "ops": [], "nearest": [], "losses": []}
+        wrapper.enabled = False  # inserts see (and train against) the unedited layer output
+        try:
+            for case in cases:
+                key, op, nearest, loss = self._insert(model, tok, wrapper, layer, path, case)
+                for name, v in zip(("keys", "ops", "nearest", "losses"), (key, op, nearest, loss)):
+                    info[name].append(v)
+        except BaseException:
+            result.restore()
+            raise
+        wrapper.enabled = True
+        result.info = {
+            "layer": layer,
+            "keys": torch.stack(info["keys"]).cpu(),  # (N, d_key) keys as inserted
+            "ops": info["ops"],
+            "nearest": info["nearest"],
+            "losses": info["losses"],
+            "codebook": book,
+        }
+        return result
+
+    def _insert(self, model, tok, wrapper: GraceLayer, layer: int, path: str, case: EditCase):
+        """Insert one case's key, then train the value of the entry it landed in."""
+        hp = self.hparams
+        device = next(model.parameters()).device
+        batch = edit_batch(tok, [case.prompt], [case.target], device=device)
+        p = batch["prompt_lens"][0]
+        n_target = batch["input_ids"].shape[1] - p
+        steps = n_target if hp.replacement == "steps" else 1
+        block = arch_of(model).blocks(model)[layer]
+        # one pass up to block `layer`: its input (the frozen hidden state) and down_proj's in/out
+        with (
+            torch.no_grad(),
+            Trace(model, path, retain_input=True, detach=True) as dp,
+            Trace(model, block, retain_input=True, retain_output=False, detach=True, stop=True) as blk,
+        ):
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+        prompt_mask = torch.arange(batch["input_ids"].shape[1], device=device)[None] < p
+        key = self.keys(dp.input, prompt_mask)[0]
+        if hp.val_init == "warm":
+            init = dp.output[0, p - 1 : p - 1 + steps].float()
+        else:
+            gen = torch.Generator().manual_seed(hp.seed)
+            init = torch.rand(steps, dp.output.shape[-1], generator=gen).to(device)
+        ins = wrapper.codebook.insert(key, case.target, init)
+        value, loss = self._train_value(
+            model, layer, path, blk.input, batch, wrapper.codebook.values[ins.index]
+        )
+        wrapper.codebook.set_value(ins.index, value)
+        log.debug("GRACE %s: %s (nearest %.3g), loss %.4f", case.case_id, ins.op, ins.distance or -1, loss)
+        return key.detach(), ins.op, ins.distance, loss
+
+    def _train_value(self, model, layer: int, path: str, hidden, batch: dict, init: torch.Tensor):
+        """min_V NLL(target | out[P-1+k] := v_k) by Adam; runs only layers >= `layer` per step.
+
+        Returns (V (S, d_out) float32, final loss). The model's parameters are not modified.
+        """
+        hp = self.hparams
+        p = batch["prompt_lens"][0]
+        value = nn.Parameter(init.detach().clone().float())
+        positions = torch.arange(p - 1, p - 1 + value.shape[0], device=value.device)
+        keep = batch["input_ids"].shape[1] - p + 1  # logits of positions P-1.. predict the target
+        labels = batch["labels"][:, -keep:]
+
+        def put(out: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
+            out = out.clone()
+            out[0, positions] = value.to(out.dtype)
+            return out
+
+        opt = torch.optim.Adam([value], lr=hp.edit_lr)
+        loss = torch.tensor(float("nan"))
+        with trainable_only(model, []), Trace(model, path, edit_output=put, retain_output=False):
+            for _ in range(hp.n_iter):
+                logits = forward_from(model, layer, hidden, batch["attention_mask"], logits_to_keep=keep)
+                loss = target_nll(logits, labels)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        return value.detach(), loss.item()
