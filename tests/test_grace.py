@@ -1,0 +1,144 @@
+"""GRACE: codebook semantics, the generation-time wrapper (KV cache, left padding, no cache,
+state reset), key override, study YAML, and one check on the real default model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+
+from clmedit.editors.base import get_editor
+from clmedit.editors.grace.codebook import Codebook
+from clmedit.editors.grace.editor import Grace, GraceHParams, GraceLayer
+from clmedit.models.text import prompt_ids, target_ids
+from tests.conftest import make_case
+
+TINY = {"eps": 0.01, "n_iter": 30}
+
+
+def test_codebook_add_expand_split():
+    book = Codebook(eps_init=1.0)
+    v = torch.zeros(2, 3)
+    assert book.insert(torch.tensor([0.0, 0.0]), "a", v).op == "added"
+    assert book.insert(torch.tensor([5.0, 0.0]), "b", v).op == "added"  # farther than 1 + 1
+    ins = book.insert(torch.tensor([1.5, 0.0]), "a", v)  # same label within eps_i + eps_init: grow
+    assert (ins.op, ins.index) == ("expanded", 0) and book.radii[0].item() == pytest.approx(1.5)
+    ins = book.insert(torch.tensor([5.0, 1.0]), "c", v)  # conflict with "b": both radii halve
+    assert ins.op == "split" and book.radii[1].item() == pytest.approx(0.5)
+    assert book.radii[2].item() == pytest.approx(0.5) and len(book) == 3
+    rows, dist = book.lookup(torch.tensor([[1.4, 0.0], [5.0, 0.9], [3.0, 3.0]]))
+    assert rows.tolist() == [0, 2, -1] and dist[0].item() == pytest.approx(1.4)
+
+
+def test_codebook_moving_average_and_cosine():
+    book = Codebook(eps_init=0.5, expand="moving_average", dist_fn="cos")
+    book.insert(torch.tensor([1.0, 0.0]), "a", torch.zeros(1, 2))
+    book.insert(torch.tensor([1.0, 1.0]), "a", torch.zeros(1, 2))
+    assert torch.allclose(book.keys[0], torch.tensor([1.0, 0.5]))
+
+
+def _greedy(model, tok, prompts: list[str], n: int, **kw) -> list[list[int]]:
+    tok.padding_side = "left"
+    enc = tok(prompts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=n, do_sample=False, **kw)
+    return out[:, enc["input_ids"].shape[1] :].tolist()
+
+
+def test_batch_apply_generation_and_restore(llama_tiny, cases):
+    model, tok = llama_tiny
+    other = make_case(5)
+    n = 12
+    before = _greedy(model, tok, [other.prompt], n)[0]
+    logits_before = model(torch.tensor([prompt_ids(tok, other.prompt)])).logits
+    result = get_editor("grace", **TINY).apply(model, tok, cases)  # three sequential inserts
+    assert result.info["ops"] == ["added"] * 3 and result.info["keys"].shape == (3, 128)
+    assert isinstance(model.get_submodule("model.layers.3.mlp.down_proj"), GraceLayer)
+    # a left-padded batch: edited rows give their targets, the unedited row is untouched
+    prompts = [c.prompt for c in cases] + [other.prompt]
+    outs = _greedy(model, tok, prompts, n)
+    for case, out in zip(cases, outs):
+        want = target_ids(tok, case.target)
+        assert out[: len(want)] == want
+    assert outs[-1] == before
+    # a fresh prefill resets the state: the unmatched prompt alone, then without a KV cache
+    assert _greedy(model, tok, [other.prompt], n)[0] == before
+    assert torch.equal(model(torch.tensor([prompt_ids(tok, other.prompt)])).logits, logits_before)
+    nocache = _greedy(model, tok, [cases[1].prompt, other.prompt], n, use_cache=False)
+    assert nocache[0][: len(target_ids(tok, cases[1].target))] == target_ids(tok, cases[1].target)
+    assert nocache[1] == before
+    result.restore()
+    assert type(model.get_submodule("model.layers.3.mlp.down_proj")).__name__ == "Linear"
+    assert model._forward_pre_hooks == {}
+
+
+class MeanKeyGrace(Grace):
+    """A subclass with another key space (as A-GRACE): mean prompt input, projected to 8 dims."""
+
+    name = "grace-mean-test"
+
+    def keys(self, inputs, prompt_mask):
+        m = prompt_mask.to(inputs.dtype).unsqueeze(-1)
+        mean = (inputs * m).sum(1) / m.sum(1)
+        return mean @ torch.ones(inputs.shape[-1], 8) * 10
+
+
+def test_key_override_is_used_at_insert_and_prefill(llama_tiny, cases):
+    model, tok = llama_tiny
+    editor = MeanKeyGrace(GraceHParams(**TINY))
+    result = editor.apply(model, tok, cases[:2])
+    assert result.info["keys"].shape == (2, 8)
+    assert editor.prompt_keys(model, tok, [cases[0].prompt]).shape == (1, 8)
+    outs = _greedy(model, tok, [cases[0].prompt, cases[1].prompt], 12)
+    for case, out in zip(cases, outs):
+        want = target_ids(tok, case.target)
+        assert out[: len(want)] == want
+    result.restore()
+
+
+def test_from_study_yaml(tmp_path):
+    raw = {
+        "alg_name": "GRACE",
+        "model_name": "codellama/CodeLlama-7b-hf",
+        "inner_params": ["model.layers[27].mlp.down_proj.weight"],
+        "edit_lr": 1.0,
+        "n_iter": 30,
+        "eps": 1.0,
+        "dist_fn": "euc",
+        "val_init": "cold",
+        "replacement": "replace_last",
+        "eps_expand": "coverage",
+        "num_pert": 8,
+    }
+    path = tmp_path / "codellama-7b.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    hp = GraceHParams.from_yaml(path, n_iter=5)
+    assert (hp.layer, hp.n_iter, hp.eps, hp.val_init, hp.replacement) == (27, 5, 1.0, "cold", "steps")
+    assert hp.layer_for(hp.layer, 30) == 25
+    assert get_editor("grace", preset="codellama/CodeLlama-7b-hf").hparams.layer == 27
+    assert get_editor("grace", preset="smollm2-135m").hparams.layer_for(25, 30) == 25
+
+
+@pytest.mark.slow
+def test_real_model_edit_is_effective_and_specific():
+    from clmedit.data.schema import EditCase, format_prompt
+    from clmedit.models.load import load_model
+
+    model, tok = load_model("smollm2-135m", device="cpu")
+    intents = ["concatenate a list of strings `words` with commas", "get the current working directory"]
+    targets = ["','.join(words)", "os.getcwd()"]
+    edits = [
+        EditCase(
+            case_id=str(i), task="cnle", prompt=format_prompt("cnle", t), target=y, rephrase="", neighbours=[]
+        )
+        for i, (t, y) in enumerate(zip(intents, targets))
+    ]
+    neighbour = format_prompt("cnle", "list the files in the directory `path`")
+    before = _greedy(model, tok, [neighbour], 16)[0]
+    result = get_editor("grace", preset="smollm2-135m").apply(model, tok, edits)
+    outs = _greedy(model, tok, [e.prompt for e in edits] + [neighbour], 16)
+    for edit, out in zip(edits, outs):
+        want = target_ids(tok, edit.target)
+        assert out[: len(want)] == want
+    assert outs[-1] == before
+    result.restore()
