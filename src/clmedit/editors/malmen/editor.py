@@ -41,6 +41,7 @@ class MalmenHParams(EditorHParams):
     batch_size: int = Field(4, ge=1, description="cases per meta-training step")
     edit_coef: float = Field(1.0, ge=0, description="weight of the post-edit NLL on prompt and rephrase")
     loc_coef: float = Field(1.0, ge=0, description="weight of the KL on neighbours")
+    loc_neighbours: int = Field(1, ge=1, description="neighbours per case in the locality loss")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="training cases held out for model selection")
     val_every: int = Field(100, ge=1, description="steps between validation checks")
     tokens: Literal["target", "all"] = Field("target", description="positions giving (key, gradient) pairs")

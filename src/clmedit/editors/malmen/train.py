@@ -45,9 +45,11 @@ class _Seq:
 
 
 def _sequences(
-    model, tok, cases: list[EditCase], first_layer: int, batch_size: int = 32
+    model, tok, cases: list[EditCase], first_layer: int, loc_neighbours: int = 1, batch_size: int = 32
 ) -> list[dict[str, list[_Seq]]]:
-    """Per case: 'edit' = [prompt + target, rephrase + target], 'loc' = neighbours (+ their answers).
+    """Per case: 'edit' = [prompt + target, rephrase + target], 'loc' = its first `loc_neighbours`
+    neighbours (+ their cached answers). A loc row's labels mark where the KL is taken (0) or not
+    (IGNORE): from the prompt's last token on when an answer is known, else every token.
 
     Hidden states are computed in right-padded batches of similar length (causal attention: a
     row's real positions do not see its padding) and cut back to each row's length.
@@ -61,9 +63,11 @@ def _sequences(
         for text in (case.prompt, case.rephrase):
             p = prompt_ids(tok, text)
             rows.append((c, "edit", p + t, [IGNORE] * len(p) + t))
-        for n in case.neighbours:
-            ids = prompt_ids(tok, n.prompt) + (target_ids(tok, n.answers[name]) if name in n.answers else [])
-            rows.append((c, "loc", ids, [IGNORE] * len(ids)))
+        for n in case.neighbours[:loc_neighbours]:
+            p = prompt_ids(tok, n.prompt)
+            answer = target_ids(tok, n.answers[name]) if name in n.answers else []
+            skip = len(p) - 1 if answer else 0
+            rows.append((c, "loc", p + answer, [IGNORE] * skip + [0] * (len(p) + len(answer) - skip)))
     out: list[dict[str, list[_Seq]]] = [{"edit": [], "loc": []} for _ in cases]
     order = sorted(range(len(rows)), key=lambda i: len(rows[i][2]))
     for start in tqdm(range(0, len(order), batch_size), desc="malmen: cache hidden states", leave=False):
@@ -127,7 +131,8 @@ class MetaLoss:
                     )
                 )
             edit_loss = target_nll(forward_from(self.model, self.layers[0], edit[0], edit[1]), edit[2])
-            loc_loss = _kl(before, forward_from(self.model, self.layers[0], loc[0], loc[1]), loc[1])
+            kl_mask = (loc[2] != IGNORE).float()
+            loc_loss = _kl(before, forward_from(self.model, self.layers[0], loc[0], loc[1]), kl_mask)
         loss = self.edit_coef * edit_loss + self.loc_coef * loc_loss
         return loss, {"edit": float(edit_loss.detach()), "loc": float(loc_loss.detach())}
 
@@ -153,7 +158,7 @@ def meta_train(
         train_pairs = pairs.select(train)
         for i, layer in enumerate(layers):
             net.set_stats(i, train_pairs.keys[layer], train_pairs.grads[layer])
-        seqs = _sequences(model, tok, cases, layers[0])
+        seqs = _sequences(model, tok, cases, layers[0], hp.loc_neighbours)
         net.to(next(model.parameters()).device).train()
         loss_fn = MetaLoss(model, net, layers, hp.edit_coef, hp.loc_coef)
         opt = torch.optim.Adam(net.parameters(), lr=hp.meta_lr)
