@@ -118,3 +118,43 @@ def test_ablation_keys(llama_tiny, tmp_path):
     _fit_small(last, model, tok, tmp_path)
     assert last.encoder.config.pool == "last"
     assert last.prompt_keys(model, tok, prompts).shape == (2, 256)
+
+
+def test_train_cli_rejects_untrainable_editor_and_bad_fold(tmp_path):
+    from typer.testing import CliRunner
+
+    from clmedit.cli import app
+
+    runner = CliRunner()
+    data = tmp_path / "cases.jsonl"
+    from clmedit.data.schema import write_cases
+
+    write_cases(data, [make_case(i) for i in range(4)])
+    out = runner.invoke(
+        app, ["train", "--editor", "grace", "--data", str(data), "--out", str(tmp_path / "o")]
+    )
+    assert out.exit_code == 2 and "nothing to train" in out.output
+    out = runner.invoke(
+        app, ["train", "--editor", "agrace", "--data", str(data), "--out", str(tmp_path / "o"), "--fold", "2"]
+    )
+    assert out.exit_code == 2 and "--fold 2" in out.output
+
+
+def test_train_cli_end_to_end_then_reload(llama_tiny, tmp_path):
+    """`clmedit train` on a saved tiny model: writes the encoder, train.json and DONE; it reloads."""
+    from typer.testing import CliRunner
+
+    from clmedit.cli import app
+    from clmedit.data.schema import write_cases
+
+    model, tok = llama_tiny
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    data = write_cases(tmp_path / "cases.jsonl", [make_case(i) for i in range(8)])
+    args = ["train", "-e", "agrace", "-d", str(data), "-m", str(tmp_path / "m"), "-o", str(tmp_path / "f0")]
+    out = CliRunner().invoke(app, [*args, "--hp", "enc_epochs=2", "--hp", f"feature_cache={tmp_path / 'c'}"])
+    assert out.exit_code == 0, out.output
+    assert (tmp_path / "f0" / "DONE").is_file() and (tmp_path / "f0" / "train.json").is_file()
+    editor = AGrace()
+    editor.load(tmp_path / "f0")
+    assert editor.encoder.config.meta["train_cases"] == 4  # the other fold of 8 cases
