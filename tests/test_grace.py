@@ -9,7 +9,8 @@ import yaml
 
 from clmedit.editors.base import get_editor
 from clmedit.editors.grace.codebook import Codebook
-from clmedit.editors.grace.editor import Grace, GraceHParams, GraceLayer
+from clmedit.editors.grace.editor import Grace, GraceHParams
+from clmedit.editors.grace.layer import GraceLayer
 from clmedit.models.text import prompt_ids, target_ids
 from tests.conftest import make_case
 

@@ -43,14 +43,13 @@ from clmedit.config import EditorHParams
 from clmedit.data.schema import EditCase
 from clmedit.editors.base import Editor, EditResult, replace_module
 from clmedit.editors.grace.codebook import Codebook, Distance, Expand
+from clmedit.editors.grace.layer import GraceLayer, last_position
 from clmedit.models.arch import arch_of
 from clmedit.models.hooks import Trace
 from clmedit.models.partial import forward_from, trainable_only
 from clmedit.models.text import edit_batch, target_nll
 
 log = logging.getLogger(__name__)
-
-KeyFn = Any  # Callable[[Tensor (B, T, d_in), Tensor (B, T) bool], Tensor (B, d_key)]
 
 
 class GraceHParams(EditorHParams):
@@ -85,101 +84,6 @@ class GraceHParams(EditorHParams):
         ignored = sorted(set(raw) - set(kw) - {"inner_params", "replacement", "eps_expand"})
         log.debug("GRACE from_study: ignoring keys %s", ignored)
         return cls(**kw)
-
-
-def last_position(mask: torch.Tensor) -> torch.Tensor:
-    """Index (B,) of the last true position of each row of a (B, T) mask."""
-    return mask.size(1) - 1 - mask.long().flip(1).argmax(1)
-
-
-class GraceLayer(nn.Module):
-    """Wraps a down_proj: out = inner(x), with matched rows' outputs replaced by codebook values.
-
-    State per row (reset at each prefill): the matched entry (-1: none), the key position and
-    how many steps have been decoded. `enabled=False` makes it a pure pass-through.
-    """
-
-    def __init__(self, inner: nn.Module, codebook: Codebook, key_fn: KeyFn):
-        super().__init__()
-        self.inner = inner
-        self.codebook = codebook
-        self.key_fn = key_fn
-        self.enabled = True
-        self._call: dict[str, Any] | None = None  # what the model pre-hook saw for this call
-        self._rows: torch.Tensor | None = None  # (B,) matched entry per row
-        self._pos: torch.Tensor | None = None  # (B,) key position per row
-        self._anchor: torch.Tensor | None = None  # (B, d_in) input at the key positions
-        self._steps = 0  # tokens decoded since the prefill (KV-cache mode)
-        self._length = 0  # sequence length at the last call
-
-    def observe(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        """Forward pre-hook on the whole model: remember the attention mask and the cache length."""
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        past = cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
-        self._call = {"mask": kwargs.get("attention_mask"), "past": int(past)}
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, d_in)
-        out = self.inner(x)
-        call, self._call = self._call, None
-        if not self.enabled or len(self.codebook) == 0:
-            return out
-        b, t = x.shape[:2]
-        past = call["past"] if call else 0
-        if self._rows is not None and self._rows.numel() == b:
-            if past > 0 or (call is None and t == 1):  # KV cache: t new tokens after the prefill
-                return self._continue_cached(out)
-            if past == 0 and t > self._length and self._same_prefix(x):  # no cache: recomputation
-                return self._continue_recomputed(out)
-        return self._prefill(x, out, call)
-
-    @torch.no_grad()
-    def _prefill(self, x: torch.Tensor, out: torch.Tensor, call: dict | None) -> torch.Tensor:
-        b, t = x.shape[:2]
-        mask = call.get("mask") if call else None
-        if mask is None or mask.shape[0] != b or mask.shape[1] < t:
-            prompt_mask = torch.ones(b, t, dtype=torch.bool, device=x.device)
-        else:
-            prompt_mask = mask[:, -t:].bool()
-        rows, _ = self.codebook.lookup(self.key_fn(x, prompt_mask))
-        pos = last_position(prompt_mask)
-        self._rows, self._pos, self._steps, self._length = rows, pos, 0, t
-        self._anchor = x[torch.arange(b, device=x.device), pos].clone()
-        return self._write(out, [(r, int(pos[r]), 0) for r in range(b)])
-
-    def _continue_cached(self, out: torch.Tensor) -> torch.Tensor:
-        t = out.shape[1]
-        todo = [(r, j, self._steps + 1 + j) for r in range(out.shape[0]) for j in range(t)]
-        self._steps += t
-        self._length += t
-        return self._write(out, todo)
-
-    def _continue_recomputed(self, out: torch.Tensor) -> torch.Tensor:
-        t = out.shape[1]
-        self._length = t
-        todo = [
-            (r, p, p - int(self._pos[r])) for r in range(out.shape[0]) for p in range(int(self._pos[r]), t)
-        ]
-        return self._write(out, todo)
-
-    def _same_prefix(self, x: torch.Tensor) -> bool:
-        if x.shape[1] <= int(self._pos.max()):
-            return False
-        now = x[torch.arange(x.shape[0], device=x.device), self._pos]
-        return torch.allclose(now, self._anchor, rtol=1e-4, atol=1e-5)
-
-    def _write(self, out: torch.Tensor, todo: list[tuple[int, int, int]]) -> torch.Tensor:
-        """Replace out[row, position] by value step `step` of the row's entry, where one exists."""
-        edits = []
-        for row, position, step in todo:
-            entry = int(self._rows[row])
-            if entry >= 0 and step < self.codebook.values[entry].shape[0]:
-                edits.append((row, position, self.codebook.values[entry][step]))
-        if not edits:
-            return out
-        out = out.clone()
-        for row, position, value in edits:
-            out[row, position] = value.to(out.dtype)
-        return out
 
 
 class Grace(Editor):
