@@ -49,6 +49,9 @@ class AGraceHParams(GraceHParams):
     enc_epochs: int = Field(100, ge=1, description="maximum encoder epochs")
     enc_patience: int = Field(10, ge=1, description="early stopping patience (epochs)")
     enc_val_fraction: float = Field(0.1, gt=0, lt=1, description="training cases held out for selection")
+    enc_init_pos_fraction: float | None = Field(
+        0.25, gt=0, description="initial median (prompt, rephrase) distance as a fraction of the margin"
+    )
     encoder_dir: str | None = Field(None, description="folder of a trained encoder to load")
     feature_cache: str | None = Field(None, description="feature cache folder; None: $CLMEDIT_CACHE/features")
 
@@ -121,6 +124,7 @@ class AGrace(Grace):
             epochs=hp.enc_epochs,
             patience=hp.enc_patience,
             val_fraction=hp.enc_val_fraction,
+            init_pos_fraction=hp.enc_init_pos_fraction,
             seed=hp.seed,
         )
         meta = {"model": model_name(model), "margin": margin, "train_cases": len(usable)}
