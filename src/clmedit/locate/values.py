@@ -109,12 +109,29 @@ def _batch(tok, prompts: list[str], targets: list[str], suffix: str, device) -> 
             "kl_last": kl_last.to(**to)}  # fmt: skip
 
 
-def _row_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean NLL of the target tokens per row: logits (N, T, V), labels (N, T) -> (N,)."""
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    lab = labels[:, 1:]
-    keep = lab != IGNORE
-    tok_lp = logp.gather(-1, lab.clamp(min=0).unsqueeze(-1)).squeeze(-1) * keep
+def _kept_positions(b: dict, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions whose logits the loss reads, per row (2N, K), and the target ids they predict (N, K).
+
+    Rewrite row i keeps the positions that predict its target tokens (from its edit token on);
+    KL row i keeps its last position. Projecting only these onto the vocabulary (transformers'
+    `logits_to_keep`) saves the unembedding of every prompt token, which dominates for long prompts.
+    """
+    labels = b["labels"]  # (N, T)
+    width = labels.shape[1]
+    tlen = (labels != IGNORE).sum(1)  # (N,)
+    k = int(tlen.max())
+    offs = torch.arange(k, device=labels.device)
+    pos = (b["lookup"][:n, None] + offs).clamp(max=width - 2)  # (N, K) predicts pos + 1
+    tgt = labels.gather(1, pos + 1).masked_fill(offs >= tlen[:, None], IGNORE)
+    kl_pos = b["kl_last"][:, None].expand(n, k)
+    return torch.cat([pos, kl_pos]), tgt
+
+
+def _row_nll(logits: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+    """Mean NLL of the target tokens per row: logits (N, K, V) at the kept positions, tgt (N, K) -> (N,)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    keep = tgt != IGNORE
+    tok_lp = logp.gather(-1, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1) * keep
     return -tok_lp.sum(1) / keep.sum(1).clamp(min=1)
 
 
@@ -150,6 +167,7 @@ def _optimize_chunk(model, tok, prompts, targets, sites, paths, hp: ValueParams)
     rows = torch.arange(2 * n, device=device)
     kl_rows = torch.arange(n, 2 * n, device=device)
     deltas: dict[str, torch.Tensor] = {}
+    keep, tgt = _kept_positions(b, n)
 
     def add_delta(path: str):
         def edit(output: torch.Tensor, _inp) -> torch.Tensor:
@@ -163,9 +181,9 @@ def _optimize_chunk(model, tok, prompts, targets, sites, paths, hp: ValueParams)
     with frozen(model):
         stack = UpperStack(model, min(layer for _, layer in sites), b["ids"], b["mask"])
         with torch.no_grad(), TraceDict(model, paths, retain_output=True, detach=True) as td:
-            logits = stack()
+            logits = stack(logits_to_keep=keep)  # (2N, K, V)
             init = {p: td[p].output[rows[:n], b["lookup"][:n]].float() for p in paths}
-            kl_ref = torch.log_softmax(logits[kl_rows, b["kl_last"]].float(), dim=-1)  # (N, V)
+            kl_ref = torch.log_softmax(logits[kl_rows, 0].float(), dim=-1)  # (N, V)
         init_norm = {p: init[p].norm(dim=-1) for p in paths}  # (N,)
         deltas.update({p: torch.zeros_like(init[p], requires_grad=True) for p in paths})
         opt = torch.optim.Adam(list(deltas.values()), lr=hp.lr)
@@ -175,14 +193,14 @@ def _optimize_chunk(model, tok, prompts, targets, sites, paths, hp: ValueParams)
         for _ in range(hp.steps):
             traces = [Trace(model, p, retain_output=False, **edits[p]) for p in paths]
             try:
-                logits = stack()
+                logits = stack(logits_to_keep=keep)
             finally:
                 for tr in traces:
                     tr.close()
-            nll = _row_nll(logits[:n], b["labels"])
+            nll = _row_nll(logits[:n], tgt)
             if bool((nll < hp.stop_loss).all()):
                 break
-            kl_log = torch.log_softmax(logits[kl_rows, b["kl_last"]].float(), dim=-1)
+            kl_log = torch.log_softmax(logits[kl_rows, 0].float(), dim=-1)
             kl = (kl_ref.exp() * (kl_ref - kl_log)).sum(-1)  # KL(p_ref || p_d) per case
             decay = sum((deltas[p].norm(dim=-1) / init_norm[p]) ** 2 for p in paths)
             loss = (nll + hp.kl_factor * kl + hp.weight_decay * decay).sum()
