@@ -14,6 +14,7 @@ import argparse
 import statistics
 import tempfile
 
+from clmedit.config import preset_for_model
 from clmedit.data.schema import read_cases
 from clmedit.editors.base import get_editor
 from clmedit.models.cost import CostMeter
@@ -48,9 +49,9 @@ def main() -> None:
         ("grace", None),
         ("agrace", {}),
         ("agrace-no-cl", None),
-        ("malmen", {"steps": args.malmen_steps}),
+        ("malmen", {"steps": args.malmen_steps, "val_every": max(1, args.malmen_steps)}),
     ):
-        editor = get_editor(name, preset=args.model)
+        editor = get_editor(name, preset=args.model if preset_for_model(args.model) else None)
         train_s, train_peak = 0.0, 0
         if fit_kwargs is not None:
             with tempfile.TemporaryDirectory() as cache:
@@ -67,7 +68,9 @@ def main() -> None:
     print("| editor | train s | train peak MiB | apply s/case | x GRACE | apply peak MiB |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, ts, tp, aps, app in rows:
-        print(f"| {name} | {ts:.1f} | {tp / 2**20:.0f} | {aps:.2f} | {aps / grace_apply:.2f} | {app / 2**20:.0f} |")
+        print(
+            f"| {name} | {ts:.1f} | {tp / 2**20:.0f} | {aps:.2f} | {aps / grace_apply:.2f} | {app / 2**20:.0f} |"
+        )
 
 
 if __name__ == "__main__":
