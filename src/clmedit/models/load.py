@@ -138,15 +138,17 @@ def default_model_dir() -> Path:
 
 
 # --- any model -------------------------------------------------------------------------------------
-def _hf_load(source: str | Path, dtype):
+def _hf_load(source: str | Path, dtype, device: torch.device):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(source)
+    # On a GPU, load straight onto it: a 7B model never passes through host memory in float32.
+    kwargs = {"dtype": dtype, "device_map": str(device)} if device.type == "cuda" else {"dtype": dtype}
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, use_safetensors=True)
+        model = AutoModelForCausalLM.from_pretrained(source, use_safetensors=True, **kwargs)
     except (OSError, ValueError) as err:  # a checkpoint with only .bin weights
         log.info("no safetensors weights for %s (%s); loading the PyTorch checkpoint", source, err)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     return model, tok
 
 
@@ -174,7 +176,7 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str | None = None, dty
     path = Path(name_or_path).expanduser()
     if name_or_path == DEFAULT_MODEL:
         folder = default_model_dir()
-        model, tok = _hf_load(folder, torch.float32 if dtype is None else dtype)
+        model, tok = _hf_load(folder, torch.float32 if dtype is None else dtype, dev)
     elif path.suffix == ".gguf":
         if not path.is_file():
             raise FileNotFoundError(f"GGUF file {path} does not exist")
@@ -183,9 +185,15 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str | None = None, dty
     elif path.exists():
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path} is not a model folder (no config.json in it)")
-        model, tok = _hf_load(path, _default_dtype(dtype, dev))
+        model, tok = _hf_load(path, _default_dtype(dtype, dev), dev)
     elif _HUB_ID.match(name_or_path):
-        model, tok = _hf_load(name_or_path, _default_dtype(dtype, dev))
+        try:
+            model, tok = _hf_load(name_or_path, _default_dtype(dtype, dev), dev)
+        except OSError as err:
+            raise FileNotFoundError(
+                f"no model {name_or_path!r}: no such local path, and the hub id could not be loaded "
+                f"(not in the HF cache, hub unreachable, or no such repo): {str(err).splitlines()[0]}"
+            ) from err
     else:
         raise FileNotFoundError(
             f"no model {name_or_path!r}: it is not {DEFAULT_MODEL!r}, not an existing folder or .gguf "
