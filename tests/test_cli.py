@@ -123,3 +123,11 @@ def test_apply_command_saves_and_loads(tiny_dir, tmp_path, monkeypatch):
     result = cli.invoke(app, ["apply", "--model", str(tiny_dir), "--load", str(art), "-p", "sort a list"])
     assert result.exit_code == 0, result.output
     assert "loaded wrap edit of 1 fix(es)" in result.output and "Intent: sort a list\nCode:" in result.output
+
+
+def test_bench_editor_names():
+    from clmedit.run.bench import bench_editor_names
+
+    assert bench_editor_names("none, grace") == ["none", "grace"]
+    every = bench_editor_names("all")
+    assert "none" in every and "grace" in every and "malmen" not in every  # trainable editors need folds

@@ -101,6 +101,9 @@ def test_failing_case_is_recorded_and_run_continues(llama_tiny, data, tmp_path):
     assert by_id["case-0"]["error"] is None and by_id["case-2"]["error"] is None
     summary = json.loads((out / "summary.json").read_text())
     assert summary["counts"]["failed"] == 1 and summary["failures"]["by_type"] == {"ValueError": 1}
+    again = Bump()  # a rerun retries only the failed case, and its success replaces the failure
+    run(_config(data, out), model, tok, editor=again)
+    assert again.calls == 1 and all(r["error"] is None for r in records.read_records(out))
 
 
 def test_editor_that_leaks_a_failed_edit_stops_the_run(llama_tiny, data, tmp_path):
@@ -151,3 +154,19 @@ def test_distributed_without_ray_says_how_to_install(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     with pytest.raises(ImportError, match=r"pip install 'clmedit\[ray\]'"):
         run_grid([RunConfig(data="x.jsonl", out=tmp_path)], shards=2)
+
+
+@pytest.mark.slow
+def test_grace_on_the_default_model_end_to_end(tmp_path):
+    """The real slice: smollm2-135m, GRACE, one case; the edit works and leaves no trace."""
+    from clmedit.run.runner import load_model_for
+
+    model, tok = load_model_for("smollm2-135m", "cpu")
+    before = records.fingerprint(model)
+    data = write_cases(tmp_path / "c.jsonl", [make_case(0, target="sorted(xs, key=len, reverse=True)")])
+    config = RunConfig(editor="grace", data=str(data), out=tmp_path / "r", fluency=False, verify_restore=True)
+    out = run(config, model, tok)
+    (rec,) = records.read_records(out)
+    assert rec["error"] is None and rec["scores"]["effectiveness"]["em"] == 1.0
+    assert rec["scores"]["specificity"]["em"] == 1.0
+    assert records.fingerprint(model) == before

@@ -6,12 +6,13 @@ answers are computed once per dataset and cached, so the first editor pays for t
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 from clmedit.data.schema import atomic_write_text
 from clmedit.report.tables import render_markdown
-from clmedit.run.runner import RunConfig, load_model_for, run, write_summary
+from clmedit.run.runner import RunConfig, load_model_for, run
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def bench(
                 limit=limit, fluency=fluency, device=device,
             )  # fmt: skip
             log.info("bench: %s on %s (%d cases)", editor, task, limit)
-            summaries.append(write_summary(run(config, model=m, tok=tok)))
+            summaries.append(json.loads((run(config, model=m, tok=tok) / "summary.json").read_text()))
     table = render_markdown(summaries)
     atomic_write_text(out / "table.md", table + "\n")
     return table

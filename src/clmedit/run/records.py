@@ -34,17 +34,24 @@ def cases_file(out: Path, shard: tuple[int, int]) -> Path:
 
 
 def read_records(out: str | Path) -> list[dict[str, Any]]:
-    """Every complete record of a run directory (all shards), first record per case_id wins."""
+    """One record per case_id over all shard files: its first success, else its latest failure."""
     seen: dict[str, dict[str, Any]] = {}
     for path in sorted(Path(out).glob("cases*.jsonl")):
         for rec in iter_jsonl(path):
-            if "case_id" in rec:
-                seen.setdefault(str(rec["case_id"]), rec)
+            if "case_id" not in rec:
+                continue
+            key = str(rec["case_id"])
+            prev = seen.get(key)
+            if prev is None or prev.get("error"):  # a success is never replaced
+                seen[key] = rec
     return list(seen.values())
 
 
 def done_ids(out: str | Path) -> set[str]:
-    return {str(r["case_id"]) for r in read_records(out)} if Path(out).is_dir() else set()
+    """Cases finished without error: a rerun skips them and retries the failed ones."""
+    if not Path(out).is_dir():
+        return set()
+    return {str(r["case_id"]) for r in read_records(out) if not r.get("error")}
 
 
 def append_record(path: Path, record: dict[str, Any]) -> None:

@@ -146,14 +146,7 @@ def run(config: RunConfig, model=None, tok=None, editor=None) -> Path:
     mname = name_of(model)
     folds = split_folds(cases, config.folds, config.seed) if config.folds > 1 else [cases]
     todo = [c for c in mine if c.case_id not in done]
-    log.info(
-        "%s on %s: %d cases in shard %s, %d already done",
-        editor.name,
-        data.name,
-        len(mine),
-        config.shard,
-        len(mine) - len(todo),
-    )
+    log.info("%s on %s: %d of %d cases to do", editor.name, data.name, len(todo), len(mine))
     if todo:
         ensure_base_answers(model, tok, todo, data, mname)
     clean = records.fingerprint(model)
@@ -175,7 +168,7 @@ def run(config: RunConfig, model=None, tok=None, editor=None) -> Path:
                 records.append_record(path, rec)
                 bar.update(1)
     bar.close()
-    write_summary(out, config, hparams=editor.hparams)
+    write_summary(out, config, case_ids=set(ids), hparams=editor.hparams)
     return out
 
 
@@ -265,17 +258,21 @@ def key_analysis(editor, model, tok, case: EditCase) -> dict[str, Any] | None:
     }
 
 
-def write_summary(out: Path, config: RunConfig | None = None, **extra: Any) -> dict[str, Any]:
-    """summary.json and table.md from every record in `out` (all shards so far), written atomically.
+def write_summary(
+    out: Path, config: RunConfig | None = None, case_ids: set[str] | None = None, **extra: Any
+) -> dict[str, Any]:
+    """summary.json and table.md from the records in `out` (all shards so far), written atomically.
 
-    Keys of an earlier summary that the records cannot give (config, hparams) are kept unless replaced.
+    `case_ids` restricts it to the run's selection (a rerun with a smaller --limit summarises only
+    those). Keys of an earlier summary that records cannot give (config, hparams) are kept.
     """
     from clmedit.report.tables import render_markdown
 
     path = out / "summary.json"
     summary = {k: v for k, v in (json.loads(path.read_text()) if path.is_file() else {}).items()
                if k in ("config", "hparams")}  # fmt: skip
-    summary.update(records.summarise_records(records.read_records(out)))
+    recs = [r for r in records.read_records(out) if case_ids is None or str(r["case_id"]) in case_ids]
+    summary.update(records.summarise_records(recs))
     if config is not None:
         summary["config"] = config.model_dump(mode="json")
     summary.update(records.jsonable(extra))
