@@ -22,6 +22,11 @@ from clmedit.models.text import prompt_ids, target_ids
 from tests.conftest import make_case
 
 TARGETS = ("sorted(xs, reverse=True)", "json.load(f)")
+# Locate-then-edit editors write one rank-one change at the prompt's last token. A random
+# 4-layer model carries that change into the next token only (it has no learned circuits to
+# continue a sequence from it), so on tiny models they must produce a one-token target; their
+# multi-token effectiveness is measured on the real model (benchmarks, `clmedit run`).
+ONE_TOKEN_ON_TINY = {"rome", "memit", "pmet"}
 
 
 def _editor(name: str):
@@ -73,7 +78,11 @@ def test_apply_restore_contract(name, family_model):
     family, model, tok = family_model
     editor = _editor(name)
     params, tree = _snapshot(model)
-    first, second = (make_case(i, target=t) for i, t in enumerate(TARGETS))
+    targets = TARGETS
+    if name in ONE_TOKEN_ON_TINY:  # the first token of each target, as the text that encodes to it
+        targets = tuple(tok.decode(target_ids(tok, t)[:1]).strip() for t in TARGETS)
+        assert all(len(target_ids(tok, t)) == 1 for t in targets)
+    first, second = (make_case(i, target=t) for i, t in enumerate(targets))
     if editor.trainable:
         editor.fit(model, tok, [make_case(i) for i in range(2, 6)])
     n = max(len(target_ids(tok, c.target)) for c in (first, second))
