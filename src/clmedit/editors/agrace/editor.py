@@ -50,7 +50,7 @@ class AGraceHParams(GraceHParams):
     enc_patience: int = Field(10, ge=1, description="early stopping patience (epochs)")
     enc_val_fraction: float = Field(0.1, gt=0, lt=1, description="training cases held out for selection")
     enc_init_pos_fraction: float | None = Field(
-        0.25, gt=0, description="initial median (prompt, rephrase) distance as a fraction of the margin"
+        0.75, gt=0, description="initial median (prompt, rephrase) distance as a fraction of the margin"
     )
     encoder_dir: str | None = Field(None, description="folder of a trained encoder to load")
     feature_cache: str | None = Field(None, description="feature cache folder; None: $CLMEDIT_CACHE/features")

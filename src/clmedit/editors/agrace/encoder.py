@@ -17,6 +17,8 @@ The loss is not scale-free, so the initial output scale is calibrated: W2 is sca
 median training (prompt, rephrase) distance starts at `init_pos_fraction * margin`. Without it
 a fresh MLP puts every pair several margins apart, and 100 epochs at lr 1e-4 on a few hundred
 cases never bring rephrases inside the radius (measured on smollm2-135m: median 1.7 vs 1.0).
+The fraction trades generalization for specificity (100 default CNLE cases, key level: 0.25 ->
+99% of rephrases / 94% of neighbour sets reach inside radius 1.0; 0.5 -> 97% / 57%; 0.75 -> 84% / 16%).
 """
 
 from __future__ import annotations
@@ -96,7 +98,7 @@ class TrainSettings:
     epochs: int = 100
     patience: int = 10  # epochs without validation improvement before stopping
     val_fraction: float = 0.1  # of the training cases, held out for model selection
-    init_pos_fraction: float | None = 0.25  # initial median positive distance / margin (None: as built)
+    init_pos_fraction: float | None = 0.75  # initial median positive distance / margin (None: as built)
     seed: int = 0
 
 
