@@ -148,7 +148,7 @@ def data_show_cmd(
 # --- run / bench / report / apply (room: runner) -------------------------------------------------
 
 BENCH_EDITORS = "none,ft,grace"  # the study's pair + the unedited row; add more with --editors
-BENCH_LIMIT = 12  # cases per task: measured ~60 s per CNLE+CSNE case pair for none+ft+grace on 2 cores
+BENCH_LIMIT = 10  # cases per task: ~60 s CPU per CNLE+CSNE pair for none+ft+grace; leaves room for the first-use data build
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
