@@ -158,3 +158,38 @@ def test_train_cli_end_to_end_then_reload(llama_tiny, tmp_path):
     editor = AGrace()
     editor.load(tmp_path / "f0")
     assert editor.encoder.config.meta["train_cases"] == 4  # the other fold of 8 cases
+
+
+def test_initial_scale_is_selected_by_validation_balanced_accuracy():
+    from clmedit.editors.agrace.encoder import key_balanced_accuracy
+
+    anchor, positive, negative = _toy(120, 32)
+    settings = TrainSettings(margin=1.3, epochs=5, lr=1e-3, init_pos_fractions=(0.01, 0.75))
+    encoder, history = train_encoder(anchor, positive, negative, settings)
+    scores = [c["val_inside"] + c["val_outside"] for c in history["candidates"]]
+    assert len(scores) == 2 and scores[0] != scores[1]
+    winner = history["candidates"][scores.index(max(scores))]
+    assert history["init_pos_fraction"] == winner["init_pos_fraction"]
+    # the returned encoder is the winner: recompute its score on the same validation split
+    val = torch.randperm(120, generator=torch.Generator().manual_seed(settings.seed))[:12]
+    inside, outside = key_balanced_accuracy(
+        encoder, anchor[val], positive[val], negative[val], torch.arange(12), settings.radius
+    )
+    assert (inside, outside) == (winner["val_inside"], winner["val_outside"])
+
+
+def test_key_balanced_accuracy_counts_by_hand():
+    from clmedit.editors.agrace.encoder import EncoderConfig, KeyEncoder, key_balanced_accuracy
+
+    enc = KeyEncoder(EncoderConfig(d_in=2, d_out=2, d_hidden=4))
+    with torch.no_grad():  # E(x) = relu([x, -x]) folded back: the identity on R^2
+        enc.net[0].weight.copy_(torch.tensor([[1.0, 0], [0, 1], [-1, 0], [0, -1]]))
+        enc.net[0].bias.zero_()
+        enc.net[2].weight.copy_(torch.tensor([[1.0, 0, -1, 0], [0, 1, 0, -1]]))
+        enc.net[2].bias.zero_()
+    anchor = torch.tensor([[0.0, 0.0], [5.0, 5.0]])
+    positive = torch.tensor([[0.5, 0.0], [5.0, 7.0]])  # inside r=1, outside
+    neighbours = torch.tensor([[3.0, 0.0], [0.0, 0.9], [5.0, 5.5]])  # outside, inside, inside
+    owner = torch.tensor([0, 0, 1])
+    inside, outside = key_balanced_accuracy(enc, anchor, positive, neighbours, owner, 1.0)
+    assert inside == 0.5 and abs(outside - 1 / 3) < 1e-6

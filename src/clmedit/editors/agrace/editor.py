@@ -49,8 +49,10 @@ class AGraceHParams(GraceHParams):
     enc_epochs: int = Field(100, ge=1, description="maximum encoder epochs")
     enc_patience: int = Field(10, ge=1, description="early stopping patience (epochs)")
     enc_val_fraction: float = Field(0.1, gt=0, lt=1, description="training cases held out for selection")
-    enc_init_pos_fraction: float | None = Field(
-        0.75, gt=0, description="initial median (prompt, rephrase) distance as a fraction of the margin"
+    enc_init_pos_fractions: list[float] = Field(
+        [0.25, 0.5, 0.75, 1.0],
+        description="candidate initial median (prompt, rephrase) distances as fractions of the margin; "
+        "the best on the validation split is kept ([] = no calibration)",
     )
     encoder_dir: str | None = Field(None, description="folder of a trained encoder to load")
     feature_cache: str | None = Field(None, description="feature cache folder; None: $CLMEDIT_CACHE/features")
@@ -97,7 +99,8 @@ class AGrace(Grace):
         """Train the key encoder on (prompt, rephrase) positives and (prompt, first neighbour) negatives.
 
         Features come from the unedited model at the edited layer (cached on disk); a validation
-        split of `train_cases` picks the epoch. kwargs override hparams (e.g. enc_epochs=20).
+        split of `train_cases` picks the epoch and the initial scale, scoring specificity on all
+        of its cases' neighbours. kwargs override hparams (e.g. enc_epochs=20).
         """
         if kwargs:
             self.hparams = self.hparams.model_copy(update=kwargs)
@@ -115,6 +118,13 @@ class AGrace(Grace):
         )
         feats = cached_prompt_features(model, tok, texts, layer, self.pool, cache=hp.feature_cache)
         anchor, positive, negative = feats.split(len(usable))
+        owner = torch.tensor([i for i, c in enumerate(usable) for _ in c.neighbours[1:]], dtype=torch.long)
+        extra = [n.prompt for c in usable for n in c.neighbours[1:]]
+        if extra:
+            more = cached_prompt_features(model, tok, extra, layer, self.pool, cache=hp.feature_cache)
+            neighbours = (torch.cat([negative, more]), torch.cat([torch.arange(len(usable)), owner]))
+        else:
+            neighbours = (negative, torch.arange(len(usable)))
         margin = self.margin_for(usable)
         settings = TrainSettings(
             margin=margin,
@@ -124,12 +134,14 @@ class AGrace(Grace):
             epochs=hp.enc_epochs,
             patience=hp.enc_patience,
             val_fraction=hp.enc_val_fraction,
-            init_pos_fraction=hp.enc_init_pos_fraction,
+            init_pos_fractions=tuple(hp.enc_init_pos_fractions),
+            radius=hp.eps,
             seed=hp.seed,
         )
         meta = {"model": model_name(model), "margin": margin, "train_cases": len(usable)}
         config = EncoderConfig(d_in=anchor.size(1), d_out=hp.key_dim, pool=self.pool, layer=layer, meta=meta)
-        self.encoder, history = train_encoder(anchor, positive, negative, settings, config)
+        self.encoder, history = train_encoder(anchor, positive, negative, settings, config, neighbours)
+        meta.update(init_pos_fraction=history["init_pos_fraction"], candidates=history["candidates"])
         self.encoder.to(next(model.parameters()).device)
         return history
 
