@@ -74,3 +74,15 @@ def test_fit_apply_restore_bitwise_and_save_load(llama_tiny, tmp_path):
     r2.restore()
     net, extra = load_hypernet(save_hypernet(editor.net, tmp_path / "n2", {"layers": [1]}))
     assert extra["layers"] == [1]
+
+
+def test_step_size_calibration_picks_the_grid_minimum_on_training_cases(llama_tiny):
+    model, tok = llama_tiny
+    train = [make_case(i) for i in range(6)]
+    editor = Malmen(MalmenHParams(steps=1, batch_size=2, val_every=1, init_lr=1e-3, scale_lr=1e-9))
+    history = editor.fit(model, tok, train)
+    grid = history["init_lr_grid"]
+    assert len(grid) == 7 and min(grid) < 1e-3 < max(grid)
+    best = min(grid, key=grid.get)
+    # one training step at a negligible scale lr leaves every layer's eta at the calibrated value
+    assert torch.allclose(editor.net.log_lr.exp(), torch.full_like(editor.net.log_lr, best), rtol=1e-4)

@@ -37,6 +37,13 @@ class MalmenHParams(EditorHParams):
     init_lr: float = Field(1e-4, gt=0, description="initial per-layer step size eta_l")
     init_lambda: float = Field(1.0, gt=0, description="initial per-layer ridge weight lambda_l")
     meta_lr: float = Field(1e-5, gt=0, description="Adam learning rate of meta-training")
+    scale_lr: float = Field(
+        1e-2, gt=0, description="Adam learning rate of the per-layer log step sizes and log ridge weights"
+    )
+    calibrate_lr: bool = Field(
+        True,
+        description="before training, pick eta_l's start from a log grid around init_lr (training split)",
+    )
     steps: int = Field(1000, ge=0, description="meta-training steps")
     batch_size: int = Field(4, ge=1, description="cases per meta-training step")
     edit_coef: float = Field(1.0, ge=0, description="weight of the post-edit NLL on prompt and rephrase")

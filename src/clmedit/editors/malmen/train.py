@@ -13,6 +13,12 @@ first edited layer is a constant. It is computed once per training sequence, and
 runs only the upper stack (models/partial.py). The (key, gradient) pairs of the unedited
 model are constants too, extracted once. Model selection: the net with the lowest loss on a
 validation split of the *training* cases (checked every `val_every` steps) is kept.
+
+Two things make a short training run useful. The step size eta_l decides whether an edit
+lands at all: a factor of ten either way moves smollm2-135m from "no change" to "every
+neighbour broken" (measured: edit NLL 3.2 -> 0.2 while the neighbours' KL goes 0.003 -> 0.48).
+So its start is picked on training batches from a log grid around `init_lr`, and the log step
+sizes and log ridge weights learn at their own, higher rate (`scale_lr`; cf. MEND's lr-lr).
 """
 
 from __future__ import annotations
@@ -137,6 +143,32 @@ class MetaLoss:
         return loss, {"edit": float(edit_loss.detach()), "loc": float(loc_loss.detach())}
 
 
+@torch.no_grad()
+def calibrate_step_size(
+    net: MalmenNet,
+    loss_fn: MetaLoss,
+    pairs: Pairs,
+    seqs,
+    train: list[int],
+    batch_size: int,
+    rng,
+    batches: int = 4,
+) -> dict[float, float]:
+    """Set every eta_l to the value of {init * 10^(k/2), k = -2..4} with the lowest mean meta-loss
+    on a few training batches. Returns {eta: loss}."""
+    base = float(net.log_lr.detach().exp().mean())
+    chunks = [rng.sample(train, min(batch_size, len(train))) for _ in range(batches)]
+    losses: dict[float, float] = {}
+    for k in range(-2, 5):
+        eta = base * 10 ** (k / 2)
+        net.log_lr.fill_(torch.tensor(eta).log().item())
+        losses[eta] = sum(float(loss_fn(pairs.select(c), [seqs[i] for i in c])[0]) for c in chunks) / batches
+    best = min(losses, key=losses.get)
+    net.log_lr.fill_(torch.tensor(best).log().item())
+    log.info("malmen: step size %.2e (grid %s)", best, {f"{e:.1e}": round(v, 3) for e, v in losses.items()})
+    return losses
+
+
 def meta_train(
     model: nn.Module, tok, cases: list[EditCase], net: MalmenNet, layers: list[int], hp
 ) -> tuple[MalmenNet, dict]:
@@ -161,7 +193,11 @@ def meta_train(
         seqs = _sequences(model, tok, cases, layers[0], hp.loc_neighbours)
         net.to(next(model.parameters()).device).train()
         loss_fn = MetaLoss(model, net, layers, hp.edit_coef, hp.loc_coef)
-        opt = torch.optim.Adam(net.parameters(), lr=hp.meta_lr)
+        if hp.calibrate_lr:
+            history_lr = calibrate_step_size(net, loss_fn, pairs, seqs, train, hp.batch_size, rng)
+        scales = [net.log_lr, net.log_lambda]
+        rest = [p for p in net.parameters() if all(p is not q for q in scales)]
+        opt = torch.optim.Adam([{"params": rest, "lr": hp.meta_lr}, {"params": scales, "lr": hp.scale_lr}])
 
         def evaluate(idx: list[int]) -> float:
             total = 0.0
@@ -172,6 +208,8 @@ def meta_train(
             return total / len(idx)
 
         history: dict = {"step": [], "train": [], "val": [], "best_step": 0}
+        if hp.calibrate_lr:
+            history["init_lr_grid"] = history_lr
         best = evaluate(val) if val else float("inf")
         history["val_start"], best_state = best, copy.deepcopy(net.state_dict())
         for step in tqdm(range(1, hp.steps + 1), desc="malmen: meta-train", leave=False):
