@@ -1,6 +1,6 @@
 """What the trained editors cost: training time and peak memory, and apply time next to GRACE's.
 
-    python benchmarks/trained_cost.py --data cases.jsonl [--model smollm2-135m] [--train 100]
+    python benchmarks/trained_cost.py [--data default:cnle|cases.jsonl] [--model smollm2-135m] [--train 100]
         [--apply 10] [--malmen-steps 100] [--device cpu]
 
 Trains A-GRACE's encoder (feature extraction uncached + encoder epochs) and MALMEN's
@@ -19,6 +19,7 @@ from clmedit.data.schema import read_cases
 from clmedit.editors.base import get_editor
 from clmedit.models.cost import CostMeter
 from clmedit.models.load import load_model
+from clmedit.run.prepare import resolve_data
 
 
 def _apply_seconds(editor, model, tok, cases) -> tuple[float, int]:
@@ -33,7 +34,7 @@ def _apply_seconds(editor, model, tok, cases) -> tuple[float, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, help="case JSONL")
+    parser.add_argument("--data", default="default:cnle", help="case JSONL or default:cnle / default:csne")
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--train", type=int, default=100, help="training cases")
     parser.add_argument("--apply", type=int, default=10, help="cases applied (one at a time) per editor")
@@ -41,7 +42,7 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     args = parser.parse_args()
 
-    cases = read_cases(args.data)
+    cases = read_cases(resolve_data(args.data))
     train, test = cases[: args.train], cases[args.train : args.train + args.apply]
     model, tok = load_model(args.model, device=args.device)
     rows = []
@@ -49,13 +50,14 @@ def main() -> None:
         ("grace", None),
         ("agrace", {}),
         ("agrace-no-cl", None),
+        ("agrace-last", {}),
         ("malmen", {"steps": args.malmen_steps, "val_every": max(1, args.malmen_steps)}),
     ):
         editor = get_editor(name, preset=args.model if preset_for_model(args.model) else None)
         train_s, train_peak = 0.0, 0
         if fit_kwargs is not None:
             with tempfile.TemporaryDirectory() as cache:
-                if name == "agrace":
+                if name.startswith("agrace"):
                     fit_kwargs["feature_cache"] = cache  # empty: time the extraction too
                 with CostMeter(next(model.parameters()).device) as meter:
                     editor.fit(model, tok, train, **fit_kwargs)
