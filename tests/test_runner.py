@@ -170,3 +170,22 @@ def test_grace_on_the_default_model_end_to_end(tmp_path):
     assert rec["error"] is None and rec["scores"]["effectiveness"]["em"] == 1.0
     assert rec["scores"]["specificity"]["em"] == 1.0
     assert records.fingerprint(model) == before
+
+
+def test_base_answers_written_meanwhile_by_another_run_are_kept(llama_tiny, data, tmp_path, monkeypatch):
+    """Two runs start on one dataset: the second's write merges, it does not clobber the first's."""
+    import clmedit.eval.protocol as protocol
+
+    model, tok = llama_tiny
+    sidecar = data.with_name("cases.jsonl.answers.tiny-llama.json")
+    real_fill = protocol.fill_base_answers
+
+    def fill_while_another_run_writes(*args, **kwargs):
+        sidecar.write_text(json.dumps({"a prompt only the other run saw": "its answer"}))
+        return real_fill(*args, **kwargs)
+
+    monkeypatch.setattr(protocol, "fill_base_answers", fill_while_another_run_writes)
+    run(_config(data, tmp_path / "r", limit=1), model, tok, editor=Bump())
+    cached = json.loads(sidecar.read_text())
+    assert cached["a prompt only the other run saw"] == "its answer"
+    assert make_case(0).neighbours[0].prompt in cached

@@ -3,13 +3,18 @@
 The answers (greedy 16-token outputs of the unedited model, the specificity references) are
 computed once per model and dataset, before any edit, and cached in a sidecar JSON beside the data
 (`<data>.answers.<model>.json`, neighbour prompt -> answer), so every editor's run reuses them.
+Runs of several editors on one dataset often start together: the write merges into what is on
+disk at that moment, under a lock file, so no run's answers overwrite another's.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from clmedit.data.schema import EditCase, atomic_write_text
@@ -37,6 +42,17 @@ def _answers_sidecar(data: Path, model_name: str) -> Path:
     return data.with_name(f"{data.name}.answers.{slug}.json")
 
 
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on `path`.lock (other clmedit processes wait)."""
+    with open(path.with_name(path.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def ensure_base_answers(model, tok, cases: list[EditCase], data: Path, model_name: str) -> int:
     """Fill each neighbour's unedited answer for this model, reusing and extending a sidecar cache.
 
@@ -53,9 +69,11 @@ def ensure_base_answers(model, tok, cases: list[EditCase], data: Path, model_nam
                 n.answers[model_name] = cached[n.prompt]
     filled = fill_base_answers(model, tok, cases, model_name=model_name)
     if filled:
-        cached.update({n.prompt: n.answers[model_name] for c in cases for n in c.neighbours})
+        new = {n.prompt: n.answers[model_name] for c in cases for n in c.neighbours}
         try:
-            atomic_write_text(sidecar, json.dumps(cached, ensure_ascii=False))
+            with _locked(sidecar):  # merge with answers another run wrote meanwhile
+                latest = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+                atomic_write_text(sidecar, json.dumps({**latest, **new}, ensure_ascii=False))
         except OSError as err:  # a read-only dataset folder: answers are just recomputed next time
             log.warning("could not cache base answers at %s: %s", sidecar, err)
     return filled
