@@ -86,7 +86,12 @@ def test_unknown_editor_fails_before_loading_a_model(data, tmp_path):
 def test_run_then_report(tiny_dir, data, tmp_path):
     out = tmp_path / "run"
     args = ["run", "--model", str(tiny_dir), "--data", str(data), "--out", str(out), "--no-fluency"]
-    result = cli.invoke(app, args)
+    threads = torch.get_num_threads()
+    try:
+        result = cli.invoke(app, [*args, "--threads", "1"])
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
     assert result.exit_code == 0, result.output
     assert "| Unedited |" in result.output
     assert len((out / "cases.jsonl").read_text().splitlines()) == 2
