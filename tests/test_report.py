@@ -40,6 +40,12 @@ def test_markdown_table_matches_hand_written():
     assert render_markdown(summaries) == EXPECTED
 
 
+def test_runs_with_hparam_overrides_are_labelled_apart():
+    tuned = {**_summary("malmen", 5.0, None), "config": {"hparams": {"loc_coef": 10, "steps": 50}}}
+    table = render_markdown([_summary("malmen", 50.0, None), tuned])
+    assert "| MALMEN | 50.00 |" in table and "| MALMEN (loc_coef=10, steps=50) | 5.00 |" in table
+
+
 def test_flat_metric_keys_are_read_too():
     flat = {
         "editor": "ft",

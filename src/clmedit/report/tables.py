@@ -83,6 +83,9 @@ def _rows(summaries: list[dict[str, Any]]) -> dict[tuple[str, str], list[tuple[s
         for s in sorted(grouped[key], key=lambda s: _order(str(s.get("editor", "?")))):
             cells = [metric(s, g, n) for g, _ in GROUPS for n, _ in METRICS] + [metric(s, "fluency")]
             label = EDITOR_LABELS.get(str(s.get("editor")), str(s.get("editor", "?")))
+            overrides = (s.get("config") or {}).get("hparams") or {}
+            if overrides:  # two runs of one editor with different --hp must not look alike
+                label += " (" + ", ".join(f"{k}={v}" for k, v in sorted(overrides.items())) + ")"
             counts = s.get("counts") or {}
             if counts.get("failed"):
                 label += f" ({counts['failed']} failed)"
