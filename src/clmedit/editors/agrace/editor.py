@@ -111,20 +111,15 @@ class AGrace(Grace):
         if len(usable) < 2:
             raise ValueError(f"{self.name}: need >= 2 training cases with neighbours, got {len(usable)}")
         layer = self.edit_layer(model)
-        texts = (
-            [c.prompt for c in usable]
-            + [c.rephrase for c in usable]
-            + [c.neighbours[0].prompt for c in usable]
-        )
+        texts = [c.prompt for c in usable] + [c.rephrase for c in usable]
         feats = cached_prompt_features(model, tok, texts, layer, self.pool, cache=hp.feature_cache)
-        anchor, positive, negative = feats.split(len(usable))
-        owner = torch.tensor([i for i, c in enumerate(usable) for _ in c.neighbours[1:]], dtype=torch.long)
-        extra = [n.prompt for c in usable for n in c.neighbours[1:]]
-        if extra:
-            more = cached_prompt_features(model, tok, extra, layer, self.pool, cache=hp.feature_cache)
-            neighbours = (torch.cat([negative, more]), torch.cat([torch.arange(len(usable)), owner]))
-        else:
-            neighbours = (negative, torch.arange(len(usable)))
+        anchor, positive = feats.split(len(usable))
+        # every neighbour scores specificity in model selection; the first one is the training negative
+        counts = torch.tensor([len(c.neighbours) for c in usable])
+        nb_texts = [n.prompt for c in usable for n in c.neighbours]
+        nb_feats = cached_prompt_features(model, tok, nb_texts, layer, self.pool, cache=hp.feature_cache)
+        negative = nb_feats[counts.cumsum(0) - counts]
+        neighbours = (nb_feats, torch.repeat_interleave(torch.arange(len(usable)), counts))
         margin = self.margin_for(usable)
         settings = TrainSettings(
             margin=margin,

@@ -221,7 +221,7 @@ def train_encoder(
                 "val_outside": outside,
                 "val_loss": min(history["val"]),
                 "epochs": len(history["train"]),
-            }  # fmt: skip
+            }
         )
         log.info(
             "encoder init %s: val rephrases inside %.2f, neighbours outside %.2f", fraction, inside, outside

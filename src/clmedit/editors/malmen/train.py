@@ -193,8 +193,11 @@ def meta_train(
         seqs = _sequences(model, tok, cases, layers[0], hp.loc_neighbours)
         net.to(next(model.parameters()).device).train()
         loss_fn = MetaLoss(model, net, layers, hp.edit_coef, hp.loc_coef)
-        if hp.calibrate_lr:
-            history_lr = calibrate_step_size(net, loss_fn, pairs, seqs, train, hp.batch_size, rng)
+        grid = (
+            calibrate_step_size(net, loss_fn, pairs, seqs, train, hp.batch_size, rng)
+            if hp.calibrate_lr
+            else None
+        )
         scales = [net.log_lr, net.log_lambda]
         rest = [p for p in net.parameters() if all(p is not q for q in scales)]
         opt = torch.optim.Adam([{"params": rest, "lr": hp.meta_lr}, {"params": scales, "lr": hp.scale_lr}])
@@ -208,8 +211,8 @@ def meta_train(
             return total / len(idx)
 
         history: dict = {"step": [], "train": [], "val": [], "best_step": 0}
-        if hp.calibrate_lr:
-            history["init_lr_grid"] = history_lr
+        if grid is not None:
+            history["init_lr_grid"] = grid
         best = evaluate(val) if val else float("inf")
         history["val_start"], best_state = best, copy.deepcopy(net.state_dict())
         for step in tqdm(range(1, hp.steps + 1), desc="malmen: meta-train", leave=False):
