@@ -14,44 +14,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
+from cases import CONALA, benchmark_cases
 
-from clmedit.data.schema import EditCase, format_prompt, read_cases
+from clmedit.data.schema import EditCase
 from clmedit.editors.base import get_editor
 from clmedit.models.arch import arch_of
 from clmedit.models.hooks import Trace
 from clmedit.models.load import load_model
 from clmedit.models.partial import UpperStack, trainable_only
 from clmedit.models.text import edit_batch, target_nll
-
-CONALA = Path("/work/shared/data/conala/conala-train.json")
-
-
-def load_cases(args: argparse.Namespace) -> list[EditCase]:
-    if args.data:
-        return read_cases(args.data)[: args.cases]
-    if Path(args.conala).is_file():
-        rows = [r for r in json.loads(Path(args.conala).read_text()) if r.get("snippet") and r.get("intent")]
-        rows = [r for r in rows if len(r["snippet"]) <= 120][: args.cases]
-        return [
-            EditCase(
-                case_id=f"conala-{i}",
-                task="cnle",
-                prompt=format_prompt("cnle", r["intent"]),
-                target=r["snippet"],
-                rephrase=format_prompt("cnle", r.get("rewritten_intent") or r["intent"]),
-                neighbours=[],
-            )
-            for i, r in enumerate(rows)
-        ]
-    from clmedit.data.build import default_dataset
-
-    return read_cases(default_dataset("cnle"))[: args.cases]
 
 
 def floor_seconds(model, tok, editor, case: EditCase, repeats: int = 3) -> float | None:
@@ -96,7 +71,7 @@ def main() -> None:
     ap.add_argument("--conala", default=str(CONALA))
     args = ap.parse_args()
     model, tok = load_model(args.model)
-    cases = load_cases(args)
+    cases = benchmark_cases(args.cases, args.data, args.conala)
     rows = []
     for name in args.editors.split(","):
         editor = get_editor(name, preset=args.model)

@@ -12,14 +12,13 @@ windows. Target: >= 0.8x. The statistics cache is bypassed (fresh computation) f
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
+from cases import benchmark_cases
 
-from clmedit.data.schema import EditCase, Neighbour, format_prompt
+from clmedit.data.schema import EditCase
 from clmedit.editors.base import get_editor
 from clmedit.locate.keys import compute_keys
 from clmedit.locate.solve import least_squares_update, rank_one_update
@@ -29,29 +28,6 @@ from clmedit.models.arch import arch_of
 from clmedit.models.hooks import Trace
 from clmedit.models.load import load_model
 from clmedit.models.partial import UpperStack
-
-CONALA = Path("/work/shared/data/conala/conala-train.json")
-
-
-def quick_cases(n: int) -> list[EditCase]:
-    """CNLE cases from CoNaLa if present, else a few hand-written ones."""
-    if CONALA.is_file():
-        rows = [r for r in json.loads(CONALA.read_text()) if r.get("snippet") and r.get("intent")][: n + 5]
-        pairs = [(r["intent"], r["snippet"]) for r in rows]
-    else:
-        pairs = [(f"sort list {i} in reverse", f"sorted(xs{i}, reverse=True)") for i in range(n + 5)]
-    nb = [Neighbour(prompt=format_prompt("cnle", p[0])) for p in pairs[n : n + 5]]
-    return [
-        EditCase(
-            case_id=str(i),
-            task="cnle",
-            prompt=format_prompt("cnle", x),
-            target=y,
-            rephrase=format_prompt("cnle", x),
-            neighbours=nb,
-        )  # fmt: skip
-        for i, (x, y) in enumerate(pairs[:n])
-    ]
 
 
 def floor_seconds(model, tok, case: EditCase, sites, hp: ValueParams, solve) -> float:
@@ -92,7 +68,7 @@ def solver(model, tok, case: EditCase, layers: list[int], d_in: int, rank_one: b
 
 
 def bench_editors(model, tok, n_edits: int, stats_samples: int) -> None:
-    arch, cases = arch_of(model), quick_cases(n_edits)
+    arch, cases = arch_of(model), benchmark_cases(n_edits)
     d_in = arch.mlp_dim(model)
     for name in ("rome", "memit", "pmet"):
         editor = get_editor(name, "smollm2-135m", stats_samples=stats_samples)
