@@ -1,0 +1,71 @@
+"""Small file-system helpers every room shares: the cache root, atomic writes, name slugs, file locks.
+
+Atomic writes go through a uniquely named temporary file in the target's folder, then `os.replace`,
+so a crash or a concurrent writer never leaves a torn file; the result gets the permissions a plain
+`open()` would give (0666 less the umask), so shared run folders stay shared.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from filelock import FileLock
+
+
+def cache_root(cache_dir: str | Path | None = None) -> Path:
+    """Root of clmedit's on-disk cache: `cache_dir`, else `$CLMEDIT_CACHE`, else `~/.cache/clmedit`."""
+    return Path(cache_dir or os.environ.get("CLMEDIT_CACHE") or "~/.cache/clmedit").expanduser()
+
+
+def slug(text: str, fallback: str = "item") -> str:
+    """`text` as a safe single file-name component (no separators, no leading dots)."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("._") or fallback
+    return cleaned[:120]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
+    """Call `write(tmp_path)` to fill a temporary file beside `path`, then rename it onto `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write `text` (UTF-8) to `path` atomically."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write `data` to `path` atomically."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+@contextmanager
+def locked(path: str | Path, timeout: float = -1) -> Iterator[None]:
+    """Hold an exclusive lock on `path`.lock across processes (portable; waits by default)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path.with_name(path.name + ".lock")), timeout=timeout):
+        yield
