@@ -266,7 +266,7 @@ def report_cmd(
     figures: bool = typer.Option(True, "--figures/--no-figures"),
 ) -> None:
     """Table IV-style Markdown + LaTeX tables and the cost/distance/PCA figures from run directories."""
-    from clmedit.data.schema import atomic_write_text
+    from clmedit.files import atomic_write_text
     from clmedit.report.tables import load_summaries, render_latex, render_markdown
 
     try:
@@ -397,7 +397,8 @@ def train_cmd(
     """
     import json
 
-    from clmedit.data.schema import CaseFileError, atomic_write_text, read_cases
+    from clmedit.data.schema import CaseFileError, read_cases
+    from clmedit.files import atomic_write_text
     from clmedit.run.runner import RunConfig, _make_editor, load_model_for, resolve_data, split_folds
 
     try:

