@@ -34,7 +34,7 @@ from tqdm import tqdm
 from clmedit.files import atomic_write, cache_root, slug
 from clmedit.models.arch import arch_of
 from clmedit.models.hooks import TraceDict
-from clmedit.models.text import model_name
+from clmedit.models.text import model_name, pad_batch
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,6 @@ def accumulate_mom2(
     """sum_k k k^T (float64, (d, d)) per layer and the token count, over the corpus windows."""
     arch = arch_of(model)
     device = next(model.parameters()).device
-    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     paths = {layer: arch.path("down_proj", layer) for layer in layers}
     dim = arch.mlp_dim(model)
     sums = {layer: torch.zeros(dim, dim, dtype=torch.float64, device=device) for layer in layers}
@@ -167,12 +166,8 @@ def accumulate_mom2(
 
     def run(batch: list[list[int]]) -> None:
         nonlocal count
-        width = max(len(r) for r in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, r in enumerate(batch):
-            ids[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), 1
-        ids, mask = ids.to(device), mask.to(device)
+        padded = pad_batch(tok, batch, device)
+        ids, mask = padded["input_ids"], padded["attention_mask"]
         with TraceDict(model, paths.values(), stop=True, retain_input=True, retain_output=False) as td:
             model(input_ids=ids, attention_mask=mask, use_cache=False)
         keep = mask.bool()

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from clmedit.data.schema import EditCase, read_cases
 from clmedit.files import atomic_write_text
+from clmedit.locate.keys import key_distance
 from clmedit.run import records
 from clmedit.run.prepare import ensure_base_answers, resolve_data
 
@@ -244,11 +245,7 @@ def key_analysis(editor, model, tok, case: EditCase) -> dict[str, Any] | None:
     if fn is None:
         return None
     k = fn(model, tok, [case.prompt, case.rephrase, *(n.prompt for n in case.neighbours)]).float().cpu()
-    if getattr(editor.hparams, "dist_fn", "euc") == "cos":
-        d = 1 - torch.nn.functional.cosine_similarity(k[1:], k[:1], dim=-1)
-    else:
-        d = torch.linalg.vector_norm(k[1:] - k[:1], dim=-1)
-    d = d.tolist()
+    d = key_distance(k[1:], k[:1], getattr(editor.hparams, "dist_fn", "euc"))[:, 0].tolist()
 
     def short(v: torch.Tensor) -> list[float]:
         return [float(f"{x:.4g}") for x in v.tolist()]

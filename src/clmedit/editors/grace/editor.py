@@ -43,11 +43,11 @@ from clmedit.config import EditorHParams
 from clmedit.data.schema import EditCase
 from clmedit.editors.base import Editor, EditResult, replace_module
 from clmedit.editors.grace.codebook import Codebook, Distance, Expand
-from clmedit.editors.grace.layer import GraceLayer, last_position
+from clmedit.editors.grace.layer import GraceLayer
 from clmedit.models.arch import arch_of
 from clmedit.models.hooks import Trace
 from clmedit.models.partial import forward_from, trainable_only
-from clmedit.models.text import edit_batch, target_nll
+from clmedit.models.text import edit_batch, gather_rows, last_position, pad_batch, prompt_ids, target_nll
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class Grace(Editor):
         `prompt_mask` (B, T) is true on prompt tokens (left- or right-padded). Override to use
         another key; it is called both when inserting and at every prefill.
         """
-        return inputs[torch.arange(inputs.size(0), device=inputs.device), last_position(prompt_mask)]
+        return gather_rows(inputs, last_position(prompt_mask))
 
     def edit_layer(self, model: nn.Module) -> int:
         return self.hparams.layer_for(self.hparams.layer, arch_of(model).num_layers(model))
@@ -109,7 +109,7 @@ class Grace(Editor):
         """Keys (N, d_key) of formatted prompts, as the wrapper would compute them at prefill."""
         path = arch_of(model).path("down_proj", self.edit_layer(model))
         device = next(model.parameters()).device
-        enc = tok(prompts, return_tensors="pt", padding=True, padding_side="right").to(device)
+        enc = pad_batch(tok, [prompt_ids(tok, p) for p in prompts], device)
         with Trace(model, path, retain_input=True, retain_output=False, detach=True, stop=True) as tr:
             model(**enc, use_cache=False)
         return self.keys(tr.input, enc["attention_mask"].bool())

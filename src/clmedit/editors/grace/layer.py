@@ -19,13 +19,9 @@ import torch
 from torch import nn
 
 from clmedit.editors.grace.codebook import Codebook
+from clmedit.models.text import last_position
 
 KeyFn = Any  # Callable[[Tensor (B, T, d_in), Tensor (B, T) bool], Tensor (B, d_key)]
-
-
-def last_position(mask: torch.Tensor) -> torch.Tensor:
-    """Index (B,) of the last true position of each row of a (B, T) mask."""
-    return mask.size(1) - 1 - mask.long().flip(1).argmax(1)
 
 
 class GraceLayer(nn.Module):
