@@ -91,17 +91,6 @@ def split_folds(cases: list[EditCase], folds: int, seed: int = 0) -> list[list[E
     return [[cases[j] for j in sorted(order[k::folds])] for k in range(folds)]
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
-    try:
-        import numpy as np
-
-        np.random.seed(seed)
-    except ImportError:  # pragma: no cover - numpy is a dependency
-        pass
-
-
 def _make_editor(config: RunConfig):
     from clmedit.config import preset_for_model
     from clmedit.editors.base import get_editor
@@ -190,14 +179,16 @@ def fit_fold(editor, model, tok, train: list[EditCase], fold_dir: Path) -> None:
 
 def _edit_and_score(config, editor, model, tok, batch, mname, clean, evaluate_case) -> list[dict[str, Any]]:
     """Apply one batch, score each case, always restore. Returns one record per case."""
-    seed_everything(config.seed)
+    from transformers import set_seed  # python, numpy and torch (every device) at once
+
+    set_seed(config.seed)
     result, failure = None, None
     recs: list[dict[str, Any]] = []
     try:
         analysis = {c.case_id: key_analysis(editor, model, tok, c) for c in batch} if config.keys else {}
         result = editor.apply(model, tok, batch)
         for case in batch:
-            seed_everything(config.seed)
+            set_seed(config.seed)
             t0 = time.perf_counter()
             scores = evaluate_case(
                 model, tok, case, model_name=mname, fluency=config.fluency, seed=config.seed

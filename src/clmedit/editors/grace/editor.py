@@ -6,19 +6,16 @@ and looks it up in the codebook; a row whose key lies within an entry's radius i
 and its output is replaced by that entry's value; every other row is untouched (output
 bitwise equal to the unedited layer's), which is what makes GRACE specific.
 
-What a value is, and where it applies (our choice, measured on smollm2-135m, 8 CoNaLa cases,
-30 steps, lr 1.0). The study's protocol greedily decodes len(target) tokens with a KV cache
-after one prefill. Replacing only the key token's output steers the first token alone (0/8
-EM); one shared vector replayed at the key token and at every generated token reached 6/8.
-So with `replacement="steps"` (default) a value is a sequence V = (v_0, .., v_{S-1}),
-S = len(target tokens): v_0 replaces the output at the key token (predicting target token 0)
-and v_k the output at the k-th generated token of a matched row (predicting token k); after
-S steps the row runs free. The values are trained exactly so, under teacher forcing on
-prompt + " " + target: min_V  -sum_k log p(y_k | prompt, y_<k ; out[P-1+k] := v_k), 30 Adam
-steps, lr 1.0, from the unedited outputs ("warm"). That gave 8/8, and on 20 CoNaLa cases
-under the study's protocol: effectiveness EM 100, specificity EM 100, generalization EM 0. `replacement="last"` is the literal single vector at the key token only (S = 1).
-EasyEdit's "replace_last" under a KV cache also rewrites the generated tokens' outputs
-(each decode call's last token), so the study's YAML maps to "steps".
+What a value is: under the study's protocol (greedy decoding with a KV cache after one prefill)
+a single vector at the key token steers only the first generated token. So with
+`replacement="steps"` (default) a value is a sequence V = (v_0, .., v_{S-1}), S = len(target
+tokens): v_0 replaces the output at the key token and v_k the output at the k-th generated token
+of a matched row; after S steps the row runs free. V is trained as it is used, under teacher
+forcing on prompt + " " + target:
+    min_V  -sum_k log p(y_k | prompt, y_<k ; out[P-1+k] := v_k)       (Adam, n_iter steps)
+`replacement="last"` is the literal single vector at the key token (S = 1). EasyEdit's
+"replace_last" under a KV cache also rewrites each decoded token's output, so the study's YAML
+maps to "steps". (Measurements behind this choice: the README's measured section.)
 
 Per-row state is reset at every new prefill: a call with a KV cache of length 0 (or no cache
 and not a recomputation of the last prefill) is a new prompt. Batches may be left-padded:

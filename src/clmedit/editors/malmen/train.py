@@ -15,9 +15,8 @@ model are constants too, extracted once. Model selection: the net with the lowes
 validation split of the *training* cases (checked every `val_every` steps) is kept.
 
 Two things make a short training run useful. The step size eta_l decides whether an edit
-lands at all: a factor of ten either way moves smollm2-135m from "no change" to "every
-neighbour broken" (measured: edit NLL 3.2 -> 0.2 while the neighbours' KL goes 0.003 -> 0.48).
-So its start is picked on training batches from a log grid around `init_lr`, and the log step
+lands at all (a factor of ten either way goes from "no change" to "every neighbour broken"),
+so its start is picked on training batches from a log grid around `init_lr`, and the log step
 sizes and log ridge weights learn at their own, higher rate (`scale_lr`; cf. MEND's lr-lr).
 """
 
