@@ -86,6 +86,16 @@ def test_chat_sends_the_request_and_the_key_from_the_environment(server, env_key
     assert KEY not in caplog.text  # never logged
 
 
+def test_no_key_works_for_a_local_server_and_is_explained_for_openai(server, monkeypatch):
+    monkeypatch.delenv("CLMEDIT_LLM_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("CLMEDIT_LLM_BASE_URL", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    assert OpenAIChat("m", base_url=server.url).chat([{"role": "user", "content": "x"}]) == "a paraphrase"
+    with pytest.raises(LLMError, match="OPENAI_API_KEY"):
+        OpenAIChat("gpt-4o").chat([{"role": "user", "content": "x"}])  # refused before any request
+
+
 def test_transient_errors_are_retried_then_answered(server, env_key):
     server.script = [503, 429]
     assert OpenAIChat("m", base_url=server.url, retries=3).chat([{"role": "user", "content": "x"}])

@@ -18,6 +18,7 @@ from typing import Protocol
 log = logging.getLogger(__name__)
 
 Messages = list[dict[str, str]]
+_OPENAI_URL = "https://api.openai.com/v1"
 
 
 class ChatBackend(Protocol):
@@ -43,7 +44,7 @@ class OpenAIChat:
             base_url
             or os.environ.get("CLMEDIT_LLM_BASE_URL")
             or os.environ.get("OPENAI_BASE_URL")
-            or "https://api.openai.com/v1"
+            or _OPENAI_URL
         ).rstrip("/")
         self.name = f"openai:{model}"
         self._client = None
@@ -57,10 +58,12 @@ class OpenAIChat:
                     f"the {self.name} backend needs the openai package: pip install 'clmedit[openai]' "
                     "(or use --llm local)"
                 ) from err
-            # the key only ever comes from the environment; a server without auth needs none
-            key = os.environ.get("CLMEDIT_LLM_API_KEY") or os.environ.get("OPENAI_API_KEY") or ""
+            # the key only ever comes from the environment; a local server without auth needs none
+            key = os.environ.get("CLMEDIT_LLM_API_KEY") or os.environ.get("OPENAI_API_KEY")
+            if not key and self.base_url == _OPENAI_URL:
+                raise LLMError(f"{self.name}: no API key; set CLMEDIT_LLM_API_KEY or OPENAI_API_KEY")
             self._client = openai.OpenAI(
-                api_key=key,
+                api_key=key or "unused",  # the client insists on one; such servers ignore it
                 base_url=self.base_url,
                 timeout=self.timeout,
                 max_retries=max(0, self.retries - 1),
