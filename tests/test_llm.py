@@ -13,6 +13,7 @@ import pytest
 from clmedit.data.judge import judge_examples
 from clmedit.data.llm import LLMError, OpenAIChat
 from clmedit.data.sources import RawExample
+from clmedit.errors import ClmeditError
 
 KEY = "sk-clmedit-secret-123"
 
@@ -92,7 +93,7 @@ def test_no_key_works_for_a_local_server_and_is_explained_for_openai(server, mon
     monkeypatch.delenv("CLMEDIT_LLM_BASE_URL", raising=False)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     assert OpenAIChat("m", base_url=server.url).chat([{"role": "user", "content": "x"}]) == "a paraphrase"
-    with pytest.raises(LLMError, match="OPENAI_API_KEY"):
+    with pytest.raises(ClmeditError, match="OPENAI_API_KEY"):
         OpenAIChat("gpt-4o").chat([{"role": "user", "content": "x"}])  # refused before any request
 
 
@@ -123,8 +124,15 @@ def test_unreachable_endpoint_is_an_llm_error(env_key):
 
 def test_missing_openai_package_says_what_to_install(monkeypatch, env_key):
     monkeypatch.setitem(sys.modules, "openai", None)  # what `import openai` sees when it is not installed
-    with pytest.raises(LLMError, match=r"pip install 'clmedit\[openai\]'"):
+    with pytest.raises(ClmeditError, match=r"pip install 'clmedit\[openai\]'"):
         OpenAIChat("m", base_url="http://127.0.0.1:9/v1").chat([{"role": "user", "content": "x"}])
+
+
+def test_a_configuration_error_stops_the_judge_instead_of_skipping_each_pair(monkeypatch):
+    monkeypatch.setitem(sys.modules, "openai", None)
+    examples = [RawExample(uid="a", input="sort a list", output="sorted(xs)")]
+    with pytest.raises(ClmeditError):
+        judge_examples(examples, OpenAIChat("m", base_url="http://127.0.0.1:9/v1"), progress=False)
 
 
 def test_judge_over_the_openai_backend(server, env_key):

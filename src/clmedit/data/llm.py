@@ -15,6 +15,8 @@ import logging
 import os
 from typing import Protocol
 
+from clmedit.errors import ClmeditError
+
 log = logging.getLogger(__name__)
 
 Messages = list[dict[str, str]]
@@ -35,7 +37,8 @@ class OpenAIChat:
     """An OpenAI-compatible chat-completions endpoint through the `openai` client (the `openai` extra).
 
     The client retries rate limits, server errors and dropped connections with backoff
-    (`retries` attempts in all); every failure that remains becomes an LLMError.
+    (`retries` attempts in all); every failure that remains becomes an LLMError (callers skip that
+    one request). A missing package or key is the user's to fix and stops the build (ClmeditError).
     """
 
     def __init__(self, model: str, base_url: str | None = None, timeout: float = 60.0, retries: int = 3):
@@ -54,14 +57,14 @@ class OpenAIChat:
             try:
                 import openai
             except ImportError as err:
-                raise LLMError(
+                raise ClmeditError(
                     f"the {self.name} backend needs the openai package: pip install 'clmedit[openai]' "
                     "(or use --llm local)"
                 ) from err
             # the key only ever comes from the environment; a local server without auth needs none
             key = os.environ.get("CLMEDIT_LLM_API_KEY") or os.environ.get("OPENAI_API_KEY")
             if not key and self.base_url == _OPENAI_URL:
-                raise LLMError(f"{self.name}: no API key; set CLMEDIT_LLM_API_KEY or OPENAI_API_KEY")
+                raise ClmeditError(f"{self.name}: no API key; set CLMEDIT_LLM_API_KEY or OPENAI_API_KEY")
             self._client = openai.OpenAI(
                 api_key=key or "unused",  # the client insists on one; such servers ignore it
                 base_url=self.base_url,
