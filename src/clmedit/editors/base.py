@@ -109,6 +109,7 @@ EDITORS: dict[str, str] = {
     "rome": "clmedit.editors.rome:Rome",
     "memit": "clmedit.editors.memit:Memit",
     "pmet": "clmedit.editors.pmet:Pmet",
+    "alphaedit": "clmedit.editors.alphaedit:AlphaEdit",
     "malmen": "clmedit.editors.malmen.editor:Malmen",
     "agrace": "clmedit.editors.agrace.editor:AGrace",
     "agrace-no-cl": "clmedit.editors.agrace.editor:AGraceNoCL",
