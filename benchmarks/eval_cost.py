@@ -58,7 +58,7 @@ def main() -> None:
     model, tok = load_model(args.model)
     data = resolve_data(args.data)
     cases = read_cases(data)[: args.cases]
-    ensure_base_answers(model, tok, cases, data, model_name(model))  # the runner's cached references
+    ensure_base_answers(model, tok, cases)  # the runner's cached references
     evaluate_case(model, tok, cases[0], fluency=args.fluency)  # warm-up: imports, metric objects
     bare_generate(model, tok, cases[0], args.fluency)
 
