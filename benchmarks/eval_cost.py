@@ -25,7 +25,7 @@ from clmedit.eval.protocol import (
     evaluate_case,
 )
 from clmedit.models.load import load_model
-from clmedit.models.text import model_name, target_ids
+from clmedit.models.text import target_ids
 from clmedit.run.prepare import ensure_base_answers, resolve_data
 
 

@@ -24,7 +24,8 @@ def ft_artifact(tmp_path_factory):
     root = tmp_path_factory.mktemp("art")
     fix = [make_case(0, target="sorted(xs)")]
     model, tok = tiny_model("llama")
-    save_artifact(model, tok, get_editor("ft", num_steps=3, norm_constraint=None, lr=1e-2), fix, root / "ft", "tiny")
+    ft = get_editor("ft", num_steps=3, norm_constraint=None, lr=1e-2)
+    save_artifact(model, tok, ft, fix, root / "ft", "tiny")
     edited_ft = fingerprint(model)
     model, tok = tiny_model("llama")
     save_artifact(model, tok, get_editor("grace", n_iter=3), fix, root / "grace", "tiny")
@@ -115,7 +116,7 @@ def test_declared_parameter_outside_the_editors_scope_is_refused(ft_artifact, tm
 
 
 def test_module_state_outside_the_wrapped_modules_is_refused(ft_artifact, tmp_path):
-    """modules.safetensors setting the final norm, declared and hashed, is refused; the model is left clean."""
+    """modules.safetensors setting the final norm, declared and hashed, is refused; the model stays clean."""
     art = _copy(ft_artifact[0] / "grace", tmp_path / "a")
     state = load_file(str(art / "modules.safetensors"))
     bad = torch.full((64,), 1000.0)

@@ -68,7 +68,7 @@ def data_build_cmd(
         None, "--tokenizer", help="for the 512-token code limit (default: regex proxy)"
     ),
     pool_limit: int | None = typer.Option(None, "--pool-limit", min=1, help="subsample the neighbour pool"),
-    model: str | None = typer.Option(None, "--model", "-m", help="precompute this model's neighbour answers (cached)"),
+    model: str | None = typer.Option(None, "--model", "-m", help="precompute its neighbour answers"),
 ) -> None:
     """Build CLMEEval-style edit cases (default: from this Python's standard library, offline)."""
     from clmedit.data.build import BuildConfig, build_dataset, stats_path
@@ -160,7 +160,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     from clmedit.errors import ClmeditError
 
-    return (ClmeditError, ValueError, FileNotFoundError, KeyError, NotImplementedError, ImportError, ValidationError)
+    return (ClmeditError, ValueError, FileNotFoundError, KeyError, NotImplementedError, ImportError,
+            ValidationError)  # fmt: skip
 
 
 THREADS_HELP = "CPU threads for torch (default: all cores); 1 when other jobs share the machine"

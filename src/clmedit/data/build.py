@@ -348,7 +348,7 @@ def default_dataset(
     with locked(path):  # two runs starting together build it once
         if not is_sealed(path):
             if path.is_file():
-                log.warning("cached dataset %s does not match its seal (cut short or changed); rebuilding", path)
+                log.warning("cached dataset %s does not match its seal (cut or changed); rebuilding", path)
             log.info("building the default %s dataset into %s (once)", task, path)
             build_dataset(cfg, path)
             write_seal(path)

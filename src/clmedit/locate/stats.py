@@ -129,7 +129,8 @@ def token_windows(tok, corpus: str | Path | None, samples: int, seq_len: int) ->
 def stats_path(model_fp: str, layer: int, fingerprint: str, samples: int, seq_len: int) -> Path:
     """Cache file of one layer's statistics: keyed by the model's fingerprint (weights, tokenizer,
     config; `models.fingerprint`), the layer, the corpus fingerprint, the sample count and window."""
-    return cache_dir() / "stats" / model_fp / f"layer{layer:03d}-{fingerprint}-n{samples}-t{seq_len}.safetensors"
+    name = f"layer{layer:03d}-{fingerprint}-n{samples}-t{seq_len}.safetensors"
+    return cache_dir() / "stats" / model_fp / name
 
 
 def _load(path: Path, dim: int) -> torch.Tensor | None:

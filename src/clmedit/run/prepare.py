@@ -54,7 +54,8 @@ def answers_path(fingerprint: str) -> Path:
 
 
 def _read_answers(path: Path) -> dict[str, str]:
-    """Cached answers (prompt -> answer); a missing file is empty, a garbled one is warned about and rebuilt."""
+    """Cached answers (prompt -> answer); a missing file is empty, a garbled one is warned about (and
+    rebuilt by the next write)."""
     if not path.is_file():
         return {}
     try:
