@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import shutil
@@ -45,6 +46,9 @@ def test_fingerprint_names_weights_tokenizer_and_dtype():
         model.model.layers[2].mlp.down_proj.weight[0, 0] += 1.0  # the first sampled element
     assert model_fingerprint(model, tok) != fp
     other, _ = tiny_model("llama")
+    tok = copy.deepcopy(tok)  # the tiny tokenizer is shared between tests
+    tok(["a", "bb c"], padding=True, truncation=True, max_length=8)  # transient settings do not count
+    assert model_fingerprint(other, tok) == fp
     tok.add_special_tokens({"additional_special_tokens": ["<x>"]})
     assert model_fingerprint(other, tok) != fp
     assert model_fingerprint(other.to(torch.bfloat16)) != model_fingerprint(tiny_model("llama")[0])

@@ -41,11 +41,12 @@ def weights_fingerprint(model: nn.Module) -> str:
 
 def tokenizer_fingerprint(tok: Any) -> str:
     """Hash of a tokenizer: its full serialization (fast) or SentencePiece model and vocabulary (slow),
-    its special tokens and the settings that change the ids it returns."""
+    its special tokens and the settings that change the ids it returns (not padding: generation sets it)."""
     h = hashlib.sha256(type(tok).__name__.encode())
     backend = getattr(tok, "backend_tokenizer", None)
-    if backend is not None:
-        h.update(backend.to_str().encode())
+    if backend is not None:  # without padding/truncation: calls set them in passing, ids do not change
+        spec = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("padding", "truncation")}
+        h.update(json.dumps(spec, sort_keys=True).encode())
     else:
         sp = getattr(tok, "sp_model", None)
         if sp is not None and hasattr(sp, "serialized_model_proto"):
@@ -54,7 +55,7 @@ def tokenizer_fingerprint(tok: Any) -> str:
     settings = {
         "special": {k: str(v) for k, v in sorted(getattr(tok, "special_tokens_map", {}).items())},
         "added": sorted(str(t) for t in getattr(tok, "get_added_vocab", dict)()),
-        **{a: str(getattr(tok, a, None)) for a in ("add_bos_token", "add_eos_token", "padding_side")},
+        **{a: str(getattr(tok, a, None)) for a in ("add_bos_token", "add_eos_token")},
     }
     h.update(json.dumps(settings, sort_keys=True).encode())
     return h.hexdigest()

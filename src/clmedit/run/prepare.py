@@ -42,11 +42,16 @@ def resolve_data(spec: str, seed: int = 0) -> Path:
 
 
 def answers_fingerprint(model, tok) -> str:
-    """The key of a model's cached answers: its fingerprint plus the generation budget and format."""
+    """The key of a model's cached answers: its fingerprint plus the generation budget, the format,
+    and the ids the protocol gives a probe prompt (so a change of tokenization rebuilds them)."""
     from clmedit.eval.protocol import NEIGHBOUR_TOKENS
     from clmedit.models.fingerprint import model_fingerprint
+    from clmedit.models.text import prompt_ids
 
-    return model_fingerprint(model, tok, neighbour_tokens=NEIGHBOUR_TOKENS, answers_format=ANSWERS_FORMAT)
+    probe = prompt_ids(tok, "Intent: sort a list\nCode:")
+    return model_fingerprint(
+        model, tok, neighbour_tokens=NEIGHBOUR_TOKENS, answers_format=ANSWERS_FORMAT, probe_ids=probe
+    )
 
 
 def answers_path(fingerprint: str) -> Path:
