@@ -44,9 +44,11 @@ def tokenizer_fingerprint(tok: Any) -> str:
     its special tokens and the settings that change the ids it returns (not padding: generation sets it)."""
     h = hashlib.sha256(type(tok).__name__.encode())
     backend = getattr(tok, "backend_tokenizer", None)
-    if backend is not None:  # without padding/truncation: calls set them in passing, ids do not change
-        spec = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("padding", "truncation")}
-        h.update(json.dumps(spec, sort_keys=True).encode())
+    if backend is not None:
+        # The serialization starts with version, truncation, padding (set in passing by calls; they
+        # do not change ids), then added_tokens, normalizer, ..., model: hash from added_tokens on.
+        spec = backend.to_str()
+        h.update(spec[max(0, spec.find('"added_tokens"')) :].encode())
     else:
         sp = getattr(tok, "sp_model", None)
         if sp is not None and hasattr(sp, "serialized_model_proto"):
