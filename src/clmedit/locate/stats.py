@@ -9,9 +9,10 @@ running interpreter's standard library, or any text / JSONL file or folder given
 
 Activations are never held: each batch adds its K^T K (float32) into a float64 sum, and the
 forward pass stops right after the highest layer needed. Results are cached under
-`$CLMEDIT_CACHE/stats/<model>/` keyed by layer, corpus fingerprint, sample count and window
-length, written to a temporary file and renamed, so a reader never sees a half-written file;
-a file that cannot be read or validated is ignored and recomputed.
+`$CLMEDIT_CACHE/stats/<model fingerprint>/` keyed by layer, corpus fingerprint, sample count and
+window length (a model replaced at the same path or name never reuses another's statistics),
+written to a temporary file and renamed, so a reader never sees a half-written file; a file that
+cannot be read or validated (truncated, wrong shape, non-finite) is ignored and recomputed.
 """
 
 from __future__ import annotations
@@ -31,10 +32,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
-from clmedit.files import atomic_write, cache_root, slug
+from clmedit.files import atomic_write, cache_root
 from clmedit.models.arch import arch_of
+from clmedit.models.fingerprint import model_fingerprint
 from clmedit.models.hooks import TraceDict
-from clmedit.models.text import model_name, pad_batch
+from clmedit.models.text import pad_batch
 
 log = logging.getLogger(__name__)
 
@@ -124,9 +126,11 @@ def token_windows(tok, corpus: str | Path | None, samples: int, seq_len: int) ->
 
 
 # --- cache ------------------------------------------------------------------------------------------
-def stats_path(model: nn.Module, layer: int, fingerprint: str, samples: int, seq_len: int) -> Path:
-    folder = cache_root() / "stats" / slug(model_name(model), "model")
-    return folder / f"layer{layer:03d}-{fingerprint}-n{samples}-t{seq_len}.safetensors"
+def stats_path(model_fp: str, layer: int, fingerprint: str, samples: int, seq_len: int) -> Path:
+    """Cache file of one layer's statistics: keyed by the model's fingerprint (weights, tokenizer,
+    config; `models.fingerprint`), the layer, the corpus fingerprint, the sample count and window."""
+    name = f"layer{layer:03d}-{fingerprint}-n{samples}-t{seq_len}.safetensors"
+    return cache_root() / "stats" / model_fp / name
 
 
 def _load(path: Path, dim: int) -> torch.Tensor | None:
@@ -205,10 +209,10 @@ def layer_stats(
     arch = arch_of(model)
     device = next(model.parameters()).device
     dim = arch.mlp_dim(model)
-    fp = corpus_fingerprint(corpus)
+    fp, mfp = corpus_fingerprint(corpus), model_fingerprint(model, tok)
     out: dict[int, torch.Tensor] = {}
     for layer in layers:
-        cached = _load(stats_path(model, layer, fp, samples, seq_len), dim)
+        cached = _load(stats_path(mfp, layer, fp, samples, seq_len), dim)
         if cached is not None:
             out[layer] = cached.to(device)
     missing = [layer for layer in layers if layer not in out]
@@ -216,6 +220,6 @@ def layer_stats(
         log.info("computing second-moment statistics for layers %s (%d windows)", missing, samples)
         sums, count = accumulate_mom2(model, tok, missing, corpus, samples, seq_len, batch_size)
         for layer in missing:
-            _save(stats_path(model, layer, fp, samples, seq_len), sums[layer], count)
+            _save(stats_path(mfp, layer, fp, samples, seq_len), sums[layer], count)
             out[layer] = (sums[layer] / count).float()
     return out

@@ -8,7 +8,7 @@ For each batch of `batch_size` cases (1 = the study's single edits):
 Invariants: before every apply the model is bitwise the unedited model (checked after a failure,
 and after every restore with `verify_restore`); each finished case is one durable line in
 `cases.jsonl`, so a rerun skips it; a failing case records its error and the run goes on.
-Neighbour reference answers are computed once per model before any edit and cached beside the data.
+Neighbour reference answers are filled before any edit (run.prepare.ensure_base_answers).
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ class RunConfig(BaseModel):
     device: str | None = Field(None, description="torch device; default: cuda if available")
     verify_restore: bool = Field(False, description="debug: checksum the weights after every restore")
     keys: bool = Field(False, description="record keys and key distances (editors with prompt_keys)")
+    answers_from: str | None = Field(None, description="released answers to use (e.g. CodeLlama-7b-hf)")
 
     @field_validator("shard")
     @classmethod
@@ -139,7 +140,7 @@ def run(config: RunConfig, model=None, tok=None, editor=None) -> Path:
     todo = [c for c in mine if c.case_id not in done]
     log.info("%s on %s: %d of %d cases to do", editor.name, data.name, len(todo), len(mine))
     if todo:
-        ensure_base_answers(model, tok, todo, data, mname)
+        ensure_base_answers(model, tok, todo, config.answers_from)
     clean = records.fingerprint(model)
     path = records.cases_file(out, config.shard_tuple)
     todo_ids = {c.case_id for c in todo}
