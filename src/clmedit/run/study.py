@@ -136,52 +136,53 @@ def study(
     `data` maps a task to a case file (default: the built-in `default:<task>` cases); `lm`/`tok` reuse
     a loaded model (it must be the unedited model).
     """
+    from clmedit.data.schema import read_cases
     from clmedit.report.study import write_study_report
+    from clmedit.run.prepare import resolve_data
+    from clmedit.run.records import done_ids
 
     t0 = time.perf_counter()
-    out = Path(out)
+    out, sz = Path(out), size_preset(size, limit)
     tasks = [t.strip().lower() for t in tasks if t.strip()]
-    bad = [t for t in tasks if t not in ("cnle", "csne")]
-    if bad or not tasks:
+    if not tasks or any(t not in ("cnle", "csne") for t in tasks):
         raise InputError(f"--tasks must name cnle and/or csne, got {','.join(tasks) or 'nothing'}")
     i, n = parse_shard(shard)
-    sz = size_preset(size, limit)
     manifest_path = out / "study.json"
     old = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else {}
     if old and (old.get("model"), old.get("size")) != (model, sz.name):
         raise InputError(f"{out} holds a study of model {old.get('model')!r}, size {old.get('size')!r}; "
                          f"use another --out for model {model!r}, size {sz.name!r}")  # fmt: skip
-    configs = plan(model, tasks, sz, out, data, seed=seed, device=device, fluency=fluency)
-    mine = configs[i::n]
+    specs = {t: (data or {}).get(t, f"default:{t}") for t in tasks}
+    built = {t: len(read_cases(resolve_data(specs[t], seed=seed))) for t in tasks}  # builds defaults once
+    configs = plan(model, tasks, sz, out, specs, seed=seed, device=device, fluency=fluency)
+    cells = [(t, e) for t in tasks for e in STUDY_EDITORS]  # the order of plan()
+    mine = list(zip(cells, configs))[i::n]
+    todo = {id(c): max(0, min(built[t], c.limit or built[t]) - len(done_ids(c.out))) for (t, _), c in mine}
+    est = {id(c): estimate_seconds(c, todo[id(c)]) if todo[id(c)] else 0.0 for _, c in mine}
+    total = sum(est.values()) + (STATS_SECONDS if any(c.editor in ("memit", "pmet") and est[id(c)] for _, c in mine) else 0)
+    log.info("study: %d of %d runs (shard %s), %d cases to do; estimated %.0f min (smollm2-135m, 2 CPU cores)",
+             len(mine), len(configs), shard, sum(todo.values()), total / 60)  # fmt: skip
     if lm is None:
         lm, tok = load_model_for(model, device)
-    datasets = dict(old.get("datasets") or {})
-    for task in tasks:
-        spec = (data or {}).get(task, f"default:{task}")
-        biggest = [sz.cases[e] for e in STUDY_EDITORS]
-        datasets[task] = _dataset_info(lm, tok, task, spec, None if None in biggest else max(biggest), out, seed)
-    cells = [(t, e) for t in tasks for e in STUDY_EDITORS]  # the order of plan()
+    widest = [sz.cases[e] for e in STUDY_EDITORS]
+    datasets = {t: _dataset_info(lm, tok, t, specs[t], None if None in widest else max(widest), out, seed) for t in tasks}
     runs = [{"task": t, "editor": e, "dir": str(c.out.relative_to(out))} for (t, e), c in zip(cells, configs)]
     manifest = {"model": model, "size": sz.name, "size_note": sz.note, "tasks": tasks, "runs": runs, "datasets": datasets}
     atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
-    sizes = [min(datasets[r["task"]]["cases"], c.limit or 10**9) for c, r in zip(configs, runs)]
-    est = {id(c): estimate_seconds(c, k) for c, k in zip(configs, sizes)}
-    total = sum(est[id(c)] for c in mine) + (STATS_SECONDS if any(c.editor in ("memit", "pmet") for c in mine) else 0)
-    log.info("study: %d runs (shard %s) of %d, about %d cases; estimated %.0f min on smollm2-135m / 2 CPU cores",
-             len(mine), shard, len(configs), sum(sizes[configs.index(c)] for c in mine), total / 60)  # fmt: skip
     bar = tqdm(total=round(total), unit="s", desc="study (estimated seconds of work)", dynamic_ncols=True)
     done_cases = 0
-    for k, config in enumerate(mine, 1):
+    for k, ((task, editor), config) in enumerate(mine, 1):
         t_run = time.perf_counter()
         summary = json.loads((run(config, model=lm, tok=tok) / "summary.json").read_text(encoding="utf-8"))
         counts, m = summary.get("counts") or {}, summary.get("metrics") or {}
         done_cases += int(counts.get("ok", 0)) + int(counts.get("failed", 0))
         bar.update(round(est[id(config)]))
         bar.set_postfix_str(f"runs {k}/{len(mine)}, cases {done_cases}")
-        eff, gen, spec = ((m.get(g) or {}).get("em") for g in ("effectiveness", "generalization", "specificity"))
+        ems = [(m.get(g) or {}).get("em") for g in ("effectiveness", "generalization", "specificity")]
         log.info("run %d/%d done: %s on %s, %d cases (%d failed) in %.0f s; EM eff %s gen %s spec %s", k, len(mine),
-                 config.editor, config.out.parent.name, counts.get("ok", 0), counts.get("failed", 0),
-                 time.perf_counter() - t_run, *(f"{v:.1f}" if v is not None else "-" for v in (eff, gen, spec)))  # fmt: skip
+                 editor, task, counts.get("ok", 0), counts.get("failed", 0), time.perf_counter() - t_run,
+                 *("-" if v is None else f"{v:.1f}" for v in ems))  # fmt: skip
+    bar.update(bar.total - bar.n)  # the estimate's remainder (the statistics) is done too
     bar.close()
     manifest["wall_seconds"] = time.perf_counter() - t0
     atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
