@@ -85,3 +85,14 @@ def test_report_never_writes_outside_out(tmp_path):
     assert after == before  # nothing new outside --out
     written = [p for p in out.rglob("*") if p.is_file()]
     assert any(p.name.startswith("distances_") for p in written) and all(".." not in p.name for p in written)
+
+
+def test_report_reads_results_only_without_torch_or_the_runner():
+    import subprocess
+    import sys
+
+    code = ("import sys, clmedit.report.study, clmedit.report.figures, clmedit.report.html, clmedit.results; "
+            "bad = [m for m in sys.modules if m == 'torch' or m.startswith('clmedit.run')]; print(bad); "
+            "sys.exit(1 if bad else 0)")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
