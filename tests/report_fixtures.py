@@ -30,7 +30,7 @@ CASES = {
 
 def _record(task: str, editor: str, i: int, ems: tuple[int, int, int]) -> dict:
     triple = [{"em": float(v), "bleu": float(v), "rouge_l": float(v)} for v in ems]
-    out = "f(%d)" % i if ems[0] else "unedited words here"
+    out = f"f({i})" if ems[0] else "unedited words here"
     return {
         "case_id": f"{task}-{i}", "task": task, "editor": editor, "model": "synthetic",
         "scores": {"case_id": f"{task}-{i}", "effectiveness": triple[0], "generalization": triple[1],

@@ -28,7 +28,10 @@ def _dom(page, tmp_path, fragment: str = "") -> str:
 
 
 def _visible(dom: str) -> list[tuple[str, str]]:
-    tags = re.findall(r'<details class="case" data-task="(\w+)" data-editor="([^"]+)" data-failed="[^"]*"( hidden="")?>', dom)
+    tags = re.findall(
+        r'<details class="case" data-task="(\w+)" data-editor="([^"]+)" data-failed="[^"]*"( hidden="")?>',
+        dom,
+    )
     return [(task, editor) for task, editor, hidden in tags if not hidden]
 
 
@@ -43,7 +46,9 @@ def test_page_renders_tables_and_lists_every_case(page, tmp_path):
     table4 = table4[: table4.index("</table>")]
     rows = re.findall(r'<tr class="ours"><td[^>]*>(\w+)</td><td[^>]*>([^<]+)</td>', table4)
     assert sorted(rows) == sorted((t, e) for t in ("CNLE", "CSNE") for e in ("Unedited", "GRACE", "A-GRACE"))
-    assert sorted(_visible(dom)) == sorted((t, e) for t in ("cnle", "csne") for e in ("GRACE", "A-GRACE") for _ in range(2))
+    assert sorted(_visible(dom)) == sorted(
+        (t, e) for t in ("cnle", "csne") for e in ("GRACE", "A-GRACE") for _ in range(2)
+    )
     assert 'id="shown">8 of 8 shown' in dom
     assert "<ins>f(0)</ins>" in dom  # the edited output's difference from the unedited one is highlighted
 

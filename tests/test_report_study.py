@@ -28,7 +28,10 @@ def test_tables_from_synthetic_records(tmp_path):
     assert t4.count("| CNLE |") == 3 and t4.count("| CSNE |") == 3  # one row per editor and task
     t5 = (root / "table5.md").read_text()
     # effectiveness EM CSNE 100, CNLE 50: a drop of 50
-    assert _row(t5, "| GRACE |") == "| GRACE | " + " | ".join(["100.00"] * 3 + ["50.00"] * 3 + ["50.00"] * 3) + " |"
+    assert (
+        _row(t5, "| GRACE |")
+        == "| GRACE | " + " | ".join(["100.00"] * 3 + ["50.00"] * 3 + ["50.00"] * 3) + " |"
+    )
     assert _row(t5, "| A-GRACE |").endswith("| 0.00 | 0.00 | 0.00 |")
     t6 = (root / "table6.md").read_text()
     assert "Unedited" not in t6 and t6.count("| GRACE |") == 2 and t6.count("| A-GRACE |") == 2
@@ -47,7 +50,7 @@ def test_figures_of_the_study(tmp_path):
     assert {"distances_cnle_grace.png", "distances_csne_agrace.png"} <= names
     html = (root / "report.html").read_text()
     assert html.count("data:image/png;base64,") == len(names)
-    assert "<link" not in html and "src=\"http" not in html  # self-contained: nothing fetched
+    assert "<link" not in html and 'src="http' not in html  # self-contained: nothing fetched
 
 
 def test_published_rows_show_only_when_filled(tmp_path):

@@ -18,7 +18,7 @@ def test_quick_study_runs_every_editor_and_writes_the_report(tmp_path):
         write_cases(path, [make_case(i, task=task, target=f"x{i} + {task}") for i in range(8)])
         data[task] = str(path)
     out = tmp_path / "study"
-    page = study("tiny", ("cnle", "csne"), "quick", out=out, data=data, lm=lm, tok=tok)
+    page = study("tiny", ("cnle", "csne"), "quick", out=out, data=data, lm=lm, tok=tok, fluency=False)
     manifest = json.loads((out / "study.json").read_text())
     assert manifest["size"] == "quick" and "QUICK" in manifest["size_note"]
     for task in ("cnle", "csne"):
@@ -29,10 +29,14 @@ def test_quick_study_runs_every_editor_and_writes_the_report(tmp_path):
     table4 = (out / "table4.md").read_text()
     assert table4.count("| CNLE |") == len(STUDY_EDITORS) and table4.count("| CSNE |") == len(STUDY_EDITORS)
     assert "Specificity target" in (out / "table3.md").read_text()
-    assert {p.name for p in (out / "figures").iterdir()} >= {"fig3_time.png", "fig4_memory.png", "fig6_keys_cnle.png"}
+    assert {p.name for p in (out / "figures").iterdir()} >= {
+        "fig3_time.png",
+        "fig4_memory.png",
+        "fig6_keys_cnle.png",
+    }
     html = page.read_text()
     assert "QUICK" in html and "data:image/png;base64," in html and "http" not in html.split("<script")[0]
     # a rerun resumes: nothing is edited again
     before = (out / "cnle" / "grace" / "cases.jsonl").read_text()
-    study("tiny", ("cnle", "csne"), "quick", out=out, data=data, lm=lm, tok=tok)
+    study("tiny", ("cnle", "csne"), "quick", out=out, data=data, lm=lm, tok=tok, fluency=False)
     assert (out / "cnle" / "grace" / "cases.jsonl").read_text() == before

@@ -44,7 +44,9 @@ def load_summaries(run_dirs: Iterable[str | Path]) -> list[dict[str, Any]]:
             try:
                 summary = json.loads(p.read_text(encoding="utf-8"))
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-                raise ValueError(f"{p}: not a readable summary.json ({err}); rerun the run or delete it") from None
+                raise ValueError(
+                    f"{p}: not a readable summary.json ({err}); rerun the run or delete it"
+                ) from None
             if not isinstance(summary, dict):
                 raise ValueError(f"{p}: summary.json must hold a JSON object; rerun the run or delete it")
             summary["run_dir"] = str(p.parent)

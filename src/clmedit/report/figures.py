@@ -112,7 +112,9 @@ def _case_keys(records: list[dict[str, Any]], n_cases: int) -> list[dict[str, An
     return out
 
 
-def key_pca(panels: list[tuple[str, list[dict[str, Any]]]], out_path: str | Path, n_cases: int = 4) -> Path | None:
+def key_pca(
+    panels: list[tuple[str, list[dict[str, Any]]]], out_path: str | Path, n_cases: int = 4
+) -> Path | None:
     """One panel per (title, records): a few cases' keys on the panel's first two principal components."""
     panels = [(t, _case_keys(recs, n_cases)) for t, recs in panels]
     panels = [(t, ks) for t, ks in panels if ks]
@@ -121,7 +123,9 @@ def key_pca(panels: list[tuple[str, list[dict[str, Any]]]], out_path: str | Path
     plt = _plt()
     fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 4), squeeze=False)
     for ax, (title, cases) in zip(axes[0], panels):
-        groups = [[k["prompt"], k.get("rephrase") or k["prompt"], *(k.get("neighbours") or [])] for k in cases]
+        groups = [
+            [k["prompt"], k.get("rephrase") or k["prompt"], *(k.get("neighbours") or [])] for k in cases
+        ]
         flat = [v for g in groups for v in g]
         if len({len(v) for v in flat}) != 1 or len(flat) < 3:
             continue
@@ -131,8 +135,12 @@ def key_pca(panels: list[tuple[str, list[dict[str, Any]]]], out_path: str | Path
         for c, g in enumerate(groups):
             xy = (np.asarray(g, dtype=np.float64) - mean) @ vt[:2].T
             colour = f"C{c}"
-            ax.scatter(xy[0, 0], xy[0, 1], marker="*", s=160, color=colour, label="prompt" if c == 0 else None)
-            ax.scatter(xy[1, 0], xy[1, 1], marker="^", s=60, color=colour, label="rephrase" if c == 0 else None)
+            ax.scatter(
+                xy[0, 0], xy[0, 1], marker="*", s=160, color=colour, label="prompt" if c == 0 else None
+            )
+            ax.scatter(
+                xy[1, 0], xy[1, 1], marker="^", s=60, color=colour, label="rephrase" if c == 0 else None
+            )
             if len(xy) > 2:
                 ax.scatter(xy[2:, 0], xy[2:, 1], marker="o", s=20, color=colour, alpha=0.6,
                            label="neighbours" if c == 0 else None)  # fmt: skip

@@ -97,7 +97,10 @@ def _table_html(t: Table) -> str:
     body = []
     for i, row in enumerate(t.rows):
         cls = t.classes[i] if i < len(t.classes) else "ours"
-        cells = "".join(f'<td{" class=l" if j < 2 and not _num(c) else ""}>{html.escape(c)}</td>' for j, c in enumerate(row))
+        cells = "".join(
+            f"<td{' class=l' if j < 2 and not _num(c) else ''}>{html.escape(c)}</td>"
+            for j, c in enumerate(row)
+        )
         body.append(f'<tr class="{cls}">{cells}</tr>')
     note = f'<p class="note">{html.escape(t.note)}</p>' if t.note else ""
     return f"<h3>{html.escape(t.title)}</h3><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{note}"
@@ -117,7 +120,9 @@ def _figure_html(caption: str, path: Path) -> str:
 
 
 def _options(values: list[str], all_label: str) -> str:
-    return f'<option value="">{all_label}</option>' + "".join(f'<option value="{html.escape(v)}">{html.escape(v)}</option>' for v in values)
+    return f'<option value="">{all_label}</option>' + "".join(
+        f'<option value="{html.escape(v)}">{html.escape(v)}</option>' for v in values
+    )
 
 
 def render_page(title: str, header: list[str], tables: list[Table], figures: list[tuple[str, Path]],
@@ -136,8 +141,10 @@ def render_page(title: str, header: list[str], tables: list[Table], figures: lis
         f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>",
         f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>",
         "".join(f"<p>{html.escape(line)}</p>" for line in header),
-        '<h2 id="tables">Tables</h2>', *(_table_html(t) for t in tables),
-        '<h2 id="figures">Figures</h2>', *(_figure_html(c, p) for c, p in figures),
+        '<h2 id="tables">Tables</h2>',
+        *(_table_html(t) for t in tables),
+        '<h2 id="figures">Figures</h2>',
+        *(_figure_html(c, p) for c, p in figures),
         '<h2 id="browser">Case browser</h2><div class="filters">',
         f'<select id="f-task">{_options(tasks, "all tasks")}</select> ',
         f'<select id="f-editor">{_options(editors, "all editors")}</select> ',

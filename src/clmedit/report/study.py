@@ -47,7 +47,9 @@ def failed_checks(rec: dict[str, Any]) -> list[str]:
     return [short for group, short in CHECKS if (scores.get(group) or {}).get("em", 1) < 1]
 
 
-def browser_cases(study_dir: Path, manifest: dict[str, Any], summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def browser_cases(
+    study_dir: Path, manifest: dict[str, Any], summaries: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
     """Per case of the study's case files: its texts and, per editor label, outputs/scores/failed checks."""
     by_case: dict[tuple[str, str], dict[str, Any]] = {}
     for task, ds in sorted((manifest.get("datasets") or {}).items()):
@@ -55,7 +57,12 @@ def browser_cases(study_dir: Path, manifest: dict[str, Any], summaries: list[dic
         if path is None or not path.is_file():
             continue
         for c in iter_jsonl(path):
-            by_case[(task, str(c.get("case_id")))] = {**c, "task": task, "case_id": str(c.get("case_id")), "runs": {}}
+            by_case[(task, str(c.get("case_id")))] = {
+                **c,
+                "task": task,
+                "case_id": str(c.get("case_id")),
+                "runs": {},
+            }
     for s in summaries:
         label, task = editor_label(s), "+".join(s.get("tasks") or [])
         for rec in read_records(s["run_dir"]):

@@ -46,7 +46,9 @@ def _task_of(summary: dict[str, Any]) -> str:
 def table3(datasets: dict[str, dict[str, Any]]) -> Table:
     """Table III: mean (median) token length per field and task; `datasets[task]` holds `lengths`, `cases`."""
     tasks = sorted(datasets)
-    t = Table("Table III: dataset statistics (mean / median length in tokens)", ["Field", *map(str.upper, tasks)])
+    t = Table(
+        "Table III: dataset statistics (mean / median length in tokens)", ["Field", *map(str.upper, tasks)]
+    )
     t.rows.append(["Cases", *(str(datasets[k].get("cases", "-")) for k in tasks)])
     for key, label in LENGTH_ROWS:
         cells = []
@@ -60,12 +62,21 @@ def table3(datasets: dict[str, dict[str, Any]]) -> Table:
     return t
 
 
-def metric_table(title: str, summaries: list[dict[str, Any]], editors: tuple[str, ...] | None = None) -> Table:
+def metric_table(
+    title: str, summaries: list[dict[str, Any]], editors: tuple[str, ...] | None = None
+) -> Table:
     """Table IV/VI layout: one row per run (editor, task), Eff./Gen./Spec. EM, BLEU, RL and fluency."""
     head = ["Task", "Editor"] + [f"{s} {m}" for _, s in GROUPS for _, m in METRICS] + ["Fluency"]
     t = Table(title, head)
     rows = [s for s in summaries if editors is None or str(s.get("editor")) in editors]
-    rows.sort(key=lambda s: (_task_of(s), bool(s.get("published")), str(s.get("model")), _order(str(s.get("editor")))))
+    rows.sort(
+        key=lambda s: (
+            _task_of(s),
+            bool(s.get("published")),
+            str(s.get("model")),
+            _order(str(s.get("editor"))),
+        )
+    )
     for s in rows:
         cells = [metric(s, g, n) for g, _ in GROUPS for n, _ in METRICS] + [metric(s, "fluency")]
         label = editor_label(s)
@@ -85,7 +96,9 @@ def table4(summaries: list[dict[str, Any]], published: list[dict[str, Any]] | No
 
 
 def table6(summaries: list[dict[str, Any]], published: list[dict[str, Any]] | None = None) -> Table:
-    t = metric_table("Table VI: A-GRACE, GRACE and the ablations (x100)", summaries + (published or []), GRACE_FAMILY)
+    t = metric_table(
+        "Table VI: A-GRACE, GRACE and the ablations (x100)", summaries + (published or []), GRACE_FAMILY
+    )
     t.note = _published_note(published)
     return t
 
@@ -110,18 +123,25 @@ def table5(summaries: list[dict[str, Any]]) -> Table:
 
 def cost_table(summaries: list[dict[str, Any]]) -> Table:
     """Mean seconds, mean own peak and mean resident peak (MiB) of one edit, per editor and task."""
-    t = Table("Cost of one edit (mean over cases)", ["Task", "Editor", "Seconds", "Own peak (MiB)", "Resident peak (MiB)"])
+    t = Table(
+        "Cost of one edit (mean over cases)",
+        ["Task", "Editor", "Seconds", "Own peak (MiB)", "Resident peak (MiB)"],
+    )
     for s in sorted(summaries, key=lambda s: (_task_of(s), _order(str(s.get("editor"))))):
         c = s.get("cost") or {}
         mib = [c.get(k) / 2**20 if isinstance(c.get(k), (int, float)) else None
                for k in ("mean_peak_bytes", "mean_resident_peak_bytes")]  # fmt: skip
-        t.rows.append([_task_of(s).upper(), editor_label(s), _fmt(c.get("mean_seconds")), *(_fmt(v, 1) for v in mib)])
+        t.rows.append(
+            [_task_of(s).upper(), editor_label(s), _fmt(c.get("mean_seconds")), *(_fmt(v, 1) for v in mib)]
+        )
         t.classes.append("ours")
     t.note = "Own peak: memory above what the process held before the edit (the study's measure); resident: the total."
     return t
 
 
-def published_rows(model_task_editors: set[tuple[str, str]] | None = None, path: Path = PUBLISHED) -> list[dict[str, Any]]:
+def published_rows(
+    model_task_editors: set[tuple[str, str]] | None = None, path: Path = PUBLISHED
+) -> list[dict[str, Any]]:
     """The study's own numbers for its three models as summary-like rows marked `published`.
 
     Rows whose numbers are not filled in (null in published.json) are left out.
@@ -146,7 +166,12 @@ def _published_note(published: list[dict[str, Any]] | None) -> str:
 
 
 def markdown(t: Table) -> str:
-    out = [f"### {t.title}", "", "| " + " | ".join(t.head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(t.head) - 1)) + "|"]
+    out = [
+        f"### {t.title}",
+        "",
+        "| " + " | ".join(t.head) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(t.head) - 1)) + "|",
+    ]
     out += ["| " + " | ".join(r) + " |" for r in t.rows]
     if t.note:
         out += ["", t.note]

@@ -29,7 +29,18 @@ from clmedit.run.runner import RunConfig, load_model_for, parse_shard, run
 
 log = logging.getLogger(__name__)
 
-STUDY_EDITORS = ("none", "ft", "rome", "memit", "pmet", "malmen", "grace", "agrace-no-cl", "agrace-last", "agrace")
+STUDY_EDITORS = (
+    "none",
+    "ft",
+    "rome",
+    "memit",
+    "pmet",
+    "malmen",
+    "grace",
+    "agrace-no-cl",
+    "agrace-last",
+    "agrace",
+)
 TRAINED = {"malmen", "agrace", "agrace-last"}
 # Seconds per case (apply + evaluation with fluency) and per training fold on smollm2-135m, 2 CPU cores
 # (README "Measured"; benchmarks/edit_cost.py, trained_cost.py). Used for the estimate and the ETA only.
@@ -56,7 +67,9 @@ _LOCATE = ("rome", "memit", "pmet")
 def size_preset(name: str, limit: int | None = None) -> Size:
     """'quick' | 'default' | 'full', or a fixed per-run `limit` for every editor."""
     if limit is not None:
-        return Size("limit", dict.fromkeys(STUDY_EDITORS, limit), note=f"{limit} cases per run, presets' training.")
+        return Size(
+            "limit", dict.fromkeys(STUDY_EDITORS, limit), note=f"{limit} cases per run, presets' training."
+        )
     if name == "full":
         return Size("full", dict.fromkeys(STUDY_EDITORS), note="Every built case, presets' training.")
     if name == "default":
@@ -122,7 +135,13 @@ def _dataset_info(model, tok, task: str, spec: str, n: int | None, out: Path, se
             for c in cases]  # fmt: skip
     rel = f"{slug(task)}/study_cases.jsonl"
     atomic_write_text(out / rel, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in slim))
-    return {"cases": len(cases), "lengths": lengths, "token_counter": counter.name, "cases_file": rel, "data": str(path)}
+    return {
+        "cases": len(cases),
+        "lengths": lengths,
+        "token_counter": counter.name,
+        "cases_file": rel,
+        "data": str(path),
+    }
 
 
 def study(
@@ -159,15 +178,27 @@ def study(
     mine = list(zip(cells, configs))[i::n]
     todo = {id(c): max(0, min(built[t], c.limit or built[t]) - len(done_ids(c.out))) for (t, _), c in mine}
     est = {id(c): estimate_seconds(c, todo[id(c)]) if todo[id(c)] else 0.0 for _, c in mine}
-    total = sum(est.values()) + (STATS_SECONDS if any(c.editor in ("memit", "pmet") and est[id(c)] for _, c in mine) else 0)
+    total = sum(est.values()) + (
+        STATS_SECONDS if any(c.editor in ("memit", "pmet") and est[id(c)] for _, c in mine) else 0
+    )
     log.info("study: %d of %d runs (shard %s), %d cases to do; estimated %.0f min (smollm2-135m, 2 CPU cores)",
              len(mine), len(configs), shard, sum(todo.values()), total / 60)  # fmt: skip
     if lm is None:
         lm, tok = load_model_for(model, device)
     widest = [sz.cases[e] for e in STUDY_EDITORS]
-    datasets = {t: _dataset_info(lm, tok, t, specs[t], None if None in widest else max(widest), out, seed) for t in tasks}
+    datasets = {
+        t: _dataset_info(lm, tok, t, specs[t], None if None in widest else max(widest), out, seed)
+        for t in tasks
+    }
     runs = [{"task": t, "editor": e, "dir": str(c.out.relative_to(out))} for (t, e), c in zip(cells, configs)]
-    manifest = {"model": model, "size": sz.name, "size_note": sz.note, "tasks": tasks, "runs": runs, "datasets": datasets}
+    manifest = {
+        "model": model,
+        "size": sz.name,
+        "size_note": sz.note,
+        "tasks": tasks,
+        "runs": runs,
+        "datasets": datasets,
+    }
     atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
     bar = tqdm(total=round(total), unit="s", desc="study (estimated seconds of work)", dynamic_ncols=True)
     done_cases = 0
