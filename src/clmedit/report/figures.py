@@ -48,8 +48,8 @@ def cost_bars(summaries: list[dict[str, Any]], out_dir: str | Path) -> list[Path
     tasks = sorted({_task(s) for s in rows})
     written = []
     for stem, key, scale, ylabel in (
-        ("fig3_time", "mean_seconds", 1.0, "seconds per edit (mean)"),
-        ("fig4_memory", "mean_peak_bytes", 1 / 2**20, "own peak memory per edit (MiB, mean)"),
+        ("fig3_time", "mean_seconds", 1.0, "seconds"),
+        ("fig4_memory", "mean_peak_bytes", 1 / 2**20, "own peak memory (MiB)"),
     ):
         value = {(str(s.get("editor")), _task(s)): s["cost"].get(key) for s in rows}
         if not any(isinstance(v, (int, float)) for v in value.values()):
@@ -65,6 +65,7 @@ def cost_bars(summaries: list[dict[str, Any]], out_dir: str | Path) -> list[Path
         labels = {str(s.get("editor")): editor_label(s) for s in rows}
         ax.set_xticks(np.arange(len(editors)), [labels[e] for e in editors], rotation=30, ha="right")
         ax.set_ylabel(ylabel)
+        ax.set_title(f"mean {ylabel} of one edit", fontsize=10)
         ax.legend(fontsize=8)
         fig.tight_layout()
         written.append(_save(fig, out_dir / f"{stem}.png"))
