@@ -99,3 +99,11 @@ def test_report_reads_results_only_without_torch_or_the_runner():
             "sys.exit(1 if bad else 0)")  # fmt: skip
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_report_command_rewrites_a_study_report(tmp_path):
+    root = make_study(tmp_path / "study")
+    result = CliRunner().invoke(app, ["report", str(root), "--out", str(tmp_path / "rep")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "rep" / "report.html").is_file() and (tmp_path / "rep" / "table6.md").is_file()
+    assert not (root / "report.html").exists()  # written where --out says, nowhere else
