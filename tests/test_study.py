@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from clmedit.data.schema import write_cases
 from clmedit.models.tiny import tiny_model
 from clmedit.run.study import STUDY_EDITORS, study
@@ -18,6 +20,13 @@ def test_quick_study_runs_every_editor_and_writes_the_report(tmp_path):
         write_cases(path, [make_case(i, task=task, target=f"x{i} + {task}") for i in range(8)])
         data[task] = str(path)
     out = tmp_path / "study"
+    (out / "csne").mkdir(parents=True)
+    (out / "csne" / "ft").write_text("in the way")  # this run cannot write its folder: it fails alone
+    with pytest.raises(RuntimeError, match="1 of 20 runs failed"):
+        study("tiny", ("cnle", "csne"), "quick", out=out, data=data, lm=lm, tok=tok, fluency=False)
+    assert (out / "csne" / "agrace" / "summary.json").is_file()  # the grid went on after the failure
+    assert "FAILED runs" in (out / "report.html").read_text()
+    (out / "csne" / "ft").unlink()
     page = study("tiny", ("cnle", "csne"), "quick", out=out, data=data, lm=lm, tok=tok, fluency=False)
     manifest = json.loads((out / "study.json").read_text())
     assert manifest["size"] == "quick" and "QUICK" in manifest["size_note"]
@@ -35,7 +44,12 @@ def test_quick_study_runs_every_editor_and_writes_the_report(tmp_path):
         "fig6_keys_cnle.png",
     }
     html = page.read_text()
-    assert "QUICK" in html and "data:image/png;base64," in html and "http" not in html.split("<script")[0]
+    assert (
+        "FAILED" not in html
+        and "QUICK" in html
+        and "data:image/png;base64," in html
+        and "http" not in html.split("<script")[0]
+    )
     # a rerun resumes: nothing is edited again
     before = (out / "cnle" / "grace" / "cases.jsonl").read_text()
     study("tiny", ("cnle", "csne"), "quick", out=out, data=data, lm=lm, tok=tok, fluency=False)

@@ -317,6 +317,8 @@ def study_cmd(
         page = study(model, tuple(tasks.split(",")), size, limit, shard, out, device=device, fluency=fluency)
     except (ClmeditError, *_user_errors()) as err:
         raise _fail(str(err)) from None
+    except RuntimeError as err:  # some runs of the grid failed; the others and the report are written
+        raise _fail(str(err), code=1) from None
     typer.echo(f"report: {page}")
 
 

@@ -102,6 +102,8 @@ def write_study_report(study_dir: str | Path, out: str | Path | None = None) -> 
         f" — {len(summaries)} of {len(manifest.get('runs') or [])} runs finished.",
         f"Size: {manifest.get('size', '?')}. {manifest.get('size_note', '')}",
     ]
+    if manifest.get("failed_runs"):
+        header.append("FAILED runs (rerun the study to retry): " + "; ".join(map(str, manifest["failed_runs"])))
     if manifest.get("wall_seconds"):
         header.append(f"Wall time of the last invocation: {manifest['wall_seconds'] / 60:.1f} min.")
     page = render_page("clmedit study — " + str(manifest.get("model")), header, list(tables.values()),

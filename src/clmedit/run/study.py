@@ -158,7 +158,7 @@ def study(
     from clmedit.data.schema import read_cases
     from clmedit.report.study import write_study_report
     from clmedit.run.prepare import resolve_data
-    from clmedit.run.records import done_ids
+    from clmedit.run.records import done_ids, fingerprint, fingerprint_diff
 
     t0 = time.perf_counter()
     out, sz = Path(out), size_preset(size, limit)
@@ -201,10 +201,18 @@ def study(
     }
     atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
     bar = tqdm(total=round(total), unit="s", desc="study (estimated seconds of work)", dynamic_ncols=True)
-    done_cases = 0
+    done_cases, failed, clean = 0, [], fingerprint(lm)
     for k, ((task, editor), config) in enumerate(mine, 1):
         t_run = time.perf_counter()
-        summary = json.loads((run(config, model=lm, tok=tok) / "summary.json").read_text(encoding="utf-8"))
+        try:
+            summary = json.loads((run(config, model=lm, tok=tok) / "summary.json").read_text(encoding="utf-8"))
+        except Exception as err:  # one broken cell must not cost the rest of the grid
+            failed.append(f"{editor} on {task}: {type(err).__name__}: {err}")
+            log.error("run %d/%d FAILED: %s", k, len(mine), failed[-1])
+            if fingerprint_diff(clean, fingerprint(lm)):  # the model is no longer the unedited one
+                raise
+            bar.update(round(est[id(config)]))
+            continue
         counts, m = summary.get("counts") or {}, summary.get("metrics") or {}
         done_cases += int(counts.get("ok", 0)) + int(counts.get("failed", 0))
         bar.update(round(est[id(config)]))
@@ -215,8 +223,11 @@ def study(
                  *("-" if v is None else f"{v:.1f}" for v in ems))  # fmt: skip
     bar.update(bar.total - bar.n)  # the estimate's remainder (the statistics) is done too
     bar.close()
-    manifest["wall_seconds"] = time.perf_counter() - t0
+    manifest.update(wall_seconds=time.perf_counter() - t0, failed_runs=failed)
     atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
     page = write_study_report(out)
     log.info("study: %d runs in %.1f min; report in %s", len(mine), manifest["wall_seconds"] / 60, page)
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(mine)} runs failed (rerun to retry them; report in {page}): "
+                           + "; ".join(failed))  # fmt: skip
     return page
