@@ -80,13 +80,15 @@ def test_figures_written_when_data_exists_and_skipped_otherwise(tmp_path):
         for i in range(4)
     ]  # fmt: skip
     assert distance_envelope(recs, tmp_path / "d.png").stat().st_size > 0
-    assert key_pca(recs, tmp_path / "k.png").stat().st_size > 0
+    assert key_pca([("GRACE", recs)], tmp_path / "k.png").stat().st_size > 0
     assert distance_envelope([{"case_id": "x", "info": {}}], tmp_path / "none.png") is None
-    assert key_pca([], tmp_path / "none2.png") is None
-    bars = cost_bars([_summary("none", 0, 1), _summary("grace", 1, 1)], tmp_path)
-    assert [p.name for p in bars] == ["cost_m_cnle.png"]
+    assert key_pca([("GRACE", [])], tmp_path / "none2.png") is None
+    with_cost = [{**_summary(e, 0, 1), "cost": {"mean_seconds": 1.0, "mean_peak_bytes": 2**20}} for e in ("none", "grace")]
+    assert [p.name for p in cost_bars(with_cost, tmp_path)] == ["fig3_time.png", "fig4_memory.png"]
+    assert cost_bars([_summary("none", 0, 1)], tmp_path / "no-means") == []  # no mean cost recorded
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "cases.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
-    written = all_figures([{**_summary("grace", 1, 1), "run_dir": str(run_dir)}], tmp_path / "figs")
-    assert {p.name for p in written} == {"cost_m_cnle.png", "distances.png", "keys_pca.png"}
+    written = all_figures([{**with_cost[1], "run_dir": str(run_dir)}], tmp_path / "figs")
+    assert {p.name for p in written} == {"fig3_time.png", "fig4_memory.png", "distances_cnle_grace.png", "fig6_keys_cnle.png"}
+    assert all(p.parent == tmp_path / "figs" for p in written)  # every figure inside the output folder

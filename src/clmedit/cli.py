@@ -263,14 +263,20 @@ def bench_cmd(
 
 @app.command("report")
 def report_cmd(
-    run_dirs: list[Path] = typer.Argument(..., help="run directories (searched for summary.json)"),
-    out: Path | None = typer.Option(None, "--out", "-o", help="where tables and figures go"),
+    run_dirs: list[Path] = typer.Argument(..., help="run directories (searched for summary.json), or a study folder"),
+    out: Path | None = typer.Option(None, "--out", "-o", help="where tables and figures go (nothing is written elsewhere)"),
     figures: bool = typer.Option(True, "--figures/--no-figures"),
 ) -> None:
     """Table IV-style Markdown + LaTeX tables and the cost/distance/PCA figures from run directories."""
     from clmedit.files import atomic_write_text
-    from clmedit.report.tables import load_summaries, render_latex, render_markdown
+    from clmedit.report.tables import render_latex, render_markdown
+    from clmedit.results import load_summaries
 
+    if len(run_dirs) == 1 and (run_dirs[0] / "study.json").is_file():
+        from clmedit.report.study import write_study_report
+
+        typer.echo(f"report written to {write_study_report(run_dirs[0], out)}")
+        return
     try:
         summaries = load_summaries(run_dirs)
     except (FileNotFoundError, ValueError) as err:
@@ -286,6 +292,36 @@ def report_cmd(
         written = all_figures(summaries, out)
     typer.echo(markdown)
     typer.echo(f"\ntables in {out}; {len(written)} figure(s): " + ", ".join(str(p) for p in written))
+
+
+@app.command("study")
+def study_cmd(
+    model: str = typer.Option("smollm2-135m", "--model", "-m", help="model name, HF id, path or GGUF"),
+    tasks: str = typer.Option("cnle,csne", "--tasks", help="cnle and/or csne (the built-in cases)"),
+    quick: bool = typer.Option(False, "--quick", help="every editor and table, few cases and steps (~15 min)"),
+    full: bool = typer.Option(False, "--full", help="every built case and the presets' training"),
+    limit: int | None = typer.Option(None, "--limit", "-n", min=1, help="N cases per run for every editor"),
+    shard: str = typer.Option("0/1", "--shard", help="i/n: this process runs every n-th run of the grid"),
+    out: Path = typer.Option(Path("results/study"), "--out", "-o", help="study folder (resumes)"),
+    fluency: bool = typer.Option(True, "--fluency/--no-fluency"),
+    device: str | None = typer.Option(None, "--device"),
+    threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
+) -> None:
+    """The study's results section: every editor on CNLE and CSNE, then tables, figures and report.html."""
+    if sum((quick, full, limit is not None)) > 1:
+        raise _fail("choose one of --quick, --full and --limit N")
+    _set_threads(threads)
+    from clmedit.errors import ClmeditError
+    from clmedit.run.study import study
+
+    size = "quick" if quick else "full" if full else "default"
+    try:
+        page = study(model, tuple(tasks.split(",")), size, limit, shard, out, device=device, fluency=fluency)
+    except (ClmeditError, *_user_errors()) as err:
+        raise _fail(str(err)) from None
+    except RuntimeError as err:  # some runs of the grid failed; the others and the report are written
+        raise _fail(str(err), code=1) from None
+    typer.echo(f"report: {page}")
 
 
 @app.command("apply")

@@ -33,7 +33,8 @@ class EditResult:
 
     undo: list[Undo] = field(default_factory=list)
     seconds: float = 0.0
-    peak_bytes: int = 0
+    peak_bytes: int = 0  # the edit's own peak: above what the process held before it (the study's measure)
+    resident_peak_bytes: int = 0  # the highest total during the edit (model included)
     info: dict[str, Any] = field(default_factory=dict)
     restored: bool = False
 
@@ -85,6 +86,7 @@ class Editor(ABC):
         with CostMeter(device) as meter:
             result = self._apply(model, tok, cases)
         result.seconds, result.peak_bytes = meter.seconds, meter.peak_bytes
+        result.resident_peak_bytes = meter.resident_peak_bytes
         return result
 
     @abstractmethod

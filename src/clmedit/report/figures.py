@@ -1,11 +1,14 @@
-"""The study's figures as PNG files (matplotlib, Agg backend): each is skipped when its data is missing.
+"""The study's figures as PNG files (matplotlib, Agg backend); each is skipped when its data is missing.
 
-- Cost bars (Fig. 3/4): median seconds and peak memory of one apply call, per editor.
-- Distance envelopes (Fig. 2/5): per case, the key distance edit prompt -> rephrase and
-  edit prompt -> neighbours (min..max band), sorted by the rephrase distance, with the radius if given.
-  Read from each record's `info["distances"] = {"rephrase": float, "neighbours": [float, ...], "radius": float}`.
-- PCA of keys (Fig. 6): `info["keys"] = {"prompt": [d], "rephrase": [d], "neighbours": [[d], ...]}`,
-  projected on the first two principal components of all keys of the run.
+- Fig. 3/4 (`cost_bars`): mean seconds and mean own peak memory of one edit, per editor, a bar per task.
+- Fig. 2/5 (`distance_envelope`): per case (sorted by it), the key distance prompt -> rephrase, and
+  prompt -> neighbours as their mean with a +-std envelope over the five; the overall mean +- std of
+  each in the legend. From each record's `info["distances"] = {"rephrase": d, "neighbours": [d, ...]}`.
+- Fig. 6 (`key_pca`): keys of a few cases (prompt, rephrase, neighbours; one colour per case) on the
+  first two principal components, one panel per run (GRACE's last-token keys, A-GRACE's encoded mean).
+  From `info["keys"] = {"prompt": [d], "rephrase": [d], "neighbours": [[d], ...]}`.
+
+Reads records and summaries only (`clmedit.results`); every file name is slugged and lies in `out_dir`.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ from typing import Any
 import numpy as np
 
 from clmedit.files import slug
-from clmedit.report.tables import EDITOR_LABELS, _key, _order
+from clmedit.report.tables import _order, editor_label
 
 log = logging.getLogger(__name__)
+TASK_COLOURS = {"cnle": "#4c72b0", "csne": "#dd8452"}
 
 
 def _plt():
@@ -31,111 +35,154 @@ def _plt():
     return plt
 
 
+def _task(summary: dict[str, Any]) -> str:
+    tasks = summary.get("tasks") if isinstance(summary.get("tasks"), list) else []
+    return "+".join(str(t).lower() for t in tasks) or "?"
+
+
 def cost_bars(summaries: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
-    """One PNG per (model, task): median apply seconds and peak memory (MiB) per editor."""
-    plt, out_dir, written = _plt(), Path(out_dir), []
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for s in summaries:
-        groups.setdefault(_key(s), []).append(s)
-    for (model, task), rows in sorted(groups.items()):
-        rows = [r for r in sorted(rows, key=lambda r: _order(str(r.get("editor")))) if r.get("cost")]
-        secs = [r["cost"].get("median_seconds") for r in rows]
-        mem = [r["cost"].get("median_peak_bytes") for r in rows]
-        if not rows or all(v is None for v in secs):
-            log.info("cost bars for %s/%s skipped: no cost recorded", model, task)
+    """fig3_time.png (mean seconds per edit) and fig4_memory.png (mean own peak, MiB): editor x task bars."""
+    plt, out_dir = _plt(), Path(out_dir)
+    rows = [s for s in summaries if isinstance(s.get("cost"), dict) and not s.get("published")]
+    editors = sorted({str(s.get("editor")) for s in rows}, key=_order)
+    tasks = sorted({_task(s) for s in rows})
+    written = []
+    for stem, key, scale, ylabel in (
+        ("fig3_time", "mean_seconds", 1.0, "seconds"),
+        ("fig4_memory", "mean_peak_bytes", 1 / 2**20, "own peak memory (MiB)"),
+    ):
+        value = {(str(s.get("editor")), _task(s)): s["cost"].get(key) for s in rows}
+        if not any(isinstance(v, (int, float)) for v in value.values()):
+            log.info("%s skipped: no %s recorded", stem, key)
             continue
-        labels = [EDITOR_LABELS.get(str(r.get("editor")), str(r.get("editor"))) for r in rows]
-        fig, axes = plt.subplots(1, 2, figsize=(2 + 1.1 * len(rows) * 2, 3.2))
-        for ax, vals, title in ((axes[0], secs, "seconds per edit"), (axes[1], mem, "peak memory (MiB)")):
-            scale = 1 / 2**20 if "MiB" in title else 1.0
-            ax.bar(labels, [0.0 if v is None else v * scale for v in vals], color="#4c72b0")
-            ax.set_title(title)
-            ax.tick_params(axis="x", rotation=30)
-        fig.suptitle(f"{model} — {task}")
+        fig, ax = plt.subplots(figsize=(1.5 + 0.9 * len(editors), 3.4))
+        width = 0.8 / max(1, len(tasks))
+        for j, task in enumerate(tasks):
+            ys = [value.get((e, task)) for e in editors]
+            ax.bar(np.arange(len(editors)) + (j - (len(tasks) - 1) / 2) * width,
+                   [0.0 if y is None else y * scale for y in ys], width, label=task.upper(),
+                   color=TASK_COLOURS.get(task, f"C{j}"))  # fmt: skip
+        labels = {str(s.get("editor")): editor_label(s) for s in rows}
+        ax.set_xticks(np.arange(len(editors)), [labels[e] for e in editors], rotation=30, ha="right")
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"mean {ylabel} of one edit", fontsize=10)
+        ax.legend(fontsize=8)
         fig.tight_layout()
-        written.append(_save(fig, out_dir / f"cost_{slug(model)}_{task.lower()}.png"))
+        written.append(_save(fig, out_dir / f"{stem}.png"))
     return written
 
 
 def distance_envelope(records: list[dict[str, Any]], out_path: str | Path, title: str = "") -> Path | None:
-    """Sorted per-case distances prompt->rephrase (line) and prompt->neighbours (band); None if no data."""
-    rows = [
-        r["info"]["distances"] for r in records if isinstance((r.get("info") or {}).get("distances"), dict)
-    ]
-    rows = [d for d in rows if isinstance(d.get("rephrase"), (int, float))]
+    """Per case: prompt->rephrase distance (line) and prompt->neighbours mean +- std (band); None if no data."""
+    rows = []
+    for r in records:
+        d = (r.get("info") or {}).get("distances") if isinstance(r.get("info"), dict) else None
+        if isinstance(d, dict) and isinstance(d.get("rephrase"), (int, float)):
+            nb = [float(x) for x in d.get("neighbours") or [] if isinstance(x, (int, float))]
+            rows.append((float(d["rephrase"]), nb))
     if not rows:
         return None
     plt = _plt()
-    rows.sort(key=lambda d: d["rephrase"])
+    rows.sort(key=lambda r: r[0])
     x = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    ax.plot(x, [d["rephrase"] for d in rows], label="prompt → rephrase", color="#dd8452")
-    nb = [d.get("neighbours") or [] for d in rows]
-    if any(nb):
-        lo = [min(n) if n else np.nan for n in nb]
-        hi = [max(n) if n else np.nan for n in nb]
-        ax.fill_between(x, lo, hi, alpha=0.3, color="#4c72b0", label="prompt → neighbours")
-    radii = [d["radius"] for d in rows if isinstance(d.get("radius"), (int, float))]
-    if radii:
-        ax.axhline(float(np.median(radii)), ls="--", color="k", lw=1, label="radius (median)")
+    reph = np.array([r[0] for r in rows])
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    ax.plot(x, reph, color="#dd8452", label=f"prompt → rephrase ({reph.mean():.2f} ± {reph.std():.2f})")
+    if any(nb for _, nb in rows):
+        mu = np.array([np.mean(nb) if nb else np.nan for _, nb in rows])
+        sd = np.array([np.std(nb) if nb else np.nan for _, nb in rows])
+        flat = np.array([v for _, nb in rows for v in nb])
+        ax.plot(x, mu, color="#4c72b0", label=f"prompt → neighbours ({flat.mean():.2f} ± {flat.std():.2f})")
+        ax.fill_between(x, mu - sd, mu + sd, alpha=0.3, color="#4c72b0", lw=0)
     ax.set_xlabel("case (sorted by rephrase distance)")
     ax.set_ylabel("key distance")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, Path(out_path))
 
 
-def key_pca(records: list[dict[str, Any]], out_path: str | Path, title: str = "") -> Path | None:
-    """Scatter of prompt / rephrase / neighbour keys on their first two principal components."""
-    pts: dict[str, list[list[float]]] = {"prompt": [], "rephrase": [], "neighbours": []}
-    for r in records:
-        keys = (r.get("info") or {}).get("keys")
-        if not isinstance(keys, dict):
-            continue
-        for kind in ("prompt", "rephrase"):
-            if isinstance(keys.get(kind), list):
-                pts[kind].append(keys[kind])
-        pts["neighbours"].extend(k for k in keys.get("neighbours") or [] if isinstance(k, list))
-    flat = [v for vs in pts.values() for v in vs]
-    if len(flat) < 3 or len({len(v) for v in flat}) != 1:
+def _case_keys(records: list[dict[str, Any]], n_cases: int) -> list[dict[str, Any]]:
+    out = []
+    for r in sorted(records, key=lambda r: str(r.get("case_id"))):
+        keys = (r.get("info") or {}).get("keys") if isinstance(r.get("info"), dict) else None
+        if isinstance(keys, dict) and isinstance(keys.get("prompt"), list):
+            out.append(keys)
+        if len(out) == n_cases:
+            break
+    return out
+
+
+def key_pca(
+    panels: list[tuple[str, list[dict[str, Any]]]], out_path: str | Path, n_cases: int = 4
+) -> Path | None:
+    """One panel per (title, records): a few cases' keys on the panel's first two principal components."""
+    panels = [(t, _case_keys(recs, n_cases)) for t, recs in panels]
+    panels = [(t, ks) for t, ks in panels if ks]
+    if not panels:
         return None
     plt = _plt()
-    allk = np.asarray(flat, dtype=np.float64)
-    mean = allk.mean(0)
-    _, _, vt = np.linalg.svd(allk - mean, full_matrices=False)  # rows of vt: principal axes
-    fig, ax = plt.subplots(figsize=(4.5, 4))
-    for kind, color in (("neighbours", "#4c72b0"), ("rephrase", "#dd8452"), ("prompt", "#55a868")):
-        if pts[kind]:
-            xy = (np.asarray(pts[kind]) - mean) @ vt[:2].T
-            ax.scatter(xy[:, 0], xy[:, 1], s=10, alpha=0.7, label=kind, color=color)
-    ax.set_title(title)
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 4), squeeze=False)
+    for ax, (title, cases) in zip(axes[0], panels):
+        groups = [
+            [k["prompt"], k.get("rephrase") or k["prompt"], *(k.get("neighbours") or [])] for k in cases
+        ]
+        flat = [v for g in groups for v in g]
+        if len({len(v) for v in flat}) != 1 or len(flat) < 3:
+            continue
+        allk = np.asarray(flat, dtype=np.float64)
+        mean = allk.mean(0)
+        _, _, vt = np.linalg.svd(allk - mean, full_matrices=False)  # rows of vt: principal axes
+        for c, g in enumerate(groups):
+            xy = (np.asarray(g, dtype=np.float64) - mean) @ vt[:2].T
+            colour = f"C{c}"
+            ax.scatter(
+                xy[0, 0], xy[0, 1], marker="*", s=160, color=colour, label="prompt" if c == 0 else None
+            )
+            ax.scatter(
+                xy[1, 0], xy[1, 1], marker="^", s=60, color=colour, label="rephrase" if c == 0 else None
+            )
+            if len(xy) > 2:
+                ax.scatter(xy[2:, 0], xy[2:, 1], marker="o", s=20, color=colour, alpha=0.6,
+                           label="neighbours" if c == 0 else None)  # fmt: skip
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, Path(out_path))
 
 
 def all_figures(summaries: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
-    """Every figure the data allows; the per-run figures go beside each run's summary."""
-    from clmedit.run.records import read_records
+    """Every figure the data allows, all inside `out_dir` under slugged names.
 
+    Fig. 2/5 per run with distances (`distances_<task>_<editor>.png`), Fig. 6 over the GRACE-family
+    runs of each task (`fig6_keys_<task>.png`), Fig. 3/4 over all runs.
+    """
+    from clmedit.results import read_records
+
+    out_dir = Path(out_dir)
     written = cost_bars(summaries, out_dir)
-    for s in summaries:
-        if "run_dir" not in s:
+    pca: dict[str, list[tuple[str, list[dict[str, Any]]]]] = {}
+    for s in sorted(summaries, key=lambda s: (_task(s), _order(str(s.get("editor"))))):
+        if not s.get("run_dir"):
             continue
         recs = read_records(s["run_dir"])
-        name = f"{s.get('editor', '?')} — {'+'.join(s.get('tasks') or [])}"
-        for fn, stem in ((distance_envelope, "distances"), (key_pca, "keys_pca")):
-            path = fn(recs, Path(s["run_dir"]) / f"{stem}.png", title=name)
-            if path is None:
-                log.info("%s: no %s in the records' info; figure skipped", s["run_dir"], stem)
-            else:
-                written.append(path)
+        task, name = _task(s), editor_label(s)
+        path = distance_envelope(recs, out_dir / f"distances_{slug(task)}_{slug(str(s.get('editor')))}.png",
+                                 title=f"{name} — {task.upper()}: key distances")  # fmt: skip
+        if path is not None:
+            written.append(path)
+        kind = {"grace": "last-token keys", "agrace": "encoded mean keys"}.get(str(s.get("editor")))
+        if kind:
+            pca.setdefault(task, []).append((f"{name}: {kind} — {task.upper()}", recs))
+    for task, panels in sorted(pca.items()):
+        path = key_pca(panels, out_dir / f"fig6_keys_{slug(task)}.png")
+        if path is not None:
+            written.append(path)
     return written
 
 
 def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     _plt().close(fig)
     return path

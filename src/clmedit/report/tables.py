@@ -7,11 +7,10 @@ Specificity (EM / BLEU / ROUGE-L each, x100) and Fluency. Input: the `summary.js
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
-from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
+
+from clmedit.results import load_summaries  # noqa: F401  (re-exported: tables are built from summaries)
 
 GROUPS = (("effectiveness", "Eff."), ("generalization", "Gen."), ("specificity", "Spec."))
 METRICS = (("em", "EM"), ("bleu", "BLEU"), ("rouge_l", "RL"))
@@ -33,21 +32,6 @@ EDITOR_LABELS = {
 }  # fmt: skip
 
 
-def load_summaries(run_dirs: Iterable[str | Path]) -> list[dict[str, Any]]:
-    """summary.json of each run directory (directories are searched recursively)."""
-    found = []
-    for d in run_dirs:
-        d = Path(d)
-        paths = [d] if d.is_file() else sorted(d.rglob("summary.json"))
-        if not paths:
-            raise FileNotFoundError(f"{d}: no summary.json found (is it a `clmedit run` output directory?)")
-        for p in paths:
-            summary = json.loads(p.read_text())
-            summary.setdefault("run_dir", str(p.parent))
-            found.append(summary)
-    return found
-
-
 def metric(summary: dict[str, Any], group: str, name: str | None = None) -> float | None:
     """A metric from summary['metrics'], nested ({'effectiveness': {'em': ..}}) or flat ('effectiveness.em')."""
     m = summary.get("metrics") or {}
@@ -63,9 +47,16 @@ def metric(summary: dict[str, Any], group: str, name: str | None = None) -> floa
     return None
 
 
+def editor_label(summary: dict[str, Any]) -> str:
+    """The row label: the summary's own `label` (written by the run), else a known name, else the editor."""
+    if isinstance(summary.get("label"), str) and summary["label"]:
+        return summary["label"]
+    return EDITOR_LABELS.get(str(summary.get("editor")), str(summary.get("editor", "?")))
+
+
 def _key(summary: dict[str, Any]) -> tuple[str, str]:
-    tasks = summary.get("tasks") or ["?"]
-    return str(summary.get("model", "?")), "+".join(t.upper() for t in tasks)
+    tasks = summary.get("tasks") if isinstance(summary.get("tasks"), list) else ["?"]
+    return str(summary.get("model", "?")), "+".join(str(t).upper() for t in tasks or ["?"])
 
 
 def _order(editor: str) -> tuple[int, str]:
@@ -82,7 +73,7 @@ def _rows(summaries: list[dict[str, Any]]) -> dict[tuple[str, str], list[tuple[s
         rows = []
         for s in sorted(grouped[key], key=lambda s: _order(str(s.get("editor", "?")))):
             cells = [metric(s, g, n) for g, _ in GROUPS for n, _ in METRICS] + [metric(s, "fluency")]
-            label = EDITOR_LABELS.get(str(s.get("editor")), str(s.get("editor", "?")))
+            label = editor_label(s)
             overrides = (s.get("config") or {}).get("hparams") or {}
             if overrides:  # two runs of one editor with different --hp must not look alike
                 label += " (" + ", ".join(f"{k}={v}" for k, v in sorted(overrides.items())) + ")"

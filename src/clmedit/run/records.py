@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from clmedit.data.schema import iter_jsonl
+from clmedit.results import read_records
 
 # Longer tensors/lists in editor info are dropped, so one record stays a few KB (use RunConfig.keys
 # to record keys on purpose).
@@ -31,20 +31,6 @@ def cases_file(out: Path, shard: tuple[int, int]) -> Path:
     """`cases.jsonl`, or `cases.<i>of<n>.jsonl` per shard so concurrent shards never share a file."""
     i, n = shard
     return out / ("cases.jsonl" if n == 1 else f"cases.{i}of{n}.jsonl")
-
-
-def read_records(out: str | Path) -> list[dict[str, Any]]:
-    """One record per case_id over all shard files: its first success, else its latest failure."""
-    seen: dict[str, dict[str, Any]] = {}
-    for path in sorted(Path(out).glob("cases*.jsonl")):
-        for rec in iter_jsonl(path):
-            if "case_id" not in rec:
-                continue
-            key = str(rec["case_id"])
-            prev = seen.get(key)
-            if prev is None or prev.get("error"):  # a success is never replaced
-                seen[key] = rec
-    return list(seen.values())
 
 
 def done_ids(out: str | Path) -> set[str]:
@@ -139,6 +125,7 @@ def summarise_records(records: list[dict[str, Any]]) -> dict[str, Any]:
         calls.setdefault((r.get("fold", 0), r.get("batch", r["case_id"])), r)
     secs = [float(r["seconds"]) for r in calls.values() if r.get("seconds") is not None]
     peaks = [int(r["peak_bytes"]) for r in calls.values() if r.get("peak_bytes") is not None]
+    resident = [int(r["resident_peak_bytes"]) for r in calls.values() if r.get("resident_peak_bytes") is not None]
     return {
         "metrics": summarise(scores) if scores else {},
         "counts": {"cases": len(records), "ok": len(ok), "failed": len(failed), "apply_calls": len(calls)},
@@ -152,6 +139,8 @@ def summarise_records(records: list[dict[str, Any]]) -> dict[str, Any]:
             "total_seconds": sum(secs),
             "median_peak_bytes": _median([float(p) for p in peaks]),
             "max_peak_bytes": max(peaks) if peaks else None,
+            "mean_peak_bytes": statistics.fmean(peaks) if peaks else None,
+            "mean_resident_peak_bytes": statistics.fmean(resident) if resident else None,
         },
         "tasks": sorted({str(r.get("task")) for r in records if r.get("task")}),
         "editor": _most_common(r.get("editor") for r in records),

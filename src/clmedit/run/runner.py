@@ -223,6 +223,7 @@ def _edit_and_score(config, editor, model, tok, batch, mname, clean, evaluate_ca
     info = records.jsonable(result.info) if result is not None else {}
     for rec in recs:
         rec.update(seconds=result.seconds, peak_bytes=result.peak_bytes, batch_size=len(batch))
+        rec["resident_peak_bytes"] = result.resident_peak_bytes
         rec["info"] = {**info, **(analysis.get(rec["case_id"]) or {})}
     return recs
 

@@ -1,0 +1,54 @@
+"""Reading a run's results files: the per-case records (`cases*.jsonl`) and `summary.json`.
+
+Torch-free and shared by `run` (resume, summaries) and `report` (tables, figures, the HTML page), so
+the report reads results files only and neither package imports the other's modules for it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from clmedit.data.schema import iter_jsonl
+
+
+def read_records(out: str | Path) -> list[dict[str, Any]]:
+    """One record per case_id over all shard files: its first success, else its latest failure."""
+    seen: dict[str, dict[str, Any]] = {}
+    for path in sorted(Path(out).glob("cases*.jsonl")):
+        for rec in iter_jsonl(path):
+            if "case_id" not in rec:
+                continue
+            key = str(rec["case_id"])
+            prev = seen.get(key)
+            if prev is None or prev.get("error"):  # a success is never replaced
+                seen[key] = rec
+    return list(seen.values())
+
+
+def load_summaries(run_dirs: Iterable[str | Path]) -> list[dict[str, Any]]:
+    """summary.json of each run directory (directories are searched recursively).
+
+    Each summary gets `run_dir` set to the folder it was read from (a `run_dir` written inside the
+    file is ignored: a results file never chooses where the report reads or writes).
+    """
+    found = []
+    for d in run_dirs:
+        d = Path(d)
+        paths = [d] if d.is_file() else sorted(d.rglob("summary.json"))
+        if not paths:
+            raise FileNotFoundError(f"{d}: no summary.json found (is it a `clmedit run` output directory?)")
+        for p in paths:
+            try:
+                summary = json.loads(p.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+                raise ValueError(
+                    f"{p}: not a readable summary.json ({err}); rerun the run or delete it"
+                ) from None
+            if not isinstance(summary, dict):
+                raise ValueError(f"{p}: summary.json must hold a JSON object; rerun the run or delete it")
+            summary["run_dir"] = str(p.parent)
+            found.append(summary)
+    return found

@@ -1,0 +1,233 @@
+"""`clmedit study`: the study's whole results section, one resumable command.
+
+The grid is task x editor (the unedited row first, then FT-L, ROME, MEMIT, PMET, MALMEN, GRACE,
+A-GRACE and its two ablations); trained editors use the 2-fold protocol. Each cell is one `run()`
+into `out/<task>/<editor>`, so a rerun resumes case by case, trained parts (encoders, hypernetworks)
+are loaded from the run's fold folders, and MEMIT/PMET statistics come from their disk cache. The
+model is loaded once. `--shard i/n` takes every n-th cell. At the end the report (tables, figures,
+report.html) is written from the results files.
+
+Sizes: `quick` (every editor and table, fewer cases and training steps), `default` (about 2 hours on
+2 CPU cores on smollm2-135m), `full` (every built case, the presets' training), or a fixed `limit`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from clmedit.errors import InputError
+from clmedit.files import atomic_write_text, slug
+from clmedit.run.runner import RunConfig, load_model_for, parse_shard, run
+
+log = logging.getLogger(__name__)
+
+STUDY_EDITORS = (
+    "none",
+    "ft",
+    "rome",
+    "memit",
+    "pmet",
+    "malmen",
+    "grace",
+    "agrace-no-cl",
+    "agrace-last",
+    "agrace",
+)
+TRAINED = {"malmen", "agrace", "agrace-last"}
+# Seconds per case (apply + evaluation with fluency) and per training fold on smollm2-135m, 2 CPU cores
+# (README "Measured"; benchmarks/edit_cost.py, trained_cost.py). Used for the estimate and the ETA only.
+CASE_SECONDS = {"none": 1.5, "ft": 4.0, "rome": 15.0, "memit": 25.0, "pmet": 30.0, "malmen": 3.0,
+                "grace": 3.0, "agrace-no-cl": 3.0, "agrace-last": 3.0, "agrace": 3.0}  # fmt: skip
+MALMEN_STEP_SECONDS = 2.0
+ENCODER_FOLD_SECONDS = 20.0
+STATS_SECONDS = 120.0  # MEMIT/PMET covariance statistics, once per model (cached on disk)
+
+
+@dataclass(frozen=True)
+class Size:
+    """Cases per run by editor (None: every built case) and hparams overrides per editor."""
+
+    name: str
+    cases: dict[str, int | None]
+    hparams: dict[str, dict[str, Any]] = field(default_factory=dict)
+    note: str = ""
+
+
+_LOCATE = ("rome", "memit", "pmet")
+
+
+def size_preset(name: str, limit: int | None = None) -> Size:
+    """'quick' | 'default' | 'full', or a fixed per-run `limit` for every editor."""
+    if limit is not None:
+        return Size(
+            "limit", dict.fromkeys(STUDY_EDITORS, limit), note=f"{limit} cases per run, presets' training."
+        )
+    if name == "full":
+        return Size("full", dict.fromkeys(STUDY_EDITORS), note="Every built case, presets' training.")
+    if name == "default":
+        cases = {e: (15 if e in _LOCATE else 50) for e in STUDY_EDITORS}
+        return Size("default", cases, {"malmen": {"steps": 100}},
+                    note="50 cases per run (ROME, MEMIT, PMET: 15); MALMEN 100 meta-steps per fold.")  # fmt: skip
+    if name == "quick":
+        cases = {e: (2 if e in _LOCATE else 6) for e in STUDY_EDITORS}
+        enc = {"enc_epochs": 10, "enc_patience": 3}
+        hp = {"malmen": {"steps": 10, "val_every": 5}, "agrace": enc, "agrace-last": enc,
+              "memit": {"stats_samples": 200}, "pmet": {"stats_samples": 200}}  # fmt: skip
+        note = ("QUICK: 6 cases per run (ROME, MEMIT, PMET: 2), MALMEN 10 meta-steps, A-GRACE encoders "
+                "10 epochs, MEMIT/PMET statistics from 200 windows: a smoke test of the pipeline, not the study's numbers.")  # fmt: skip
+        return Size("quick", cases, hp, note)
+    raise InputError(f"unknown study size {name!r}; use quick, default, full or a --limit")
+
+
+def plan(model: str, tasks: list[str], size: Size, out: Path, data: dict[str, str] | None = None,
+         **common: Any) -> list[RunConfig]:  # fmt: skip
+    """Every cell of the grid as a RunConfig (unedited row first per task)."""
+    configs = []
+    for task in tasks:
+        for editor in STUDY_EDITORS:
+            configs.append(RunConfig(
+                model=model, editor=editor, data=(data or {}).get(task, f"default:{task}"),
+                out=out / slug(task) / slug(editor), limit=size.cases.get(editor),
+                hparams=size.hparams.get(editor, {}), folds=2 if editor in TRAINED else 1, keys=True, **common,
+            ))  # fmt: skip
+    return configs
+
+
+def estimate_seconds(config: RunConfig, n_cases: int) -> float:
+    """Rough wall seconds of one cell on smollm2-135m / 2 CPU cores (for the estimate and the ETA)."""
+    secs = n_cases * CASE_SECONDS.get(config.editor, 5.0)
+    if config.editor == "malmen":
+        secs += config.folds * MALMEN_STEP_SECONDS * int(config.hparams.get("steps", 300))
+    elif config.editor in TRAINED:
+        secs += config.folds * ENCODER_FOLD_SECONDS
+    return secs
+
+
+def _dataset_info(model, tok, task: str, spec: str, n: int | None, out: Path, seed: int) -> dict[str, Any]:
+    """Table III statistics of the study's cases (with the specificity targets) and a slim case file."""
+    from clmedit.data.schema import read_cases
+    from clmedit.data.stats import length_table, token_counter
+    from clmedit.models.text import model_name
+    from clmedit.run.prepare import ensure_base_answers, resolve_data
+
+    path = resolve_data(spec, seed=seed)
+    cases = read_cases(path)[:n]
+    name = model_name(model)
+    ensure_base_answers(model, tok, cases, path, name)
+    counter = token_counter()
+    lengths = length_table(cases, counter)
+    answers = [counter.count(nb.answers.get(name, "")) for c in cases for nb in c.neighbours]
+    lengths["neighbour_answer"] = {  # the specificity targets: the unedited model's own outputs
+        "mean": round(statistics.fmean(answers), 2) if answers else 0.0,
+        "median": float(statistics.median(answers)) if answers else 0.0,
+        "n": len(answers),
+    }
+    slim = [{"case_id": c.case_id, "prompt": c.prompt, "target": c.target, "rephrase": c.rephrase,
+             "neighbours": [{"prompt": nb.prompt, "expected": nb.answers.get(name, "")} for nb in c.neighbours]}
+            for c in cases]  # fmt: skip
+    rel = f"{slug(task)}/study_cases.jsonl"
+    atomic_write_text(out / rel, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in slim))
+    return {
+        "cases": len(cases),
+        "lengths": lengths,
+        "token_counter": counter.name,
+        "cases_file": rel,
+        "data": str(path),
+    }
+
+
+def study(
+    model: str = "smollm2-135m", tasks: tuple[str, ...] = ("cnle", "csne"), size: str = "default",
+    limit: int | None = None, shard: str = "0/1", out: str | Path = "results/study",
+    data: dict[str, str] | None = None, device: str | None = None, fluency: bool = True, seed: int = 0,
+    lm=None, tok=None,
+) -> Path:  # fmt: skip
+    """Run the grid (resuming), then write the report; returns the path of report.html.
+
+    `data` maps a task to a case file (default: the built-in `default:<task>` cases); `lm`/`tok` reuse
+    a loaded model (it must be the unedited model).
+    """
+    from clmedit.data.schema import read_cases
+    from clmedit.report.study import write_study_report
+    from clmedit.run.prepare import resolve_data
+    from clmedit.run.records import done_ids, fingerprint, fingerprint_diff
+
+    t0 = time.perf_counter()
+    out, sz = Path(out), size_preset(size, limit)
+    tasks = [t.strip().lower() for t in tasks if t.strip()]
+    if not tasks or any(t not in ("cnle", "csne") for t in tasks):
+        raise InputError(f"--tasks must name cnle and/or csne, got {','.join(tasks) or 'nothing'}")
+    i, n = parse_shard(shard)
+    manifest_path = out / "study.json"
+    old = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else {}
+    if old and (old.get("model"), old.get("size")) != (model, sz.name):
+        raise InputError(f"{out} holds a study of model {old.get('model')!r}, size {old.get('size')!r}; "
+                         f"use another --out for model {model!r}, size {sz.name!r}")  # fmt: skip
+    specs = {t: (data or {}).get(t, f"default:{t}") for t in tasks}
+    built = {t: len(read_cases(resolve_data(specs[t], seed=seed))) for t in tasks}  # builds defaults once
+    configs = plan(model, tasks, sz, out, specs, seed=seed, device=device, fluency=fluency)
+    cells = [(t, e) for t in tasks for e in STUDY_EDITORS]  # the order of plan()
+    mine = list(zip(cells, configs))[i::n]
+    todo = {id(c): max(0, min(built[t], c.limit or built[t]) - len(done_ids(c.out))) for (t, _), c in mine}
+    est = {id(c): estimate_seconds(c, todo[id(c)]) if todo[id(c)] else 0.0 for _, c in mine}
+    total = sum(est.values()) + (
+        STATS_SECONDS if any(c.editor in ("memit", "pmet") and est[id(c)] for _, c in mine) else 0
+    )
+    log.info("study: %d of %d runs (shard %s), %d cases to do; estimated %.0f min (smollm2-135m, 2 CPU cores)",
+             len(mine), len(configs), shard, sum(todo.values()), total / 60)  # fmt: skip
+    if lm is None:
+        lm, tok = load_model_for(model, device)
+    widest = [sz.cases[e] for e in STUDY_EDITORS]
+    datasets = {
+        t: _dataset_info(lm, tok, t, specs[t], None if None in widest else max(widest), out, seed)
+        for t in tasks
+    }
+    runs = [{"task": t, "editor": e, "dir": str(c.out.relative_to(out))} for (t, e), c in zip(cells, configs)]
+    manifest = {
+        "model": model,
+        "size": sz.name,
+        "size_note": sz.note,
+        "tasks": tasks,
+        "runs": runs,
+        "datasets": datasets,
+    }
+    atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
+    bar = tqdm(total=round(total), unit="s", desc="study (estimated seconds of work)", dynamic_ncols=True)
+    done_cases, failed, clean = 0, [], fingerprint(lm)
+    for k, ((task, editor), config) in enumerate(mine, 1):
+        t_run = time.perf_counter()
+        try:
+            summary = json.loads((run(config, model=lm, tok=tok) / "summary.json").read_text(encoding="utf-8"))
+        except Exception as err:  # one broken cell must not cost the rest of the grid
+            failed.append(f"{editor} on {task}: {type(err).__name__}: {err}")
+            log.error("run %d/%d FAILED: %s", k, len(mine), failed[-1])
+            if fingerprint_diff(clean, fingerprint(lm)):  # the model is no longer the unedited one
+                raise
+            bar.update(round(est[id(config)]))
+            continue
+        counts, m = summary.get("counts") or {}, summary.get("metrics") or {}
+        done_cases += int(counts.get("ok", 0)) + int(counts.get("failed", 0))
+        bar.update(round(est[id(config)]))
+        bar.set_postfix_str(f"runs {k}/{len(mine)}, cases {done_cases}")
+        ems = [(m.get(g) or {}).get("em") for g in ("effectiveness", "generalization", "specificity")]
+        log.info("run %d/%d done: %s on %s, %d cases (%d failed) in %.0f s; EM eff %s gen %s spec %s", k, len(mine),
+                 editor, task, counts.get("ok", 0), counts.get("failed", 0), time.perf_counter() - t_run,
+                 *("-" if v is None else f"{v:.1f}" for v in ems))  # fmt: skip
+    bar.update(bar.total - bar.n)  # the estimate's remainder (the statistics) is done too
+    bar.close()
+    manifest.update(wall_seconds=time.perf_counter() - t0, failed_runs=failed)
+    atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
+    page = write_study_report(out)
+    log.info("study: %d runs in %.1f min; report in %s", len(mine), manifest["wall_seconds"] / 60, page)
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(mine)} runs failed (rerun to retry them; report in {page}): "
+                           + "; ".join(failed))  # fmt: skip
+    return page
