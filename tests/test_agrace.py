@@ -6,7 +6,7 @@ import torch
 
 from clmedit.editors.agrace.editor import AGrace, AGraceHParams, AGraceLast, AGraceNoCL
 from clmedit.editors.agrace.encoder import (
-    TrainSettings,
+    EncoderTraining,
     contrastive_loss,
     load_encoder,
     pair_loss,
@@ -29,8 +29,8 @@ def _toy(n: int = 160, d: int = 32, seed: int = 0):
 
 def test_encoder_training_lowers_loss_and_separates_pairs():
     anchor, positive, negative = _toy()
-    settings = TrainSettings(margin=1.3, epochs=25, patience=10, lr=2e-3)
-    encoder, history = train_encoder(anchor, positive, negative, settings)
+    settings = EncoderTraining(enc_epochs=25, enc_patience=10, enc_lr=2e-3)
+    encoder, history = train_encoder(anchor, positive, negative, settings, margin=1.3)
     assert history["val"][history["best_epoch"]] < 0.5 * history["val"][0]
     with torch.no_grad():
         d_pos = (encoder(anchor) - encoder(positive)).norm(dim=-1)
@@ -48,7 +48,7 @@ def test_contrastive_loss_terms():
 
 def test_saved_encoder_gives_identical_keys(tmp_path):
     anchor, positive, negative = _toy(64, 32)
-    encoder, _ = train_encoder(anchor, positive, negative, TrainSettings(epochs=2))
+    encoder, _ = train_encoder(anchor, positive, negative, EncoderTraining(enc_epochs=2))
     loaded = load_encoder(save_encoder(encoder, tmp_path / "enc"))
     assert loaded.config == encoder.config
     assert torch.equal(encoder(anchor), loaded(anchor))
@@ -164,8 +164,8 @@ def test_initial_scale_is_selected_by_validation_balanced_accuracy():
     from clmedit.editors.agrace.encoder import key_balanced_accuracy
 
     anchor, positive, negative = _toy(120, 32)
-    settings = TrainSettings(margin=1.3, epochs=5, lr=1e-3, init_pos_fractions=(0.01, 0.75))
-    encoder, history = train_encoder(anchor, positive, negative, settings)
+    settings = EncoderTraining(enc_epochs=5, enc_lr=1e-3, enc_init_pos_fractions=[0.01, 0.75])
+    encoder, history = train_encoder(anchor, positive, negative, settings, margin=1.3)
     scores = [c["val_inside"] + c["val_outside"] for c in history["candidates"]]
     assert len(scores) == 2 and scores[0] != scores[1]
     winner = history["candidates"][scores.index(max(scores))]

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from clmedit.errors import UnsupportedModelError
 from clmedit.models.arch import ADAPTERS, arch_of, rescale_layer
 from clmedit.models.cost import CostMeter
 from clmedit.models.hooks import Trace, TraceDict
@@ -31,7 +32,7 @@ def test_unknown_model_type_names_what_to_add():
     class Fake(torch.nn.Module):
         config = type("C", (), {"model_type": "phi3"})()
 
-    with pytest.raises(NotImplementedError, match=r"'phi3' has no ArchAdapter.*models/arch.py"):
+    with pytest.raises(UnsupportedModelError, match=r"'phi3' has no ArchAdapter.*models/arch.py"):
         arch_of(Fake())
 
 

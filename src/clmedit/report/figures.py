@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from clmedit.report.tables import EDITOR_LABELS, _key, _order
+from clmedit.report.tables import _key, _order, label_of
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def cost_bars(summaries: list[dict[str, Any]], out_dir: str | Path) -> list[Path
         if not rows or all(v is None for v in secs):
             log.info("cost bars for %s/%s skipped: no cost recorded", model, task)
             continue
-        labels = [EDITOR_LABELS.get(str(r.get("editor")), str(r.get("editor"))) for r in rows]
+        labels = [label_of(r) for r in rows]
         fig, axes = plt.subplots(1, 2, figsize=(2 + 1.1 * len(rows) * 2, 3.2))
         for ax, vals, title in ((axes[0], secs, "seconds per edit"), (axes[1], mem, "peak memory (MiB)")):
             scale = 1 / 2**20 if "MiB" in title else 1.0

@@ -13,24 +13,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from clmedit.editors.registry import editor_label, table_order
+
 GROUPS = (("effectiveness", "Eff."), ("generalization", "Gen."), ("specificity", "Spec."))
 METRICS = (("em", "EM"), ("bleu", "BLEU"), ("rouge_l", "RL"))
-EDITOR_ORDER = (
-    "none",
-    "ft",
-    "rome",
-    "memit",
-    "pmet",
-    "malmen",
-    "grace",
-    "agrace-no-cl",
-    "agrace-last",
-    "agrace",
-)
-EDITOR_LABELS = {
-    "none": "Unedited", "ft": "FT-L", "rome": "ROME", "memit": "MEMIT", "pmet": "PMET", "malmen": "MALMEN",
-    "grace": "GRACE", "agrace": "A-GRACE", "agrace-no-cl": "A-GRACE w/o CL", "agrace-last": "A-GRACE w/o mean",
-}  # fmt: skip
 
 
 def load_summaries(run_dirs: Iterable[str | Path]) -> list[dict[str, Any]]:
@@ -69,7 +55,12 @@ def _key(summary: dict[str, Any]) -> tuple[str, str]:
 
 
 def _order(editor: str) -> tuple[int, str]:
-    return (EDITOR_ORDER.index(editor) if editor in EDITOR_ORDER else len(EDITOR_ORDER), editor)
+    return table_order(editor)
+
+
+def label_of(summary: dict[str, Any]) -> str:
+    """The editor's display label: as the run wrote it into summary.json, else the registry's."""
+    return str(summary.get("label") or editor_label(str(summary.get("editor", "?"))))
 
 
 def _rows(summaries: list[dict[str, Any]]) -> dict[tuple[str, str], list[tuple[str, list[str]]]]:
@@ -82,7 +73,7 @@ def _rows(summaries: list[dict[str, Any]]) -> dict[tuple[str, str], list[tuple[s
         rows = []
         for s in sorted(grouped[key], key=lambda s: _order(str(s.get("editor", "?")))):
             cells = [metric(s, g, n) for g, _ in GROUPS for n, _ in METRICS] + [metric(s, "fluency")]
-            label = EDITOR_LABELS.get(str(s.get("editor")), str(s.get("editor", "?")))
+            label = label_of(s)
             overrides = (s.get("config") or {}).get("hparams") or {}
             if overrides:  # two runs of one editor with different --hp must not look alike
                 label += " (" + ", ".join(f"{k}={v}" for k, v in sorted(overrides.items())) + ")"
