@@ -12,7 +12,8 @@ from clmedit.data.schema import EditCase, Neighbour, format_prompt, read_cases
 from clmedit.data.sources.conala import read_conala
 from clmedit.run.prepare import resolve_data
 
-CONALA = Path("/work/shared/data/conala/conala-train.json")
+# the project keeps real data in ../shared beside the repository (never committed); --conala overrides it
+CONALA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "conala" / "conala-train.json"
 
 
 def benchmark_cases(n: int, data: str | None = None, conala: str | Path = CONALA) -> list[EditCase]:

@@ -25,7 +25,7 @@ from clmedit.eval.protocol import (
     evaluate_case,
 )
 from clmedit.models.load import load_model
-from clmedit.models.text import model_name, target_ids
+from clmedit.models.text import target_ids
 from clmedit.run.prepare import ensure_base_answers, resolve_data
 
 
@@ -58,7 +58,7 @@ def main() -> None:
     model, tok = load_model(args.model)
     data = resolve_data(args.data)
     cases = read_cases(data)[: args.cases]
-    ensure_base_answers(model, tok, cases, data, model_name(model))  # the runner's cached references
+    ensure_base_answers(model, tok, cases)  # the runner's cached references
     evaluate_case(model, tok, cases[0], fluency=args.fluency)  # warm-up: imports, metric objects
     bare_generate(model, tok, cases[0], args.fluency)
 

@@ -23,11 +23,11 @@ from clmedit.editors.base import get_editor
 from clmedit.locate.keys import compute_keys
 from clmedit.locate.solve import least_squares_update, rank_one_update
 from clmedit.locate.stats import accumulate_mom2, token_windows
-from clmedit.locate.values import ValueParams, _batch, frozen, site_path
+from clmedit.locate.values import ValueParams, _batch, site_path
 from clmedit.models.arch import arch_of
 from clmedit.models.hooks import Trace
 from clmedit.models.load import load_model
-from clmedit.models.partial import UpperStack
+from clmedit.models.partial import UpperStack, trainable_only
 
 
 def floor_seconds(model, tok, case: EditCase, sites, hp: ValueParams, solve) -> float:
@@ -35,7 +35,7 @@ def floor_seconds(model, tok, case: EditCase, sites, hp: ValueParams, solve) -> 
     arch = arch_of(model)
     b = _batch(tok, [case.prompt], [case.target], hp.kl_suffix, "cpu")
     paths = [site_path(arch, s) for s in sites]
-    with frozen(model):
+    with trainable_only(model):
         stack = UpperStack(model, min(layer for _, layer in sites), b["ids"], b["mask"])
         delta = torch.zeros(model.config.hidden_size, requires_grad=True)
         traces = [Trace(model, p, retain_output=False, edit_output=lambda o, _i: o + delta) for p in paths]

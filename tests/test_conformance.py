@@ -24,7 +24,7 @@ TARGETS = ("sorted(xs, reverse=True)", "json.load(f)")
 # 4-layer model carries that change into the next token only (it has no learned circuits to
 # continue a sequence from it), so on tiny models they must produce a one-token target; their
 # multi-token effectiveness is measured on the real model (benchmarks, `clmedit run`).
-ONE_TOKEN_ON_TINY = {"rome", "memit", "pmet"}
+ONE_TOKEN_ON_TINY = {"rome", "memit", "pmet", "alphaedit"}
 
 
 def _editor(name: str):

@@ -14,7 +14,6 @@ from clmedit.data.build import (
     build_dataset,
     dedupe,
     default_dataset,
-    fill_answers,
     split,
     stats_path,
 )
@@ -96,21 +95,6 @@ def test_minilm_embedder_nearest_are_true_nearest():
     idx, _ = knn(vecs[::2], vecs, 2)
     assert (idx[:, 0] == np.arange(0, 8, 2)).all()  # itself first
     assert list(idx[:, 1]) == [1, 3, 5, 7]  # then its paraphrase
-
-
-def test_fill_answers_calls_once_per_distinct_prompt(cases):
-    seen = []
-
-    def answer(prompts):
-        seen.extend(prompts)
-        return [p.upper() for p in prompts]
-
-    fill_answers(cases, answer, "m")
-    assert len(seen) == len(set(seen)) and all(
-        n.answers["m"] == n.prompt.upper() for c in cases for n in c.neighbours
-    )
-    fill_answers(cases, answer, "m")  # cached: nothing left to compute
-    assert len(seen) == len({n.prompt for c in cases for n in c.neighbours})
 
 
 @pytest.mark.skipif(not CONALA.is_file(), reason="shared CoNaLa file absent")

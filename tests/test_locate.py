@@ -5,6 +5,7 @@ import torch
 from clmedit.locate.keys import compute_keys
 from clmedit.locate.solve import least_squares_update, rank_one_update
 from clmedit.locate.stats import corpus_fingerprint, layer_stats, stats_path, token_windows
+from clmedit.models.fingerprint import model_fingerprint
 from clmedit.models.hooks import Trace
 
 CODE = "def add(a, b):\n    return a + b\n\nfor i in range(10):\n    print(i)\n" * 8
@@ -88,7 +89,7 @@ def test_stats_are_the_second_moment_and_cached(llama_tiny, tmp_path, monkeypatc
     again = layer_stats(model, tok, [1, 2], corpus, samples=3, seq_len=16, batch_size=2)
     assert not calls and all(torch.equal(first[i], again[i]) for i in (1, 2))
     # a half-written / corrupt file is ignored and recomputed; a stray temp file is never read
-    path = stats_path(model, 2, corpus_fingerprint(corpus), 3, 16)
+    path = stats_path(model_fingerprint(model, tok), 2, corpus_fingerprint(corpus), 3, 16)
     assert path.is_file()
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     (path.parent / f".{path.name}.junk.tmp").write_bytes(b"garbage")

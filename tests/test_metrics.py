@@ -74,9 +74,11 @@ def test_word_tokenize_by_hand(text, tokens):
     assert word_tokenize(text) == tokens
 
 
-def test_word_tokenize_agrees_with_nltk_rules():
-    """nltk's own word tokenizer (without punkt, one sentence at a time), where it is installed."""
-    nltk_tok = pytest.importorskip("nltk.tokenize.destructive").NLTKWordTokenizer()
+def test_word_tokenize_is_nltks_treebank_tokenizer_on_one_sentence():
+    """Within one sentence (periods inside names and numbers included) the tokens are nltk's own."""
+    from nltk.tokenize.destructive import NLTKWordTokenizer
+
+    nltk_tok = NLTKWordTokenizer()
     texts = [
         "Don't stop: it's 10:30, and I can't wait... (really) \"quoted\" text.",
         "def add(a, b):\n    return a + b",
@@ -84,7 +86,18 @@ def test_word_tokenize_agrees_with_nltk_rules():
         "The dogs' bones -- and 'single quotes' too?",
         "x = [y ** 2 for y in items if y > 0] # comment @decorator $5 50%",
         "I'll we've they're she'd I'm gonna cannot",
-        "os.path.join(root, name)",
+        "os.path.join(root, name) returns 3.5 for Mr. Smith, e.g. here",
     ]
     for text in texts:
         assert word_tokenize(text) == nltk_tok.tokenize(text), text
+
+
+def test_word_tokenize_splits_sentences_first_as_nltk_word_tokenize_does():
+    """nltk.word_tokenize = punkt sentences, then the Treebank tokenizer on each: a period that ends
+    a sentence inside the text stands alone (the Treebank step alone would keep `sum.`)."""
+    from nltk.tokenize.destructive import NLTKWordTokenizer
+
+    sentences = ["Return the sum.", "Raise ValueError if x < 0!", "Is it ok?", "Yes, see e.g. the docs."]
+    expected = [t for s in sentences for t in NLTKWordTokenizer().tokenize(s)]
+    assert word_tokenize(" ".join(sentences)) == expected
+    assert expected[:4] == ["Return", "the", "sum", "."]

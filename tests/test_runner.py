@@ -11,6 +11,7 @@ from clmedit.data.schema import write_cases
 from clmedit.editors.base import Editor, EditResult, backup_weights
 from clmedit.models.arch import arch_of
 from clmedit.run import records
+from clmedit.run.prepare import answers_fingerprint, answers_path
 from clmedit.run.runner import RunConfig, parse_shard, run, shard_cases, split_folds
 from tests.conftest import make_case
 
@@ -141,12 +142,13 @@ def test_bad_shard_is_rejected(spec):
         parse_shard(spec)
 
 
-def test_base_answers_are_cached_beside_the_data(llama_tiny, data, tmp_path):
+def test_base_answers_are_cached_under_the_model_fingerprint(llama_tiny, data, tmp_path, monkeypatch):
+    monkeypatch.setenv("CLMEDIT_CACHE", str(tmp_path / "cache"))
     model, tok = llama_tiny
     run(_config(data, tmp_path / "r", limit=1), model, tok, editor=Bump())
-    sidecar = data.with_name("cases.jsonl.answers.tiny-llama.json")
-    cached = json.loads(sidecar.read_text())
+    cached = json.loads(answers_path(answers_fingerprint(model, tok)).read_text())["answers"]
     assert make_case(0).neighbours[0].prompt in cached
+    assert not list(data.parent.glob("*.answers.*"))  # one home: nothing beside the data
 
 
 def test_distributed_without_ray_says_how_to_install(monkeypatch, tmp_path):
@@ -179,16 +181,18 @@ def test_base_answers_written_meanwhile_by_another_run_are_kept(llama_tiny, data
     """Two runs start on one dataset: the second's write merges, it does not clobber the first's."""
     import clmedit.eval.protocol as protocol
 
+    monkeypatch.setenv("CLMEDIT_CACHE", str(tmp_path / "cache"))
     model, tok = llama_tiny
-    sidecar = data.with_name("cases.jsonl.answers.tiny-llama.json")
+    cache = answers_path(answers_fingerprint(model, tok))
     real_fill = protocol.fill_base_answers
 
     def fill_while_another_run_writes(*args, **kwargs):
-        sidecar.write_text(json.dumps({"a prompt only the other run saw": "its answer"}))
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps({"format": 1, "answers": {"a prompt only the other run saw": "its answer"}}))
         return real_fill(*args, **kwargs)
 
     monkeypatch.setattr(protocol, "fill_base_answers", fill_while_another_run_writes)
     run(_config(data, tmp_path / "r", limit=1), model, tok, editor=Bump())
-    cached = json.loads(sidecar.read_text())
+    cached = json.loads(cache.read_text())["answers"]
     assert cached["a prompt only the other run saw"] == "its answer"
     assert make_case(0).neighbours[0].prompt in cached

@@ -68,11 +68,10 @@ def data_build_cmd(
         None, "--tokenizer", help="for the 512-token code limit (default: regex proxy)"
     ),
     pool_limit: int | None = typer.Option(None, "--pool-limit", min=1, help="subsample the neighbour pool"),
-    model: str | None = typer.Option(None, "--model", "-m", help="fill neighbour answers of this model"),
+    model: str | None = typer.Option(None, "--model", "-m", help="precompute its neighbour answers"),
 ) -> None:
     """Build CLMEEval-style edit cases (default: from this Python's standard library, offline)."""
     from clmedit.data.build import BuildConfig, build_dataset, stats_path
-    from clmedit.data.schema import write_cases
     from clmedit.data.stats import format_stats
 
     label = source.replace("hf:", "hf-").replace("/", "-").replace(":", "-")
@@ -83,13 +82,12 @@ def data_build_cmd(
             embedder=embedder, rephrase=rephrase, llm=llm, judge=judge, tokenizer=tokenizer, pool_limit=pool_limit,
         )  # fmt: skip
         result = build_dataset(cfg, out)
-        if model is not None:
-            from clmedit.eval.protocol import fill_base_answers
+        if model is not None:  # the answers go to their one home, the model's cache (run.prepare)
             from clmedit.models.load import load_model
+            from clmedit.run.prepare import ensure_base_answers
 
             net, tok = load_model(model)
-            fill_base_answers(net, tok, result.cases, model)
-            write_cases(out, result.cases)
+            ensure_base_answers(net, tok, result.cases)
     except _data_errors() as err:
         raise _data_exit(err) from None
     typer.echo(format_stats(result.stats))
@@ -160,7 +158,10 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 def _user_errors() -> tuple[type[BaseException], ...]:
     from pydantic import ValidationError
 
-    return (ValueError, FileNotFoundError, KeyError, NotImplementedError, ImportError, ValidationError)
+    from clmedit.errors import ClmeditError
+
+    return (ClmeditError, ValueError, FileNotFoundError, KeyError, NotImplementedError, ImportError,
+            ValidationError)  # fmt: skip
 
 
 THREADS_HELP = "CPU threads for torch (default: all cores); 1 when other jobs share the machine"
@@ -207,6 +208,7 @@ def run_cmd(
     verify_restore: bool = typer.Option(False, "--verify-restore", help="checksum weights after each case"),
     keys: bool = typer.Option(False, "--keys", help="record keys and key distances (for the figures)"),
     threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
+    answers_from: str | None = typer.Option(None, "--answers-from", help="released answers key to use"),
 ) -> None:
     """Edit each case, evaluate it, restore; write cases.jsonl, summary.json and table.md."""
     from clmedit.data.schema import CaseFileError
@@ -218,7 +220,7 @@ def run_cmd(
         config = RunConfig(
             model=model, editor=editor, data=data, out=out, limit=limit, preset=preset, hparams=_parse_hp(hp),
             seed=seed, shard=shard, batch_size=batch_size, folds=folds, fluency=fluency, device=device,
-            verify_restore=verify_restore, keys=keys,
+            verify_restore=verify_restore, keys=keys, answers_from=answers_from,
         )  # fmt: skip
         run_dir = run(config)
     except (CaseFileError, *_user_errors()) as err:
@@ -266,7 +268,7 @@ def report_cmd(
     figures: bool = typer.Option(True, "--figures/--no-figures"),
 ) -> None:
     """Table IV-style Markdown + LaTeX tables and the cost/distance/PCA figures from run directories."""
-    from clmedit.data.schema import atomic_write_text
+    from clmedit.files import atomic_write_text
     from clmedit.report.tables import load_summaries, render_latex, render_markdown
 
     try:
@@ -368,9 +370,11 @@ def stats(
     n, t = samples or DEFAULT_SAMPLES, seq_len or DEFAULT_SEQ_LEN
     wanted = _layer_range(layers)
     layer_stats(lm, tok, wanted, corpus, n, t)
-    fp = corpus_fingerprint(corpus)
+    from clmedit.models.fingerprint import model_fingerprint
+
+    fp, mfp = corpus_fingerprint(corpus), model_fingerprint(lm, tok)
     for layer in wanted:
-        typer.echo(stats_path(lm, layer, fp, n, t))
+        typer.echo(stats_path(mfp, layer, fp, n, t))
 
 
 # --- train (room: trained editors) ---------------------------------------------------------------
@@ -397,7 +401,8 @@ def train_cmd(
     """
     import json
 
-    from clmedit.data.schema import CaseFileError, atomic_write_text, read_cases
+    from clmedit.data.schema import CaseFileError, read_cases
+    from clmedit.files import atomic_write_text
     from clmedit.run.runner import RunConfig, _make_editor, load_model_for, resolve_data, split_folds
 
     try:

@@ -1,4 +1,5 @@
-"""Small file-system helpers every room shares: the cache root, atomic writes, name slugs, file locks.
+"""Small file-system helpers every room shares: the cache root, atomic writes, name slugs, file locks,
+and seals (size, line count, hash) that let a cache detect a cut or altered file.
 
 Atomic writes go through a uniquely named temporary file in the target's folder, then `os.replace`,
 so a crash or a concurrent writer never leaves a torn file; the result gets the permissions a plain
@@ -7,6 +8,8 @@ so a crash or a concurrent writer never leaves a torn file; the result gets the 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import tempfile
@@ -69,3 +72,34 @@ def locked(path: str | Path, timeout: float = -1) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path.with_name(path.name + ".lock")), timeout=timeout):
         yield
+
+
+def _digest(path: Path) -> dict[str, int | str]:
+    h, size, lines = hashlib.sha256(), 0, 0
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+            size += len(block)
+            lines += block.count(b"\n")
+    return {"bytes": size, "lines": lines, "sha256": h.hexdigest()}
+
+
+def seal_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + ".seal.json")
+
+
+def write_seal(path: str | Path) -> Path:
+    """Record `path`'s size, line count and sha256 beside it, so a cut or altered copy is detected."""
+    return atomic_write_text(seal_path(path), json.dumps(_digest(Path(path))) + "\n")
+
+
+def is_sealed(path: str | Path) -> bool:
+    """True iff `path` exists and still has the size, lines and hash its seal recorded."""
+    path, seal = Path(path), seal_path(path)
+    if not path.is_file() or not seal.is_file():
+        return False
+    try:
+        return json.loads(seal.read_text(encoding="utf-8")) == _digest(path)
+    except (OSError, ValueError):
+        return False

@@ -1,6 +1,6 @@
 """The CLMEEval build pipeline, one function per step:
 
-  read -> length filter -> (judge) -> dedupe -> split -> rephrase -> neighbours -> (base answers)
+  read -> length filter -> (judge) -> dedupe -> split -> rephrase -> neighbours
 
 Split: CNLE targets a seeded 1/6 of the examples; CSNE targets the source's test split, or a seeded
 1/6 when the source has none (e.g. the standard library). Only examples with an output can be
@@ -16,12 +16,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import random
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,14 +29,14 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from clmedit.data import rename, rewrite
-from clmedit.data.schema import EditCase, Neighbour, Task, atomic_write_text, format_prompt, write_cases
+from clmedit.data.schema import EditCase, Neighbour, Task, format_prompt, write_cases
 from clmedit.data.sources import RawExample, SourceError, collapse
 from clmedit.data.stats import TokenCounter, dataset_stats, stats_path, token_counter
+from clmedit.files import atomic_write_text, cache_root, is_sealed, locked, write_seal
 
 log = logging.getLogger(__name__)
 
 PIPELINE_VERSION = 1  # bump when a change alters built datasets, so caches rebuild
-AnswerFn = Callable[[list[str]], list[str]]
 
 
 class BuildConfig(BaseModel):
@@ -233,25 +232,15 @@ def find_neighbours(queries: Sequence[str], pool: Sequence[str], cfg: BuildConfi
     return nearest(queries, pool, cfg.k, embedder, progress=cfg.progress)
 
 
-def fill_answers(cases: list[EditCase], answer_fn: AnswerFn, model_name: str) -> None:
-    """Step 7: the unedited model's outputs for every distinct neighbour prompt, cached per model."""
-    prompts = sorted({n.prompt for c in cases for n in c.neighbours if model_name not in n.answers})
-    answers = dict(zip(prompts, answer_fn(prompts))) if prompts else {}
-    for case in cases:
-        for n in case.neighbours:
-            n.answers.setdefault(model_name, answers.get(n.prompt, ""))
-
-
 # --- the pipeline -------------------------------------------------------------------------------
 
 
-def build_dataset(
-    cfg: BuildConfig,
-    out: str | Path | None = None,
-    answer_fn: AnswerFn | None = None,
-    model_name: str | None = None,
-) -> BuildResult:
-    """Run every step; write `out` (JSONL) and `<out stem>.stats.json` when `out` is given."""
+def build_dataset(cfg: BuildConfig, out: str | Path | None = None) -> BuildResult:
+    """Run every step; write `out` (JSONL) and `<out stem>.stats.json` when `out` is given.
+
+    Neighbour answers are not part of a built dataset: they depend on a model, and are filled
+    per model before a run (`run.prepare.ensure_base_answers`).
+    """
     run = _Run()
     counter = token_counter(cfg.tokenizer)
     with run.step("read"):
@@ -296,9 +285,6 @@ def build_dataset(
         _case(cfg.task, ex, reph, meta, [pool[j] for j in row], sc)
         for (ex, reph, meta), row, sc in zip(items, idx, scores)
     ]
-    if answer_fn is not None:
-        with run.step("base answers"):
-            fill_answers(cases, answer_fn, model_name or "model")
     run.counts["cases"] = len(cases)
     stats = dataset_stats(
         cfg.model_dump(), run.counts, run.skipped, run.timings, cases, counter, judge_counts
@@ -329,21 +315,41 @@ def _case(
     )  # fmt: skip
 
 
-def cache_root(cache_dir: str | Path | None = None) -> Path:
-    return Path(cache_dir or os.environ.get("CLMEDIT_CACHE") or "~/.cache/clmedit").expanduser()
+def stdlib_fingerprint() -> str:
+    """A short hash of the standard library's Python sources (relative names and sizes) and version."""
+    from clmedit.data.sources.python_sources import STDLIB_SKIP_DIRS, iter_python_files, stdlib_dir
+
+    root = stdlib_dir()
+    h = hashlib.sha256(f"{sys.version_info[:3]}".encode())
+    for p in iter_python_files([root], STDLIB_SKIP_DIRS):
+        h.update(f"{p.relative_to(root).as_posix()}:{p.stat().st_size}\n".encode())
+    return h.hexdigest()[:12]
 
 
 def default_dataset(
     task: str, cache_dir: Path | None = None, limit: int | None = None, seed: int = 0
 ) -> Path:
     """The standard-library dataset for `task`, built once and cached under `$CLMEDIT_CACHE/data`
-    (default `~/.cache/clmedit`), keyed by task, seed, limit, Python version and pipeline version."""
+    (default `~/.cache/clmedit`).
+
+    Keyed by what it depends on: the build settings, the pipeline version and a fingerprint of the
+    standard library's sources. A seal (size, lines, sha256) is written with it; a cached file that
+    no longer matches its seal (cut short, edited, a bad line) is rebuilt.
+    """
     if task not in ("cnle", "csne"):
         raise ValueError(f"unknown task {task!r}; expected 'cnle' or 'csne'")
+    cfg = BuildConfig(task=task, seed=seed, limit=limit)
+    key = hashlib.sha256(
+        f"{cfg.model_dump_json()}|v{PIPELINE_VERSION}|{stdlib_fingerprint()}".encode()
+    ).hexdigest()[:12]
     py = f"{sys.version_info.major}.{sys.version_info.minor}"
-    name = f"{task}-stdlib-py{py}-seed{seed}{f'-n{limit}' if limit else ''}-v{PIPELINE_VERSION}.jsonl"
+    name = f"{task}-stdlib-py{py}-seed{seed}{f'-n{limit}' if limit else ''}-{key}.jsonl"
     path = cache_root(cache_dir) / "data" / name
-    if not path.is_file():
-        log.info("building the default %s dataset into %s (once)", task, path)
-        build_dataset(BuildConfig(task=task, seed=seed, limit=limit), path)
+    with locked(path):  # two runs starting together build it once
+        if not is_sealed(path):
+            if path.is_file():
+                log.warning("cached dataset %s does not match its seal (cut or changed); rebuilding", path)
+            log.info("building the default %s dataset into %s (once)", task, path)
+            build_dataset(cfg, path)
+            write_seal(path)
     return path

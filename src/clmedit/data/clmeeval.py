@@ -5,8 +5,10 @@ A JSON list; each item is
          neighborhoods: {items: [{intent}, ...], answers: {MODEL_NAME: [str, ...]}}}
   CSNE: {case_id, edit_request: {code, code_doc, code_rewrite},
          neighborhoods: {items: [{code}, ...], answers: {MODEL_NAME: [str, ...]}}}
-The released neighbour answers become `Neighbour.answers[MODEL_NAME]`. Malformed items are
-skipped and counted by reason.
+The released neighbour answers become `Neighbour.answers[MODEL_NAME]` (MODEL_NAME: CodeLlama-7b-hf,
+CodeQwen1.5-7B, stable-code-3b), and `meta["source"]` is "clmeeval"; a run uses them as its
+specificity references when it names the key (`--answers-from`) or its model's name matches it
+(`run.prepare.release_key`). Malformed items are skipped and counted by reason.
 """
 
 from __future__ import annotations

@@ -3,24 +3,24 @@ transformers model. Both decode greedily (temperature 0) so a build is reproduci
 
 Spec strings (CLI `--llm` / `--judge`):
   "local" | "local:NAME"   a local model via `clmedit.models.load.load_model` (default smollm2-135m)
-  "openai:MODEL"           POST {base}/chat/completions; base URL from $CLMEDIT_LLM_BASE_URL or
+  "openai:MODEL"           an OpenAI-compatible chat-completions endpoint via the `openai` package (the
+                           `openai` extra); base URL from $CLMEDIT_LLM_BASE_URL or
                            $OPENAI_BASE_URL (default https://api.openai.com/v1), key from
                            $CLMEDIT_LLM_API_KEY or $OPENAI_API_KEY — keys only ever come from the environment.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import time
-import urllib.error
-import urllib.request
 from typing import Protocol
+
+from clmedit.errors import ClmeditError
 
 log = logging.getLogger(__name__)
 
 Messages = list[dict[str, str]]
+_OPENAI_URL = "https://api.openai.com/v1"
 
 
 class ChatBackend(Protocol):
@@ -30,11 +30,16 @@ class ChatBackend(Protocol):
 
 
 class LLMError(RuntimeError):
-    """The backend could not answer (network, HTTP error, missing key)."""
+    """The backend could not answer (network, HTTP error, missing key or package)."""
 
 
 class OpenAIChat:
-    """An OpenAI-compatible chat-completions endpoint over plain urllib (no extra dependency)."""
+    """An OpenAI-compatible chat-completions endpoint through the `openai` client (the `openai` extra).
+
+    The client retries rate limits, server errors and dropped connections with backoff
+    (`retries` attempts in all); every failure that remains becomes an LLMError (callers skip that
+    one request). A missing package or key is the user's to fix and stops the build (ClmeditError).
+    """
 
     def __init__(self, model: str, base_url: str | None = None, timeout: float = 60.0, retries: int = 3):
         self.model, self.timeout, self.retries = model, timeout, retries
@@ -42,35 +47,45 @@ class OpenAIChat:
             base_url
             or os.environ.get("CLMEDIT_LLM_BASE_URL")
             or os.environ.get("OPENAI_BASE_URL")
-            or "https://api.openai.com/v1"
+            or _OPENAI_URL
         ).rstrip("/")
         self.name = f"openai:{model}"
+        self._client = None
+
+    def _connect(self):
+        if self._client is None:
+            try:
+                import openai
+            except ImportError as err:
+                raise ClmeditError(
+                    f"the {self.name} backend needs the openai package: pip install 'clmedit[openai]' "
+                    "(or use --llm local)"
+                ) from err
+            # the key only ever comes from the environment; a local server without auth needs none
+            key = os.environ.get("CLMEDIT_LLM_API_KEY") or os.environ.get("OPENAI_API_KEY")
+            if not key and self.base_url == _OPENAI_URL:
+                raise ClmeditError(f"{self.name}: no API key; set CLMEDIT_LLM_API_KEY or OPENAI_API_KEY")
+            self._client = openai.OpenAI(
+                api_key=key or "unused",  # the client insists on one; such servers ignore it
+                base_url=self.base_url,
+                timeout=self.timeout,
+                max_retries=max(0, self.retries - 1),
+            )
+        return self._client
 
     def chat(self, messages: Messages, max_tokens: int = 96) -> str:
-        key = os.environ.get("CLMEDIT_LLM_API_KEY") or os.environ.get("OPENAI_API_KEY")
-        headers = {"Content-Type": "application/json"}
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        body = {"model": self.model, "messages": messages, "temperature": 0, "max_tokens": max_tokens}
-        request = urllib.request.Request(
-            f"{self.base_url}/chat/completions",
-            data=json.dumps(body).encode(),
-            headers=headers,
-            method="POST",
-        )
-        for attempt in range(self.retries):
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as resp:
-                    reply = json.loads(resp.read().decode("utf-8"))
-                return reply["choices"][0]["message"]["content"] or ""
-            except urllib.error.HTTPError as err:
-                if err.code not in (429, 500, 502, 503) or attempt == self.retries - 1:
-                    raise LLMError(f"{self.base_url}: HTTP {err.code} {err.reason}") from err
-            except (urllib.error.URLError, TimeoutError, KeyError, IndexError, json.JSONDecodeError) as err:
-                if attempt == self.retries - 1:
-                    raise LLMError(f"{self.base_url}: {type(err).__name__}: {err}") from err
-            time.sleep(2**attempt)  # back off on rate limits and transient failures
-        raise LLMError(f"{self.base_url}: no answer")
+        client = self._connect()
+        import openai
+
+        try:
+            reply = client.chat.completions.create(
+                model=self.model, messages=messages, temperature=0, max_tokens=max_tokens
+            )
+            return reply.choices[0].message.content or ""
+        except openai.APIStatusError as err:
+            raise LLMError(f"{self.base_url}: HTTP {err.status_code} {err.message}") from err
+        except (openai.OpenAIError, IndexError, AttributeError) as err:
+            raise LLMError(f"{self.base_url}: {type(err).__name__}: {err}") from err
 
 
 class LocalChat:
@@ -82,6 +97,8 @@ class LocalChat:
 
     def chat(self, messages: Messages, max_tokens: int = 96) -> str:
         import torch
+
+        from clmedit.models.text import pad_token_id
 
         if self._model is None:
             from clmedit.models.load import load_model  # lazy: data must stay importable without torch work
@@ -98,7 +115,7 @@ class LocalChat:
                 **ids,
                 max_new_tokens=max_tokens,
                 do_sample=False,
-                pad_token_id=tok.pad_token_id or tok.eos_token_id,
+                pad_token_id=pad_token_id(tok, default=None),
             )
         return tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
 

@@ -9,14 +9,14 @@ model name (computed once per model and cached here).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from clmedit.files import atomic_write_text
 
 Task = Literal["cnle", "csne"]
 
@@ -121,20 +121,3 @@ def write_cases(path: str | Path, cases: Iterable[EditCase]) -> Path:
     """Write cases as JSONL atomically: a crash never leaves a half-written file."""
     lines = (c.model_dump_json() + "\n" for c in cases)
     return atomic_write_text(path, "".join(lines))
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write `text` to `path` through a temporary file in the same folder, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

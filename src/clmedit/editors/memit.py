@@ -43,6 +43,10 @@ class Memit(Editor):
     def spread_site(self, layers: list[int]) -> Site:
         return ("block", layers[-1])
 
+    def layer_update(self, model) -> Any:
+        """The per-layer solve of the spread, (layer, K, R) -> dW; None = MEMIT's least squares."""
+        return None
+
     def edit_layers(self, model) -> list[int]:
         return self.hparams.layers_for(self.hparams.layers, arch_of(model).num_layers(model))
 
@@ -71,7 +75,8 @@ class Memit(Editor):
         values = optimize_values(model, tok, prompts, targets, self.value_sites(layers), hp.value_params())
         spread = site_path(arch, self.spread_site(layers))
         norms = spread_over_layers(
-            model, tok, prompts, layers, spread, values.target(spread), covs, hp.mom2_weight
-        )
+            model, tok, prompts, layers, spread, values.target(spread), covs, hp.mom2_weight,
+            update=self.layer_update(model),
+        )  # fmt: skip
         result.info = {"layers": layers, "value_nll": values.nll, "value_steps": values.steps,
                        "resid_norms": norms}  # fmt: skip

@@ -17,6 +17,7 @@ EDITORS: dict[str, str] = {
     "rome": "clmedit.editors.rome:Rome",
     "memit": "clmedit.editors.memit:Memit",
     "pmet": "clmedit.editors.pmet:Pmet",
+    "alphaedit": "clmedit.editors.alphaedit:AlphaEdit",
     "malmen": "clmedit.editors.malmen.editor:Malmen",
     "grace": "clmedit.editors.grace.editor:Grace",
     "agrace-no-cl": "clmedit.editors.agrace.editor:AGraceNoCL",
@@ -26,7 +27,7 @@ EDITORS: dict[str, str] = {
 ALIASES: dict[str, str] = {"ft-l": "ft", "ftl": "ft", "a-grace": "agrace"}
 # name -> how tables and figures show it (the study's names)
 LABELS: dict[str, str] = {
-    "none": "Unedited", "ft": "FT-L", "rome": "ROME", "memit": "MEMIT", "pmet": "PMET", "malmen": "MALMEN",
+    "none": "Unedited", "ft": "FT-L", "rome": "ROME", "memit": "MEMIT", "pmet": "PMET", "alphaedit": "AlphaEdit", "malmen": "MALMEN",
     "grace": "GRACE", "agrace": "A-GRACE", "agrace-no-cl": "A-GRACE w/o CL", "agrace-last": "A-GRACE w/o mean",
 }  # fmt: skip
 

@@ -16,6 +16,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
+from clmedit.models.text import pad_token_id
+
 log = logging.getLogger(__name__)
 
 
@@ -43,7 +45,7 @@ def _generation_config(
 ) -> GenerationConfig:
     """A fresh config, so a checkpoint's own sampling defaults (temperature, top_p) never leak in."""
     eos = sorted(_eos_ids(model, tok))
-    pad = tok.pad_token_id if tok.pad_token_id is not None else (eos[0] if eos else None)
+    pad = pad_token_id(tok, default=eos[0] if eos else None)
     kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=pad, num_beams=1)
     if eos:
         kwargs["eos_token_id"] = eos if len(eos) > 1 else eos[0]

@@ -8,12 +8,31 @@ they would see alone (causal attention), and the key does not depend on the batc
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 
 from clmedit.models.arch import arch_of
 from clmedit.models.hooks import Trace, TraceDict
-from clmedit.models.text import prompt_ids
+from clmedit.models.text import gather_rows, last_position, pad_batch, prompt_ids
+
+Distance = Literal["euc", "cos"]
+
+
+def key_distance(queries: torch.Tensor, keys: torch.Tensor, how: Distance = "euc") -> torch.Tensor:
+    """Pairwise distances (Q, N) between keys (Q, d) and (N, d): L2 ("euc") or 1 - cosine ("cos").
+
+    GRACE's codebook matches with it, and the runner records distances with it, so both agree.
+    """
+    queries, keys = queries.float(), keys.float()
+    if how == "euc":
+        return torch.cdist(queries, keys)
+    if how == "cos":
+        qn = torch.nn.functional.normalize(queries, dim=-1)
+        kn = torch.nn.functional.normalize(keys, dim=-1)
+        return 1.0 - qn @ kn.T
+    raise ValueError(f"unknown distance {how!r}; use 'euc' or 'cos'")
 
 
 def prompt_batch(tok, prompts: list[str], device: torch.device | str = "cpu") -> dict:
@@ -21,20 +40,9 @@ def prompt_batch(tok, prompts: list[str], device: torch.device | str = "cpu") ->
     rows = [prompt_ids(tok, p) for p in prompts]
     if any(not r for r in rows):
         raise ValueError("an empty prompt has no edit token; every prompt needs at least one token")
-    width = max(len(r) for r in rows)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r)
-        mask[i, : len(r)] = 1
-    last = torch.tensor([len(r) - 1 for r in rows])
-    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "last": last.to(device)}
-
-
-def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """x (B, T, d), index (B,) -> (B, d): row i at position index[i]."""
-    return x[torch.arange(x.shape[0], device=x.device), index]
+    batch = pad_batch(tok, rows, device)
+    batch["last"] = last_position(batch["attention_mask"])
+    return batch
 
 
 @torch.no_grad()
@@ -82,18 +90,3 @@ def keys_and_outputs(
         keys.append(gather_rows(td[key_path].input, batch["last"]).float())
         outs.append(gather_rows(td[path].output, batch["last"]).float())
     return torch.cat(keys), torch.cat(outs)
-
-
-@torch.no_grad()
-def module_outputs(
-    model: nn.Module, tok, prompts: list[str], path: str, batch_size: int = 16
-) -> torch.Tensor:
-    """Output (first tensor) of module `path` at each prompt's last token: (N, d) float32."""
-    device = next(model.parameters()).device
-    chunks = []
-    for start in range(0, len(prompts), batch_size):
-        batch = prompt_batch(tok, prompts[start : start + batch_size], device)
-        with Trace(model, path, stop=True) as tr:
-            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-        chunks.append(gather_rows(tr.output, batch["last"]).float())
-    return torch.cat(chunks)

@@ -6,6 +6,8 @@ Weights are always handled as (out, in) through ArchAdapter.weight_out_in (GPT-2
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -41,6 +43,35 @@ def least_squares_update(
     return torch.linalg.solve(a, k.T @ r).T
 
 
+def null_space_projector(cov: torch.Tensor, threshold: float) -> torch.Tensor:
+    """AlphaEdit's P = U0 U0^T (d_in, d_in), U0 = the eigenvectors of C = E[k k^T] with eigenvalue < threshold.
+
+    Any update of the form dW = M P leaves the outputs of the keys C is made of (its directions
+    above the threshold) unchanged: dW k0 = M P k0 ~ 0.
+    """
+    evals, evecs = torch.linalg.eigh(cov.double())
+    kept = evecs[:, evals < threshold]
+    return kept @ kept.T
+
+
+def projected_update(
+    keys: torch.Tensor, resid: torch.Tensor, projector: torch.Tensor, prior: torch.Tensor | None = None,
+    l2: float = 10.0,
+) -> torch.Tensor:  # fmt: skip
+    """AlphaEdit: dW = X^T with X = (P (K^T K + K_p^T K_p) + l2 I)^-1 P K^T R  -> (d_out, d_in).
+
+    keys K (N, d_in), resids R (N, d_out), projector P (d_in, d_in), prior K_p^T K_p (d_in, d_in)
+    summing the keys of earlier edits still in the model. For a projector P and symmetric M,
+    P (M P + l2 I)^-1 = (P M + l2 I)^-1 P, so dW = R^T K (P M + l2 I)^-1 P ends in P: the update
+    lies in the null space of the preserved keys, and the prior keeps the new solve from undoing
+    the earlier edits (Fang et al., 2025, eq. 14).
+    """
+    k, r, p = keys.double(), resid.double(), projector.double()
+    gram = k.T @ k if prior is None else k.T @ k + prior.double()
+    eye = torch.eye(k.shape[1], dtype=k.dtype, device=k.device)
+    return torch.linalg.solve(p @ gram + l2 * eye, p @ k.T @ r).T
+
+
 @torch.no_grad()
 def add_to_down_proj(model: nn.Module, layer: int, delta: torch.Tensor) -> None:
     """W_out_in(down_proj of `layer`) += delta (d_out, d_in), in place."""
@@ -52,13 +83,15 @@ def add_to_down_proj(model: nn.Module, layer: int, delta: torch.Tensor) -> None:
 def spread_over_layers(
     model: nn.Module, tok, prompts: list[str], layers: list[int], site: str, target: torch.Tensor,
     covs: dict[int, torch.Tensor | None], weight: float,
+    update: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> list[float]:  # fmt: skip
     """MEMIT's update of down_proj in `layers` (ascending) so module `site` outputs `target` (N, d).
 
     For layer l_i (i = 0..L-1): keys K_i at the edit token under the current weights,
     R_i = (target - out_site) / (L - i) (the remaining residual shared by the layers left),
     dW_i = least_squares_update(K_i, R_i, C_i, weight), applied before the next layer's keys
-    are read. Returns the mean residual norm ||target - out_site|| seen at each layer.
+    are read. `update(layer, K_i, R_i) -> dW_i` replaces MEMIT's solve (AlphaEdit projects it).
+    Returns the mean residual norm ||target - out_site|| seen at each layer.
     The caller backs the weights up; they are modified in place.
     """
     norms = []
@@ -66,6 +99,10 @@ def spread_over_layers(
         keys, out = keys_and_outputs(model, tok, prompts, layer, site)  # (N, d_in), (N, d_out)
         resid = target.to(out.device) - out
         norms.append(float(resid.norm(dim=-1).mean()))
-        delta = least_squares_update(keys, resid / (len(layers) - i), covs.get(layer), weight)
+        share = resid / (len(layers) - i)
+        if update is None:
+            delta = least_squares_update(keys, share, covs.get(layer), weight)
+        else:
+            delta = update(layer, keys, share)
         add_to_down_proj(model, layer, delta)
     return norms

@@ -9,9 +9,10 @@ running interpreter's standard library, or any text / JSONL file or folder given
 
 Activations are never held: each batch adds its K^T K (float32) into a float64 sum, and the
 forward pass stops right after the highest layer needed. Results are cached under
-`$CLMEDIT_CACHE/stats/<model>/` keyed by layer, corpus fingerprint, sample count and window
-length, written to a temporary file and renamed, so a reader never sees a half-written file;
-a file that cannot be read or validated is ignored and recomputed.
+`$CLMEDIT_CACHE/stats/<model fingerprint>/` keyed by layer, corpus fingerprint, sample count and
+window length (a model replaced at the same path or name never reuses another's statistics),
+written to a temporary file and renamed, so a reader never sees a half-written file; a file that
+cannot be read or validated (truncated, wrong shape, non-finite) is ignored and recomputed.
 """
 
 from __future__ import annotations
@@ -21,10 +22,8 @@ import hashlib
 import json
 import logging
 import os
-import re
 import sys
 import sysconfig
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,10 +32,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
+from clmedit.files import atomic_write, cache_root
 from clmedit.models.arch import arch_of
+from clmedit.models.fingerprint import model_fingerprint
 from clmedit.models.hooks import TraceDict
-from clmedit.models.load import cache_dir
-from clmedit.models.text import model_name
+from clmedit.models.text import pad_batch
 
 log = logging.getLogger(__name__)
 
@@ -126,9 +126,11 @@ def token_windows(tok, corpus: str | Path | None, samples: int, seq_len: int) ->
 
 
 # --- cache ------------------------------------------------------------------------------------------
-def stats_path(model: nn.Module, layer: int, fingerprint: str, samples: int, seq_len: int) -> Path:
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", model_name(model)).strip("_") or "model"
-    return cache_dir() / "stats" / slug / f"layer{layer:03d}-{fingerprint}-n{samples}-t{seq_len}.safetensors"
+def stats_path(model_fp: str, layer: int, fingerprint: str, samples: int, seq_len: int) -> Path:
+    """Cache file of one layer's statistics: keyed by the model's fingerprint (weights, tokenizer,
+    config; `models.fingerprint`), the layer, the corpus fingerprint, the sample count and window."""
+    name = f"layer{layer:03d}-{fingerprint}-n{samples}-t{seq_len}.safetensors"
+    return cache_root() / "stats" / model_fp / name
 
 
 def _load(path: Path, dim: int) -> torch.Tensor | None:
@@ -147,18 +149,8 @@ def _load(path: Path, dim: int) -> torch.Tensor | None:
 
 
 def _save(path: Path, total: torch.Tensor, count: int) -> None:
-    """Write through a temporary file in the same folder, then rename (atomic on POSIX)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(
-            {"mom2_sum": total.cpu().contiguous(), "count": torch.tensor([count], dtype=torch.float64)}, tmp
-        )
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    tensors = {"mom2_sum": total.cpu().contiguous(), "count": torch.tensor([count], dtype=torch.float64)}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp))
 
 
 # --- computation ----------------------------------------------------------------------------------
@@ -170,7 +162,6 @@ def accumulate_mom2(
     """sum_k k k^T (float64, (d, d)) per layer and the token count, over the corpus windows."""
     arch = arch_of(model)
     device = next(model.parameters()).device
-    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     paths = {layer: arch.path("down_proj", layer) for layer in layers}
     dim = arch.mlp_dim(model)
     sums = {layer: torch.zeros(dim, dim, dtype=torch.float64, device=device) for layer in layers}
@@ -179,12 +170,8 @@ def accumulate_mom2(
 
     def run(batch: list[list[int]]) -> None:
         nonlocal count
-        width = max(len(r) for r in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, r in enumerate(batch):
-            ids[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), 1
-        ids, mask = ids.to(device), mask.to(device)
+        padded = pad_batch(tok, batch, device)
+        ids, mask = padded["input_ids"], padded["attention_mask"]
         with TraceDict(model, paths.values(), stop=True, retain_input=True, retain_output=False) as td:
             model(input_ids=ids, attention_mask=mask, use_cache=False)
         keep = mask.bool()
@@ -222,10 +209,10 @@ def layer_stats(
     arch = arch_of(model)
     device = next(model.parameters()).device
     dim = arch.mlp_dim(model)
-    fp = corpus_fingerprint(corpus)
+    fp, mfp = corpus_fingerprint(corpus), model_fingerprint(model, tok)
     out: dict[int, torch.Tensor] = {}
     for layer in layers:
-        cached = _load(stats_path(model, layer, fp, samples, seq_len), dim)
+        cached = _load(stats_path(mfp, layer, fp, samples, seq_len), dim)
         if cached is not None:
             out[layer] = cached.to(device)
     missing = [layer for layer in layers if layer not in out]
@@ -233,6 +220,6 @@ def layer_stats(
         log.info("computing second-moment statistics for layers %s (%d windows)", missing, samples)
         sums, count = accumulate_mom2(model, tok, missing, corpus, samples, seq_len, batch_size)
         for layer in missing:
-            _save(stats_path(model, layer, fp, samples, seq_len), sums[layer], count)
+            _save(stats_path(mfp, layer, fp, samples, seq_len), sums[layer], count)
             out[layer] = (sums[layer] / count).float()
     return out

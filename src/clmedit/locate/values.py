@@ -22,8 +22,6 @@ Invariant: the model's parameters (values and requires_grad flags) are unchanged
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -32,8 +30,8 @@ from torch import nn
 
 from clmedit.models.arch import ArchAdapter, arch_of
 from clmedit.models.hooks import Trace, TraceDict
-from clmedit.models.partial import UpperStack
-from clmedit.models.text import IGNORE, edit_batch
+from clmedit.models.partial import UpperStack, trainable_only
+from clmedit.models.text import IGNORE, edit_rows, last_position, pad_batch, right_pad
 
 log = logging.getLogger(__name__)
 
@@ -60,19 +58,6 @@ def site_path(arch: ArchAdapter, site: Site) -> str:
     return f"{arch.layers}.{layer}" if part == "block" else arch.path(part, layer)
 
 
-@contextmanager
-def frozen(model: nn.Module) -> Iterator[None]:
-    """Parameters stop requiring grad inside the block (no weight gradients are built), then are put back."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        for p, _ in flags:
-            p.requires_grad_(False)
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-
-
 @dataclass
 class Values:
     """Per site path: `init` h (N, d) and `delta` d (N, d), float32; `nll` per case after optimisation."""
@@ -88,25 +73,18 @@ class Values:
 
 def _batch(tok, prompts: list[str], targets: list[str], suffix: str, device) -> dict:
     """Rows 0..N-1: prompt + " " + target (labels on target); rows N..2N-1: prompt + kl_suffix."""
-    edit = edit_batch(tok, prompts, targets)
+    rows, labels, plens = edit_rows(tok, prompts, targets)
     suffix_ids = tok(suffix, add_special_tokens=False)["input_ids"] if suffix else []
-    n, plens = len(prompts), edit["prompt_lens"]
-    kl_rows = [edit["input_ids"][i, : plens[i]].tolist() + suffix_ids for i in range(n)]
-    width = max(edit["input_ids"].shape[1], max(len(r) for r in kl_rows))
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    ids = torch.full((2 * n, width), pad, dtype=torch.long)
-    mask = torch.zeros((2 * n, width), dtype=torch.long)
-    labels = torch.full((n, width), IGNORE, dtype=torch.long)
-    w0 = edit["input_ids"].shape[1]
-    ids[:n, :w0], mask[:n, :w0], labels[:, :w0] = edit["input_ids"], edit["attention_mask"], edit["labels"]
-    for i, r in enumerate(kl_rows):
-        ids[n + i, : len(r)] = torch.tensor(r)
-        mask[n + i, : len(r)] = 1
-    lookup = torch.tensor(plens * 2) - 1  # the edit token, in both row sets
-    kl_last = torch.tensor([len(r) - 1 for r in kl_rows])
-    to = {"device": device}
-    return {"ids": ids.to(**to), "mask": mask.to(**to), "labels": labels.to(**to), "lookup": lookup.to(**to),
-            "kl_last": kl_last.to(**to)}  # fmt: skip
+    kl_rows = [r[:p] + suffix_ids for r, p in zip(rows, plens)]
+    batch = pad_batch(tok, rows + kl_rows, device)
+    n = len(rows)
+    return {
+        "ids": batch["input_ids"],
+        "mask": batch["attention_mask"],
+        "labels": right_pad(labels, IGNORE, width=batch["input_ids"].shape[1], device=device)[0],
+        "lookup": torch.tensor(plens * 2, device=device) - 1,  # the edit token, in both row sets
+        "kl_last": last_position(batch["attention_mask"][n:]),
+    }
 
 
 def _kept_positions(b: dict, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -178,7 +156,7 @@ def _optimize_chunk(model, tok, prompts, targets, sites, paths, hp: ValueParams)
 
         return edit
 
-    with frozen(model):
+    with trainable_only(model):  # no weight gradients are built
         stack = UpperStack(model, min(layer for _, layer in sites), b["ids"], b["mask"])
         with torch.no_grad(), TraceDict(model, paths, retain_output=True, detach=True) as td:
             logits = stack(logits_to_keep=keep)  # (2N, K, V)

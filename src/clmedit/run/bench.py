@@ -10,7 +10,7 @@ import json
 import logging
 from pathlib import Path
 
-from clmedit.data.schema import atomic_write_text
+from clmedit.files import atomic_write_text, slug
 from clmedit.report.tables import render_markdown
 from clmedit.run.runner import RunConfig, load_model_for, run
 
@@ -46,10 +46,11 @@ def bench(
     out = Path(out)
     m, tok = load_model_for(model, device)
     summaries = []
+    model_dir = out / slug(model.rstrip("/").rsplit("/", 1)[-1])  # a hub id or path: its last part
     for task in tasks:
         for editor in editors:
             config = RunConfig(
-                model=model, editor=editor, data=f"default:{task}", out=out / _slug(model) / task / editor,
+                model=model, editor=editor, data=f"default:{task}", out=model_dir / task / editor,
                 limit=limit, fluency=fluency, device=device,
             )  # fmt: skip
             log.info("bench: %s on %s (%d cases)", editor, task, limit)
@@ -57,7 +58,3 @@ def bench(
     table = render_markdown(summaries)
     atomic_write_text(out / "table.md", table + "\n")
     return table
-
-
-def _slug(text: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in text.rstrip("/").rsplit("/", 1)[-1])

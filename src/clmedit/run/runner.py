@@ -8,7 +8,7 @@ For each batch of `batch_size` cases (1 = the study's single edits):
 Invariants: before every apply the model is bitwise the unedited model (checked after a failure,
 and after every restore with `verify_restore`); each finished case is one durable line in
 `cases.jsonl`, so a rerun skips it; a failing case records its error and the run goes on.
-Neighbour reference answers are computed once per model before any edit and cached beside the data.
+Neighbour reference answers are filled before any edit (run.prepare.ensure_base_answers).
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tqdm.auto import tqdm
 
-from clmedit.data.schema import EditCase, atomic_write_text, read_cases
+from clmedit.data.schema import EditCase, read_cases
 from clmedit.editors.registry import editor_label
+from clmedit.files import atomic_write_text
 from clmedit.run import records
 from clmedit.run.prepare import ensure_base_answers, resolve_data
 
@@ -54,6 +55,7 @@ class RunConfig(BaseModel):
     device: str | None = Field(None, description="torch device; default: cuda if available")
     verify_restore: bool = Field(False, description="debug: checksum the weights after every restore")
     keys: bool = Field(False, description="record keys and key distances (editors with key_record)")
+    answers_from: str | None = Field(None, description="released answers to use (e.g. CodeLlama-7b-hf)")
 
     @field_validator("shard")
     @classmethod
@@ -88,17 +90,6 @@ def split_folds(cases: list[EditCase], folds: int, seed: int = 0) -> list[list[E
     order = list(range(len(cases)))
     random.Random(seed).shuffle(order)
     return [[cases[j] for j in sorted(order[k::folds])] for k in range(folds)]
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
-    try:
-        import numpy as np
-
-        np.random.seed(seed)
-    except ImportError:  # pragma: no cover - numpy is a dependency
-        pass
 
 
 def _make_editor(config: RunConfig):
@@ -149,7 +140,7 @@ def run(config: RunConfig, model=None, tok=None, editor=None) -> Path:
     todo = [c for c in mine if c.case_id not in done]
     log.info("%s on %s: %d of %d cases to do", editor.name, data.name, len(todo), len(mine))
     if todo:
-        ensure_base_answers(model, tok, todo, data, mname)
+        ensure_base_answers(model, tok, todo, config.answers_from)
     editor.prepare(model, tok)  # one-off work (MEMIT/PMET statistics) stays out of the timed apply
     clean = records.fingerprint(model)
     path = records.cases_file(out, config.shard_tuple)
@@ -190,14 +181,16 @@ def fit_fold(editor, model, tok, train: list[EditCase], fold_dir: Path) -> None:
 
 def _edit_and_score(config, editor, model, tok, batch, mname, clean, evaluate_case) -> list[dict[str, Any]]:
     """Apply one batch, score each case, always restore. Returns one record per case."""
-    seed_everything(config.seed)
+    from transformers import set_seed  # python, numpy and torch (every device) at once
+
+    set_seed(config.seed)
     result, failure = None, None
     recs: list[dict[str, Any]] = []
     try:
         analysis = {c.case_id: editor.key_record(model, tok, c) for c in batch} if config.keys else {}
         result = editor.apply(model, tok, batch)
         for case in batch:
-            seed_everything(config.seed)
+            set_seed(config.seed)
             t0 = time.perf_counter()
             scores = evaluate_case(
                 model, tok, case, model_name=mname, fluency=config.fluency, seed=config.seed

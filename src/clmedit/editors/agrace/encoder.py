@@ -16,8 +16,7 @@ Early stopping watches the loss on a validation split of the *training* cases.
 The loss is not scale-free, so the initial output scale is calibrated: W2 is scaled so that the
 median training (prompt, rephrase) distance starts at `fraction * margin`. Without it a fresh
 MLP puts every pair several margins apart, and 100 epochs at lr 1e-4 on a few hundred cases
-never bring rephrases inside the radius (measured on smollm2-135m: median 1.7 vs 1.0). The
-fraction trades generalization for specificity, so it is *selected*: one encoder is trained per
+never bring rephrases inside the radius. The fraction trades generalization for specificity, so it is *selected*: one encoder is trained per
 candidate fraction, and the one with the best key-level balanced accuracy on the validation
 split wins, i.e. (share of rephrases inside GRACE's radius) + (share of neighbours outside it).
 The test half is never looked at.

@@ -19,9 +19,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
+from clmedit.files import atomic_write, cache_root
 from clmedit.models.arch import arch_of
 from clmedit.models.hooks import Trace
-from clmedit.models.text import model_name, prompt_ids
+from clmedit.models.text import gather_rows, last_position, model_name, pad_batch, prompt_ids
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +38,7 @@ def pool_tokens(inputs: torch.Tensor, mask: torch.Tensor, how: Pool) -> torch.Te
     if how == "mean":
         return (inputs * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp_min(1.0)
     if how == "last":
-        # index of the last true position = T - 1 - (first true position from the right)
-        last = mask.size(1) - 1 - mask.flip(1).argmax(1)
-        return inputs[torch.arange(inputs.size(0), device=inputs.device), last]
+        return gather_rows(inputs, last_position(mask))
     raise ValueError(f"unknown pooling {how!r}; use 'mean' or 'last'")
 
 
@@ -53,19 +52,13 @@ def prompt_features(
     """
     path = arch_of(model).path("down_proj", layer)
     device = next(model.parameters()).device
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     ids = [prompt_ids(tok, p) for p in prompts]
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     out: list[torch.Tensor | None] = [None] * len(ids)
     chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     for chunk in tqdm(chunks, desc=f"features L{layer}", disable=len(chunks) < 4, leave=False):
-        width = max(len(ids[i]) for i in chunk)
-        input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, i in enumerate(chunk):
-            input_ids[row, : len(ids[i])] = torch.tensor(ids[i])
-            mask[row, : len(ids[i])] = 1
-        input_ids, mask = input_ids.to(device), mask.to(device)
+        batch = pad_batch(tok, [ids[i] for i in chunk], device)
+        input_ids, mask = batch["input_ids"], batch["attention_mask"]
         with Trace(model, path, retain_input=True, retain_output=False, detach=True, stop=True) as tr:
             model(input_ids=input_ids, attention_mask=mask, use_cache=False)
         pooled = pool_tokens(tr.input.float(), mask.bool(), how).cpu()
@@ -99,16 +92,12 @@ def cached_prompt_features(
     if cache == "":
         return prompt_features(model, tok, prompts, layer, how, batch_size)
     if cache is None:
-        from clmedit.models.load import cache_dir
-
-        cache = cache_dir() / "features"
+        cache = cache_root() / "features"
     path = Path(cache) / f"{features_fingerprint(model, layer, how, prompts)}.safetensors"
     if path.is_file():
         log.info("features: cache hit %s", path.name)
         return load_file(str(path))["features"]
     feats = prompt_features(model, tok, prompts, layer, how, batch_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({"features": feats.contiguous()}, str(tmp), metadata={"layer": str(layer), "pool": how})
-    tmp.replace(path)
+    meta = {"layer": str(layer), "pool": how}
+    atomic_write(path, lambda tmp: save_file({"features": feats.contiguous()}, tmp, metadata=meta))
     return feats

@@ -20,20 +20,9 @@ from typing import Literal
 
 import torch
 
-Distance = Literal["euc", "cos"]
+from clmedit.locate.keys import Distance, key_distance
+
 Expand = Literal["coverage", "moving_average"]
-
-
-def distance(queries: torch.Tensor, keys: torch.Tensor, how: Distance = "euc") -> torch.Tensor:
-    """Pairwise distances (Q, N) between queries (Q, d) and keys (N, d): L2, or 1 - cosine."""
-    queries, keys = queries.float(), keys.float()
-    if how == "euc":
-        return torch.cdist(queries, keys)
-    if how == "cos":
-        qn = torch.nn.functional.normalize(queries, dim=-1)
-        kn = torch.nn.functional.normalize(keys, dim=-1)
-        return 1.0 - qn @ kn.T
-    raise ValueError(f"unknown distance {how!r}; use 'euc' or 'cos'")
 
 
 @dataclass
@@ -73,7 +62,7 @@ class Codebook:
         """Insert key (d_key,) for `label`; `value` initialises a new entry (expansion keeps the old)."""
         if self.keys is None:
             return Insertion(self._append(key, self.eps_init, label, value), "added", None)
-        d = distance(key.reshape(1, -1), self.keys, self.dist_fn)[0]
+        d = key_distance(key.reshape(1, -1), self.keys, self.dist_fn)[0]
         i = int(d.argmin())
         dist = float(d[i])
         if dist > float(self.radii[i]) + self.eps_init:
@@ -96,7 +85,7 @@ class Codebook:
                 torch.full((b,), -1, dtype=torch.long, device=queries.device),
                 torch.full((b,), float("inf"), device=queries.device),
             )
-        d = distance(queries, self.keys.to(queries.device), self.dist_fn)  # (B, N)
+        d = key_distance(queries, self.keys.to(queries.device), self.dist_fn)  # (B, N)
         inside = d <= self.radii.to(queries.device)
         masked = torch.where(inside, d, torch.full_like(d, float("inf")))
         best = masked.argmin(dim=1)

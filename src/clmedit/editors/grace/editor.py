@@ -6,19 +6,16 @@ and looks it up in the codebook; a row whose key lies within an entry's radius i
 and its output is replaced by that entry's value; every other row is untouched (output
 bitwise equal to the unedited layer's), which is what makes GRACE specific.
 
-What a value is, and where it applies (our choice, measured on smollm2-135m, 8 CoNaLa cases,
-30 steps, lr 1.0). The study's protocol greedily decodes len(target) tokens with a KV cache
-after one prefill. Replacing only the key token's output steers the first token alone (0/8
-EM); one shared vector replayed at the key token and at every generated token reached 6/8.
-So with `replacement="steps"` (default) a value is a sequence V = (v_0, .., v_{S-1}),
-S = len(target tokens): v_0 replaces the output at the key token (predicting target token 0)
-and v_k the output at the k-th generated token of a matched row (predicting token k); after
-S steps the row runs free. The values are trained exactly so, under teacher forcing on
-prompt + " " + target: min_V  -sum_k log p(y_k | prompt, y_<k ; out[P-1+k] := v_k), 30 Adam
-steps, lr 1.0, from the unedited outputs ("warm"). That gave 8/8, and on 20 CoNaLa cases
-under the study's protocol: effectiveness EM 100, specificity EM 100, generalization EM 0. `replacement="last"` is the literal single vector at the key token only (S = 1).
-EasyEdit's "replace_last" under a KV cache also rewrites the generated tokens' outputs
-(each decode call's last token), so the study's YAML maps to "steps".
+What a value is: under the study's protocol (greedy decoding with a KV cache after one prefill)
+a single vector at the key token steers only the first generated token. So with
+`replacement="steps"` (default) a value is a sequence V = (v_0, .., v_{S-1}), S = len(target
+tokens): v_0 replaces the output at the key token and v_k the output at the k-th generated token
+of a matched row; after S steps the row runs free. V is trained as it is used, under teacher
+forcing on prompt + " " + target:
+    min_V  -sum_k log p(y_k | prompt, y_<k ; out[P-1+k] := v_k)       (Adam, n_iter steps)
+`replacement="last"` is the literal single vector at the key token (S = 1). EasyEdit's
+"replace_last" under a KV cache also rewrites each decoded token's output, so the study's YAML
+maps to "steps". (Measurements behind this choice: the README's measured section.)
 
 Per-row state is reset at every new prefill: a call with a KV cache of length 0 (or no cache
 and not a recomputation of the last prefill) is a new prompt. Batches may be left-padded:
@@ -42,12 +39,13 @@ from torch import nn
 from clmedit.config import EditorHParams, study_keys
 from clmedit.data.schema import EditCase
 from clmedit.editors.base import Editor, EditResult, replace_module
-from clmedit.editors.grace.codebook import Codebook, Distance, Expand, distance
-from clmedit.editors.grace.layer import GraceLayer, last_position
+from clmedit.editors.grace.codebook import Codebook, Distance, Expand
+from clmedit.editors.grace.layer import GraceLayer
+from clmedit.locate.keys import key_distance
 from clmedit.models.arch import arch_of
 from clmedit.models.hooks import Trace
 from clmedit.models.partial import forward_from, trainable_only
-from clmedit.models.text import edit_batch, target_nll
+from clmedit.models.text import edit_batch, gather_rows, last_position, pad_batch, prompt_ids, target_nll
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +102,7 @@ class Grace(Editor):
         `prompt_mask` (B, T) is true on prompt tokens (left- or right-padded). Override to use
         another key; it is called both when inserting and at every prefill.
         """
-        return inputs[torch.arange(inputs.size(0), device=inputs.device), last_position(prompt_mask)]
+        return gather_rows(inputs, last_position(prompt_mask))
 
     def edit_layer(self, model: nn.Module) -> int:
         return self.hparams.layer_for(self.hparams.layer, arch_of(model).num_layers(model))
@@ -114,7 +112,7 @@ class Grace(Editor):
         """Keys (N, d_key) of formatted prompts, as the wrapper would compute them at prefill."""
         path = arch_of(model).path("down_proj", self.edit_layer(model))
         device = next(model.parameters()).device
-        enc = tok(prompts, return_tensors="pt", padding=True, padding_side="right").to(device)
+        enc = pad_batch(tok, [prompt_ids(tok, p) for p in prompts], device)
         with Trace(model, path, retain_input=True, retain_output=False, detach=True, stop=True) as tr:
             model(**enc, use_cache=False)
         return self.keys(tr.input, enc["attention_mask"].bool())
@@ -124,7 +122,7 @@ class Grace(Editor):
         to the prompt's key, in the codebook's metric; the data of the distance and PCA figures."""
         k = self.prompt_keys(model, tok, [case.prompt, case.rephrase, *(n.prompt for n in case.neighbours)])
         k = k.float().cpu()
-        d = distance(k[1:], k[:1], self.hparams.dist_fn)[:, 0].tolist()
+        d = key_distance(k[1:], k[:1], self.hparams.dist_fn)[:, 0].tolist()
 
         def short(v: torch.Tensor) -> list[float]:
             return [float(f"{x:.4g}") for x in v.tolist()]

@@ -19,13 +19,9 @@ import torch
 from torch import nn
 
 from clmedit.editors.grace.codebook import Codebook
+from clmedit.models.text import gather_rows, last_position
 
 KeyFn = Any  # Callable[[Tensor (B, T, d_in), Tensor (B, T) bool], Tensor (B, d_key)]
-
-
-def last_position(mask: torch.Tensor) -> torch.Tensor:
-    """Index (B,) of the last true position of each row of a (B, T) mask."""
-    return mask.size(1) - 1 - mask.long().flip(1).argmax(1)
 
 
 class GraceLayer(nn.Module):
@@ -79,7 +75,7 @@ class GraceLayer(nn.Module):
         rows, _ = self.codebook.lookup(self.key_fn(x, prompt_mask))
         pos = last_position(prompt_mask)
         self._rows, self._pos, self._steps, self._length = rows, pos, 0, t
-        self._anchor = x[torch.arange(b, device=x.device), pos].clone()
+        self._anchor = gather_rows(x, pos).clone()
         return self._write(out, [(r, int(pos[r]), 0) for r in range(b)])
 
     def _continue_cached(self, out: torch.Tensor) -> torch.Tensor:
@@ -100,7 +96,7 @@ class GraceLayer(nn.Module):
     def _same_prefix(self, x: torch.Tensor) -> bool:
         if x.shape[1] <= int(self._pos.max()):
             return False
-        now = x[torch.arange(x.shape[0], device=x.device), self._pos]
+        now = gather_rows(x, self._pos)
         return torch.allclose(now, self._anchor, rtol=1e-4, atol=1e-5)
 
     def _write(self, out: torch.Tensor, todo: list[tuple[int, int, int]]) -> torch.Tensor:

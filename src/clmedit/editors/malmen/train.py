@@ -15,9 +15,8 @@ model are constants too, extracted once. Model selection: the net with the lowes
 validation split of the *training* cases (checked every `val_every` steps) is kept.
 
 Two things make a short training run useful. The step size eta_l decides whether an edit
-lands at all: a factor of ten either way moves smollm2-135m from "no change" to "every
-neighbour broken" (measured: edit NLL 3.2 -> 0.2 while the neighbours' KL goes 0.003 -> 0.48).
-So its start is picked on training batches from a log grid around `init_lr`, and the log step
+lands at all (a factor of ten either way goes from "no change" to "every neighbour broken"),
+so its start is picked on training batches from a log grid around `init_lr`, and the log step
 sizes and log ridge weights learn at their own, higher rate (`scale_lr`; cf. MEND's lr-lr).
 """
 
@@ -38,8 +37,17 @@ from clmedit.editors.malmen.hypernet import MalmenNet
 from clmedit.editors.malmen.pairs import Pairs, key_grad_pairs
 from clmedit.models.arch import arch_of
 from clmedit.models.hooks import Trace
-from clmedit.models.partial import forward_from, hidden_before
-from clmedit.models.text import IGNORE, model_name, prompt_ids, target_ids, target_nll
+from clmedit.models.partial import forward_from, hidden_before, trainable_only
+from clmedit.models.text import (
+    IGNORE,
+    edit_rows,
+    model_name,
+    pad_batch,
+    prompt_ids,
+    right_pad,
+    target_ids,
+    target_nll,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +70,10 @@ def _sequences(
     """
     name = model_name(model)
     device = next(model.parameters()).device
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     rows: list[tuple[int, str, list[int], list[int]]] = []  # (case index, kind, ids, labels)
     for c, case in enumerate(cases):
-        t = target_ids(tok, case.target)
-        for text in (case.prompt, case.rephrase):
-            p = prompt_ids(tok, text)
-            rows.append((c, "edit", p + t, [IGNORE] * len(p) + t))
+        ids, labels, _ = edit_rows(tok, [case.prompt, case.rephrase], [case.target] * 2)
+        rows += [(c, "edit", r, lab) for r, lab in zip(ids, labels)]
         for n in case.neighbours[:loc_neighbours]:
             p = prompt_ids(tok, n.prompt)
             answer = target_ids(tok, n.answers[name]) if name in n.answers else []
@@ -78,13 +83,8 @@ def _sequences(
     order = sorted(range(len(rows)), key=lambda i: len(rows[i][2]))
     for start in tqdm(range(0, len(order), batch_size), desc="malmen: cache hidden states", leave=False):
         chunk = [rows[i] for i in order[start : start + batch_size]]
-        width = max(len(r[2]) for r in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long, device=device)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long, device=device)
-        for j, (_, _, r_ids, _) in enumerate(chunk):
-            ids[j, : len(r_ids)] = torch.tensor(r_ids, device=device)
-            mask[j, : len(r_ids)] = 1
-        hidden = hidden_before(model, first_layer, ids, mask)
+        batch = pad_batch(tok, [r[2] for r in chunk], device)
+        hidden = hidden_before(model, first_layer, batch["input_ids"], batch["attention_mask"])
         for j, (c, kind, r_ids, labels) in enumerate(chunk):
             out[c][kind].append(_Seq(hidden[j, : len(r_ids)].clone(), torch.tensor(labels, device=device)))
     return out
@@ -92,14 +92,8 @@ def _sequences(
 
 def _collate(seqs: list[_Seq]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-pad to (B, T, d) hidden, (B, T) mask, (B, T) labels."""
-    width = max(len(s.labels) for s in seqs)
-    d, device = seqs[0].hidden.size(-1), seqs[0].hidden.device
-    hidden = torch.zeros(len(seqs), width, d, device=device, dtype=seqs[0].hidden.dtype)
-    mask = torch.zeros(len(seqs), width, dtype=torch.long, device=device)
-    labels = torch.full((len(seqs), width), IGNORE, dtype=torch.long, device=device)
-    for i, s in enumerate(seqs):
-        n = len(s.labels)
-        hidden[i, :n], mask[i, :n], labels[i, :n] = s.hidden, 1, s.labels
+    hidden, mask = right_pad([s.hidden for s in seqs], 0.0)
+    labels, _ = right_pad([s.labels for s in seqs], IGNORE)
     return hidden, mask, labels
 
 
@@ -182,10 +176,7 @@ def meta_train(
     rng.shuffle(order)
     n_val = max(1, round(hp.val_fraction * len(cases))) if len(cases) > 1 else 0
     val, train = order[:n_val], order[n_val:] or order
-    frozen = [p for p in model.parameters() if p.requires_grad]
-    for p in frozen:
-        p.requires_grad_(False)
-    try:
+    with trainable_only(model):  # the model gets no gradient; only the net learns
         pairs = key_grad_pairs(model, tok, cases, layers, hp.pair_batch_size, hp.tokens)
         train_pairs = pairs.select(train)
         for i, layer in enumerate(layers):
@@ -232,7 +223,4 @@ def meta_train(
         if val:
             net.load_state_dict(best_state)
         history["val_best"] = best
-    finally:
-        for p in frozen:
-            p.requires_grad_(True)
     return net.eval(), history

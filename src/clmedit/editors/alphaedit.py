@@ -1,0 +1,100 @@
+"""AlphaEdit: MEMIT whose update is projected onto the null space of preserved knowledge (Fang et al., 2025).
+
+Everything is MEMIT (target residual at the last edited layer, spread over the layers' down
+projections) except the per-layer solve (locate.solve.projected_update):
+
+    dW_i = R_i^T K_i (P_i (K_i^T K_i + K_p^T K_p) + l2 I)^-1 P_i
+
+P_i projects onto the null space of C_i = E[k k^T] over a code corpus (locate.stats): the
+update leaves the outputs of the keys the model sees in ordinary code alone, which is what
+keeps many sequential edits from eroding the model. K_p^T K_p sums the keys of the earlier
+edits that are still in the model (the lifelong setting), so a new edit does not undo them;
+restoring an edit takes its keys out again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from pydantic import Field
+
+from clmedit.editors.base import EditResult
+from clmedit.editors.memit import Memit, MemitHParams
+from clmedit.locate.solve import null_space_projector, projected_update
+from clmedit.models.text import model_name
+
+
+class AlphaEditHParams(MemitHParams):
+    STUDY_KEYS = MemitHParams.STUDY_KEYS | {"L2", "P_loc"}
+
+    mom2_adjustment: bool = Field(True, description="must stay on: the projector is built from C")
+    nullspace_threshold: float = Field(
+        2e-2, gt=0, description="eigenvalues of C below this span the null space"
+    )
+    l2: float = Field(10.0, gt=0, description="ridge weight of the projected solve [L2]")
+
+    @classmethod
+    def from_study(cls, raw: dict[str, Any]):
+        """EasyEdit's AlphaEdit YAML spells the ridge weight `L2`."""
+        raw = {("l2" if k == "L2" else k): v for k, v in raw.items()}
+        return super().from_study(raw)
+
+
+class AlphaEdit(Memit):
+    name = "alphaedit"
+    HParams = AlphaEditHParams
+
+    def __init__(self, hparams: AlphaEditHParams | None = None):
+        super().__init__(hparams)
+        if not self.hparams.mom2_adjustment:
+            raise ValueError("alphaedit needs mom2_adjustment=true: its projector comes from the statistics")
+        self._projectors: dict[tuple[str, int], torch.Tensor] = {}
+        self._null_dims: dict[int, int] = {}  # layer -> dimension of the null space (for info)
+        self._prior: dict[tuple[str, int], torch.Tensor] = {}  # sum of kept edits' k k^T per layer
+        self._pending: dict[tuple[str, int], torch.Tensor] = {}  # this apply's keys, committed on success
+
+    def projector(self, model, layer: int) -> torch.Tensor:
+        """P for `layer` (float64), computed once per model and layer from the statistics `prepare` loaded."""
+        key = (model_name(model), layer)
+        if key not in self._projectors:
+            proj = null_space_projector(self._covs[key], self.hparams.nullspace_threshold)
+            self._projectors[key] = proj
+            self._null_dims[layer] = int(round(float(proj.trace())))  # trace of a projector = its rank
+        return self._projectors[key]
+
+    def layer_update(self, model) -> Any:
+        name = model_name(model)
+
+        def update(layer: int, keys: torch.Tensor, resid: torch.Tensor) -> torch.Tensor:
+            key = (name, layer)
+            self._pending[key] = keys.double().T @ keys.double()
+            proj = self.projector(model, layer).to(keys.device)
+            prior = self._prior.get(key)
+            return projected_update(keys, resid, proj, None if prior is None else prior.to(keys.device),
+                                    self.hparams.l2)  # fmt: skip
+
+        return update
+
+    def _apply(self, model, tok, cases, result: EditResult) -> None:
+        """MEMIT's edit with the projected solve; afterwards this edit's keys join the prior.
+
+        Invariant: only the edited down_proj weights (and this editor's prior) change; restore()
+        writes the weights back bitwise and removes the keys from the prior.
+        """
+        self._pending = {}
+        super()._apply(model, tok, cases, result)
+        added, self._pending = self._pending, {}
+        before = {key: self._prior.get(key) for key in added}
+        result.undo.append(lambda: self._restore_prior(before))  # registered before the prior changes
+        for key, gram in added.items():
+            self._prior[key] = gram if before[key] is None else before[key] + gram
+        result.info["nullspace_dims"] = {layer: self._null_dims[layer] for (_, layer) in added}
+
+    def _restore_prior(self, before: dict[tuple[str, int], torch.Tensor | None]) -> None:
+        """Put the prior back exactly as it was before the edit (undos run last-in, first-out)."""
+        for key, value in before.items():
+            if value is None:
+                self._prior.pop(key, None)
+            else:
+                self._prior[key] = value
