@@ -77,6 +77,7 @@ def test_run_writes_records_summary_and_table(llama_tiny, data, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["counts"] == {"cases": 3, "ok": 3, "failed": 0, "apply_calls": 3}
     assert summary["editor"] == "bump" and summary["config"]["editor"] == "bump"
+    assert summary["label"] == "bump"  # unregistered: its name
     assert "| Eff. EM |" in (out / "table.md").read_text()
     assert not list(out.glob(".*.tmp"))  # atomic writes leave no temporary files behind
     assert records.fingerprint(model) == before  # every edit was undone
