@@ -69,11 +69,14 @@ def test_unknown_editor_names_the_known_ones():
         get_editor("nope")
 
 
-def test_registry_listing_and_report_import_no_torch_and_no_editor():
+def test_registry_listing_cli_editors_and_report_import_no_torch_and_no_editor():
     code = (
         "import sys\n"
         "from clmedit.editors.registry import editor_names, editor_label\n"
         "import clmedit.report.tables, clmedit.report.figures\n"
+        "from typer.testing import CliRunner\n"
+        "from clmedit.cli import app\n"
+        "assert 'grace' in CliRunner().invoke(app, ['editors']).output.split()\n"
         "assert 'grace' in editor_names() and editor_label('agrace') == 'A-GRACE'\n"
         "heavy = [m for m in sys.modules if m == 'torch' or m.startswith('clmedit.editors.') "
         "and m != 'clmedit.editors.registry']\n"
