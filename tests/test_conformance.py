@@ -23,7 +23,7 @@ TARGETS = ("sorted(xs, reverse=True)", "json.load(f)")
 # Locate-then-edit editors write one rank-one change at the prompt's last token. A random
 # 4-layer model carries that change into the next token only (it has no learned circuits to
 # continue a sequence from it), so on tiny models they must produce a one-token target; their
-# multi-token effectiveness is measured on the real model (benchmarks, `clmedit run`).
+# multi-token targets are tested on a briefly taught tiny model (tests/test_multitoken.py).
 ONE_TOKEN_ON_TINY = {"rome", "memit", "pmet", "alphaedit"}
 
 
