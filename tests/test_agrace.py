@@ -6,7 +6,7 @@ import torch
 
 from clmedit.editors.agrace.editor import AGrace, AGraceHParams, AGraceLast, AGraceNoCL
 from clmedit.editors.agrace.encoder import (
-    TrainSettings,
+    EncoderTraining,
     contrastive_loss,
     load_encoder,
     pair_loss,
@@ -14,6 +14,9 @@ from clmedit.editors.agrace.encoder import (
     train_encoder,
 )
 from clmedit.editors.agrace.features import cached_prompt_features, pool_tokens, prompt_features
+from clmedit.models.arch import arch_of
+from clmedit.models.hooks import Trace
+from clmedit.models.text import prompt_ids
 from tests.conftest import make_case
 
 
@@ -29,8 +32,8 @@ def _toy(n: int = 160, d: int = 32, seed: int = 0):
 
 def test_encoder_training_lowers_loss_and_separates_pairs():
     anchor, positive, negative = _toy()
-    settings = TrainSettings(margin=1.3, epochs=25, patience=10, lr=2e-3)
-    encoder, history = train_encoder(anchor, positive, negative, settings)
+    settings = EncoderTraining(enc_epochs=25, enc_patience=10, enc_lr=2e-3)
+    encoder, history = train_encoder(anchor, positive, negative, settings, margin=1.3)
     assert history["val"][history["best_epoch"]] < 0.5 * history["val"][0]
     with torch.no_grad():
         d_pos = (encoder(anchor) - encoder(positive)).norm(dim=-1)
@@ -48,7 +51,7 @@ def test_contrastive_loss_terms():
 
 def test_saved_encoder_gives_identical_keys(tmp_path):
     anchor, positive, negative = _toy(64, 32)
-    encoder, _ = train_encoder(anchor, positive, negative, TrainSettings(epochs=2))
+    encoder, _ = train_encoder(anchor, positive, negative, EncoderTraining(enc_epochs=2))
     loaded = load_encoder(save_encoder(encoder, tmp_path / "enc"))
     assert loaded.config == encoder.config
     assert torch.equal(encoder(anchor), loaded(anchor))
@@ -95,10 +98,9 @@ def test_agrace_fit_apply_restore_and_reload(llama_tiny, tmp_path):
     assert len(history["val"]) >= 2
     prompts = [make_case(20).prompt, make_case(20).rephrase]
     keys = editor.prompt_keys(model, tok, prompts)
-    assert keys.shape == (2, 256)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     result = editor.apply(model, tok, [make_case(20)])
-    assert result.info["keys"].shape == (1, 256)
+    assert torch.allclose(result.info["keys"][0], keys[0], atol=1e-5)  # the key inserted is the prompt's
     result.restore()
     after = model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(v, after[k]) for k, v in before.items())
@@ -108,16 +110,25 @@ def test_agrace_fit_apply_restore_and_reload(llama_tiny, tmp_path):
 
 
 def test_ablation_keys(llama_tiny, tmp_path):
+    """no-CL: the mean down_proj input over the prompt tokens; last: the encoder over the last one."""
     model, tok = llama_tiny
     prompts = [make_case(1).prompt, make_case(2).prompt]
     no_cl = AGraceNoCL()
     assert not no_cl.trainable
+    path = arch_of(model).path("down_proj", no_cl.edit_layer(model))
+    inputs = []
+    for p in prompts:  # one prompt at a time: no padding to think about
+        with Trace(model, path, retain_input=True, retain_output=False, detach=True, stop=True) as tr:
+            model(torch.tensor([prompt_ids(tok, p)]))
+        inputs.append(tr.input[0].float())  # (T, d_mlp)
     mean_keys = no_cl.prompt_keys(model, tok, prompts)
-    assert mean_keys.shape == (2, 128)  # d_mlp of the tiny model: the raw mean activation
+    assert torch.allclose(mean_keys, torch.stack([x.mean(0) for x in inputs]), atol=1e-6)
     last = AGraceLast(AGraceHParams(n_iter=2))
     _fit_small(last, model, tok, tmp_path)
     assert last.encoder.config.pool == "last"
-    assert last.prompt_keys(model, tok, prompts).shape == (2, 256)
+    with torch.no_grad():
+        want = last.encoder(torch.stack([x[-1] for x in inputs]))
+    assert torch.allclose(last.prompt_keys(model, tok, prompts), want, atol=1e-5)
 
 
 def test_train_cli_rejects_untrainable_editor_and_bad_fold(tmp_path):
@@ -164,16 +175,16 @@ def test_initial_scale_is_selected_by_validation_balanced_accuracy():
     from clmedit.editors.agrace.encoder import key_balanced_accuracy
 
     anchor, positive, negative = _toy(120, 32)
-    settings = TrainSettings(margin=1.3, epochs=5, lr=1e-3, init_pos_fractions=(0.01, 0.75))
-    encoder, history = train_encoder(anchor, positive, negative, settings)
+    settings = EncoderTraining(enc_epochs=5, enc_lr=1e-3, enc_init_pos_fractions=[0.01, 0.75])
+    encoder, history = train_encoder(anchor, positive, negative, settings, margin=1.3)
     scores = [c["val_inside"] + c["val_outside"] for c in history["candidates"]]
     assert len(scores) == 2 and scores[0] != scores[1]
     winner = history["candidates"][scores.index(max(scores))]
     assert history["init_pos_fraction"] == winner["init_pos_fraction"]
     # the returned encoder is the winner: recompute its score on the same validation split
-    val = torch.randperm(120, generator=torch.Generator().manual_seed(settings.seed))[:12]
+    val = torch.randperm(120, generator=torch.Generator().manual_seed(0))[:12]  # the default seed
     inside, outside = key_balanced_accuracy(
-        encoder, anchor[val], positive[val], negative[val], torch.arange(12), settings.radius
+        encoder, anchor[val], positive[val], negative[val], torch.arange(12), 1.0
     )
     assert (inside, outside) == (winner["val_inside"], winner["val_outside"])
 

@@ -38,10 +38,10 @@ class WrapEdit(Editor):
 
     name = "wrap"
 
-    def _apply(self, model, tok, cases) -> EditResult:
+    def _apply(self, model, tok, cases, result: EditResult) -> None:
         path = arch_of(model).path("down_proj", 1)
         wrapper = Scaled(model.get_submodule(path), 1.0 + 0.1 * len(cases))
-        return EditResult(undo=[replace_module(model, path, wrapper)])
+        result.undo.append(replace_module(model, path, wrapper))
 
 
 @pytest.fixture

@@ -11,13 +11,11 @@ every editor x 6 families), else the defaults. Trainable editors are `fit` on fo
 
 from __future__ import annotations
 
-import importlib
-
 import pytest
 import torch
 
-from clmedit.config import preset_path
-from clmedit.editors.base import ALIASES, EDITORS, editor_class, editor_names, get_editor
+from clmedit.config import EditorHParams, preset_path
+from clmedit.editors.base import ALIASES, EDITORS, LABELS, Editor, editor_class, editor_names, get_editor
 from clmedit.models.text import prompt_ids, target_ids
 from tests.conftest import make_case
 
@@ -25,7 +23,7 @@ TARGETS = ("sorted(xs, reverse=True)", "json.load(f)")
 # Locate-then-edit editors write one rank-one change at the prompt's last token. A random
 # 4-layer model carries that change into the next token only (it has no learned circuits to
 # continue a sequence from it), so on tiny models they must produce a one-token target; their
-# multi-token effectiveness is measured on the real model (benchmarks, `clmedit run`).
+# multi-token targets are tested on a briefly taught tiny model (tests/test_multitoken.py).
 ONE_TOKEN_ON_TINY = {"rome", "memit", "pmet", "alphaedit"}
 
 
@@ -66,11 +64,15 @@ def _assert_restored(model, params: dict[str, torch.Tensor], tree: list[tuple[st
     assert not changed, f"parameters not restored bitwise: {changed[:5]}"
 
 
-def test_every_planned_editor_is_registered_once():
-    assert "none" in editor_names() and "grace" in editor_names() and "ft" in editor_names()
-    assert all(target in EDITORS for target in ALIASES.values())
-    for name in editor_names():  # listing must not import any editor
-        assert importlib.util.find_spec(EDITORS[name].partition(":")[0].rpartition(".")[0]) is not None
+def test_every_registered_name_is_the_editor_it_names():
+    """Each entry resolves to an Editor class of that name with a label; aliases reach registered names."""
+    assert {"none", "ft", "rome", "memit", "pmet", "malmen", "grace", "agrace"} <= set(editor_names())
+    for name in editor_names():
+        cls = editor_class(name)
+        assert issubclass(cls, Editor) and cls.name == name, (name, cls)
+        assert LABELS[name] and issubclass(cls.HParams, EditorHParams)
+    for alias, name in ALIASES.items():
+        assert editor_class(alias) is editor_class(name)
 
 
 @pytest.mark.parametrize("name", editor_names())

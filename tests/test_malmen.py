@@ -86,3 +86,19 @@ def test_step_size_calibration_picks_the_grid_minimum_on_training_cases(llama_ti
     best = min(grid, key=grid.get)
     # one training step at a negligible scale lr leaves every layer's eta at the calibrated value
     assert torch.allclose(editor.net.log_lr.exp(), torch.full_like(editor.net.log_lr, best), rtol=1e-4)
+
+
+def test_meta_training_lowers_the_held_out_meta_loss(llama_tiny):
+    """Meta-training must make the net's edits better: the post-edit loss on the validation split
+    of the training cases (never trained on) falls below its value before the first step."""
+    model, tok = llama_tiny
+    targets = ["sorted(xs)", "os.path.join(a, b)", "json.load(f)", "len(x)"]
+    train = [make_case(i, target=t) for i, t in enumerate(targets * 3)]
+    hp = MalmenHParams(
+        steps=30, batch_size=4, val_every=10, val_fraction=0.25, calibrate_lr=False,
+        init_lr=1e-2, meta_lr=1e-2, scale_lr=0.1,
+    )  # fmt: skip
+    history = Malmen(hp).fit(model, tok, train)
+    assert history["val_best"] < history["val_start"] - 0.1
+    first, last = history["train"][:5], history["train"][-5:]
+    assert sum(last) / 5 < sum(first) / 5 - 0.1

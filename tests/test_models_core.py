@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from clmedit.errors import UnsupportedModelError
 from clmedit.models.arch import ADAPTERS, arch_of, rescale_layer
 from clmedit.models.cost import CostMeter
 from clmedit.models.hooks import Trace, TraceDict
@@ -31,7 +32,7 @@ def test_unknown_model_type_names_what_to_add():
     class Fake(torch.nn.Module):
         config = type("C", (), {"model_type": "phi3"})()
 
-    with pytest.raises(NotImplementedError, match=r"'phi3' has no ArchAdapter.*models/arch.py"):
+    with pytest.raises(UnsupportedModelError, match=r"'phi3' has no ArchAdapter.*models/arch.py"):
         arch_of(Fake())
 
 
@@ -62,13 +63,27 @@ def test_trace_captures_and_edits(family_model):
 
 
 def test_trace_stop_cuts_the_forward_pass(llama_tiny):
+    """With stop=True nothing after the last traced module runs; without it everything does."""
     model, tok = llama_tiny
     arch = arch_of(model)
     batch = tok(["Code: x = 1\nDescription:"], return_tensors="pt")
-    with TraceDict(model, [arch.path("down_proj", 0), arch.path("mlp", 1)], stop=True) as td:
-        model(**batch)
-    assert td[arch.path("down_proj", 0)].output is not None
-    assert td[arch.path("mlp", 1)].output is not None
+    ran: list[str] = []
+    later = [arch.path("mlp", 2), arch.path("final_norm"), arch.path("lm_head")]
+    handles = [
+        model.get_submodule(p).register_forward_hook(lambda m, a, o, p=p: ran.append(p)) for p in later
+    ]
+    try:
+        for stop in (True, False):
+            ran.clear()
+            out = None
+            with TraceDict(model, [arch.path("down_proj", 0), arch.path("mlp", 1)], stop=stop) as td:
+                out = model(**batch)
+            assert td[arch.path("down_proj", 0)].output is not None
+            assert td[arch.path("mlp", 1)].output is not None
+            assert (ran, out) == ([], None) if stop else (ran == later and out is not None)
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def test_edit_batch_masks_everything_but_the_target(llama_tiny):

@@ -46,6 +46,13 @@ def test_runs_with_hparam_overrides_are_labelled_apart():
     assert "| MALMEN | 50.00 |" in table and "| MALMEN (loc_coef=10, steps=50) | 5.00 |" in table
 
 
+def test_row_label_comes_from_the_summary_then_the_registry():
+    own = {**_summary("myedit", 1.0, None), "label": "MyEdit v2"}  # an editor only its run knew
+    table = render_markdown([own, _summary("agrace-last", 2.0, None), _summary("unknown-editor", 3.0, None)])
+    assert "| MyEdit v2 | 1.00 |" in table
+    assert "| A-GRACE w/o mean | 2.00 |" in table and "| unknown-editor | 3.00 |" in table
+
+
 def test_flat_metric_keys_are_read_too():
     flat = {
         "editor": "ft",

@@ -30,7 +30,7 @@ class Bump(Editor):
             set(leak_on),
         )
 
-    def _apply(self, model, tok, cases) -> EditResult:
+    def _apply(self, model, tok, cases, result: EditResult) -> None:
         self.calls += 1
         if self.interrupt_at is not None and self.calls > self.interrupt_at:
             raise KeyboardInterrupt  # what a kill (Ctrl-C) looks like from inside the loop
@@ -40,13 +40,16 @@ class Bump(Editor):
                 weight[0] += 1.0  # a broken editor: changes the model, then fails without undo
         if cases[0].case_id in self.fail_on | self.leak_on:
             raise ValueError(f"cannot edit {cases[0].case_id}")
-        undo = backup_weights({"w": weight})
+        result.undo.append(backup_weights({"w": weight}))
         with torch.no_grad():
             weight[0] += 0.5
-        return EditResult(undo=[undo], info={"delta": torch.tensor(0.5), "big": torch.zeros(1000)})
+        result.info = {"delta": torch.tensor(0.5), "big": torch.zeros(1000)}
 
-    def prompt_keys(self, model, tok, prompts):  # a toy key: (prompt length, 1)
-        return torch.tensor([[float(len(p)), 1.0] for p in prompts])
+    def key_record(self, model, tok, case):  # a toy key: (prompt length, 1)
+        texts = [case.prompt, case.rephrase, *(n.prompt for n in case.neighbours)]
+        k = torch.tensor([[float(len(p)), 1.0] for p in texts])
+        d = (k[1:] - k[:1]).norm(dim=-1).tolist()
+        return {"distances": {"rephrase": d[0], "neighbours": d[1:]}, "keys": {"neighbours": k[2:].tolist()}}
 
 
 @pytest.fixture
@@ -74,6 +77,7 @@ def test_run_writes_records_summary_and_table(llama_tiny, data, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["counts"] == {"cases": 3, "ok": 3, "failed": 0, "apply_calls": 3}
     assert summary["editor"] == "bump" and summary["config"]["editor"] == "bump"
+    assert summary["label"] == "bump"  # unregistered: its name
     assert "| Eff. EM |" in (out / "table.md").read_text()
     assert not list(out.glob(".*.tmp"))  # atomic writes leave no temporary files behind
     assert records.fingerprint(model) == before  # every edit was undone

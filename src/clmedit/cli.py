@@ -469,7 +469,7 @@ def train_cmd(
 @app.command("editors")
 def list_editors() -> None:
     """List the registered editors."""
-    from clmedit.editors.base import editor_names
+    from clmedit.editors.registry import editor_names
 
     for name in editor_names():
         typer.echo(name)

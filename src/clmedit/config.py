@@ -8,11 +8,12 @@ works on any model. A preset fixes them for one model (its reference_layers = it
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from clmedit.errors import InputError
 from clmedit.models.arch import rescale_layer
 
 PRESETS_DIR = Path(__file__).parent / "presets"
@@ -34,10 +35,26 @@ MODEL_PRESETS: dict[str, str] = {
 H = TypeVar("H", bound="EditorHParams")
 
 
+def study_keys(*words: str) -> frozenset[str]:
+    """A set of the study's YAML key names from space-separated words."""
+    return frozenset(" ".join(words).split())
+
+
+# keys every study (EasyEdit) hparams YAML may hold that we do not need: names, devices and module
+# templates (models/arch.py knows where modules live)
+STUDY_COMMON = study_keys(
+    "alg alg_name model_name model_class tokenizer_class tokenizer_name device fp16 "
+    "model_parallel batch_size max_length rewrite_module_tmp rewrite_module_tmps layer_module_tmp "
+    "mlp_module_tmp attn_module_tmp ln_f_module lm_head_module results_dir stats_dir"
+)
+
+
 class EditorHParams(BaseModel):
     """Base of every editor's hparams: frozen, validated, unknown keys rejected."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+    # keys of the study's YAML for this editor (beyond STUDY_COMMON) that from_study reads or ignores
+    STUDY_KEYS: ClassVar[frozenset[str]] = frozenset()
 
     reference_layers: int = Field(32, gt=0, description="depth the layer indices were chosen for")
     seed: int = Field(0, description="seed for any randomness inside the editor")
@@ -52,24 +69,51 @@ class EditorHParams(BaseModel):
         return sorted(dict.fromkeys(self.layer_for(layer, num_layers) for layer in layers))
 
     @classmethod
+    def build(cls: type[H], values: dict[str, Any], source: str = "hparams") -> H:
+        """Construct from `values`; an unknown key or invalid value raises InputError naming it."""
+        unknown = sorted(set(values) - set(cls.model_fields))
+        if unknown:
+            raise InputError(
+                f"{source}: unknown hparams key(s) {', '.join(map(repr, unknown))} for {cls.__name__}; "
+                f"valid keys: {', '.join(sorted(cls.model_fields))}"
+            )
+        try:
+            return cls(**values)
+        except ValidationError as err:
+            raise InputError(f"{source}: invalid hparams for {cls.__name__}: {err}") from None
+
+    def override(self: H, source: str = "overrides", **overrides: Any) -> H:
+        """A copy with `overrides` applied, validated like construction (never `model_copy`)."""
+        if not overrides:
+            return self
+        return self.build({**self.model_dump(), **overrides}, source)
+
+    @classmethod
     def from_study(cls: type[H], raw: dict[str, Any]) -> H:
         """Build from the study's hparams YAML keys. Editors override to translate their keys."""
-        return cls(**raw)
+        return cls.build({k: v for k, v in raw.items() if k in cls.model_fields}, "study hparams")
 
     @classmethod
     def from_yaml(cls: type[H], path: str | Path, **overrides: Any) -> H:
-        """Load our YAML or the study's (detected by keys unknown to us)."""
+        """Load our YAML or the study's (detected by keys unknown to us); an unknown key is an error."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"hparams file {path} does not exist")
-        raw = yaml.safe_load(path.read_text()) or {}
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise InputError(f"{path}: not valid YAML ({err})") from None
         if not isinstance(raw, dict):
-            raise ValueError(f"{path}: expected a mapping of hparams, got {type(raw).__name__}")
+            raise InputError(f"{path}: expected a mapping of hparams, got {type(raw).__name__}")
         ours = set(cls.model_fields)
-        if set(raw) <= ours:
-            return cls(**{**raw, **overrides})
-        base = cls.from_study(raw)
-        return base.model_copy(update=overrides) if overrides else base
+        unknown = sorted(set(raw) - ours - cls.STUDY_KEYS - STUDY_COMMON)
+        if unknown:
+            raise InputError(
+                f"{path}: unknown hparams key(s) {', '.join(map(repr, unknown))} for {cls.__name__}; "
+                f"valid keys: {', '.join(sorted(ours))} (or the study's YAML keys)"
+            )
+        base = cls.build(raw, str(path)) if set(raw) <= ours else cls.from_study(raw)
+        return base.override(f"{path} + overrides", **overrides)
 
     def to_yaml(self, path: str | Path) -> Path:
         path = Path(path)
@@ -91,7 +135,7 @@ def preset_path(editor: str, preset: str) -> Path:
 def load_hparams(cls: type[H], editor: str, preset: str | None = None, **overrides: Any) -> H:
     """Defaults < preset YAML (if one exists for this editor) < explicit overrides."""
     if preset is None:
-        return cls(**overrides)
+        return cls.build(overrides, "overrides")
     path = Path(preset)
     if path.suffix in (".yaml", ".yml"):
         return cls.from_yaml(path, **overrides)
@@ -100,6 +144,6 @@ def load_hparams(cls: type[H], editor: str, preset: str | None = None, **overrid
     if not path.is_file():
         known = sorted(p.stem for p in (PRESETS_DIR / editor).glob("*.yaml"))
         if preset_for_model(preset) is None and name not in known:
-            raise ValueError(f"no preset {preset!r} for editor {editor!r}; known: {known or 'none'}")
-        return cls(**overrides)
+            raise InputError(f"no preset {preset!r} for editor {editor!r}; known: {known or 'none'}")
+        return cls.build(overrides, "overrides")
     return cls.from_yaml(path, **overrides)

@@ -26,8 +26,12 @@ from clmedit.models.text import model_name
 
 
 class AlphaEditHParams(MemitHParams):
+    STUDY_KEYS = MemitHParams.STUDY_KEYS | {"L2", "P_loc"}
+
     mom2_adjustment: bool = Field(True, description="must stay on: the projector is built from C")
-    nullspace_threshold: float = Field(2e-2, gt=0, description="eigenvalues of C below this span the null space")
+    nullspace_threshold: float = Field(
+        2e-2, gt=0, description="eigenvalues of C below this span the null space"
+    )
     l2: float = Field(10.0, gt=0, description="ridge weight of the projected solve [L2]")
 
     @classmethod
@@ -72,22 +76,20 @@ class AlphaEdit(Memit):
 
         return update
 
-    def _apply(self, model, tok, cases) -> EditResult:
+    def _apply(self, model, tok, cases, result: EditResult) -> None:
         """MEMIT's edit with the projected solve; afterwards this edit's keys join the prior.
 
         Invariant: only the edited down_proj weights (and this editor's prior) change; restore()
         writes the weights back bitwise and removes the keys from the prior.
         """
-        self.prepare(model, tok)
         self._pending = {}
-        result = super()._apply(model, tok, cases)
+        super()._apply(model, tok, cases, result)
         added, self._pending = self._pending, {}
         before = {key: self._prior.get(key) for key in added}
+        result.undo.append(lambda: self._restore_prior(before))  # registered before the prior changes
         for key, gram in added.items():
             self._prior[key] = gram if before[key] is None else before[key] + gram
-        result.undo.append(lambda: self._restore_prior(before))
         result.info["nullspace_dims"] = {layer: self._null_dims[layer] for (_, layer) in added}
-        return result
 
     def _restore_prior(self, before: dict[tuple[str, int], torch.Tensor | None]) -> None:
         """Put the prior back exactly as it was before the edit (undos run last-in, first-out)."""

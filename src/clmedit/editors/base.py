@@ -5,12 +5,12 @@ peak memory around `_apply` and returns an EditResult whose `restore()` makes ev
 parameter bitwise equal to what it was (and removes any module the editor wrapped in).
 Editors keep copies of only the tensors they touch, never of the whole model.
 
-The registry is a lazy name -> "module:Class" map, so listing editors imports no editor.
+The registry (a lazy name -> "module:Class" map with labels) lives in the torch-free
+`editors.registry` and is re-exported here.
 """
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +22,17 @@ from torch import nn
 
 from clmedit.config import EditorHParams, load_hparams
 from clmedit.data.schema import EditCase
+from clmedit.editors.registry import (  # noqa: F401  (re-exported: the registry's one home is registry.py)
+    ALIASES,
+    EDITORS,
+    LABELS,
+    canonical_name,
+    editor_class,
+    editor_label,
+    editor_names,
+    register_editor,
+)
+from clmedit.errors import InputError, NotSavableError
 from clmedit.models.cost import CostMeter
 
 Undo = Callable[[], None]
@@ -69,7 +80,18 @@ def replace_module(model: nn.Module, path: str, new: nn.Module) -> Undo:
 
 
 class Editor(ABC):
-    """Base of every editor. Subclasses set `name`, `HParams` and implement `_apply`."""
+    """Base of every editor. Subclasses set `name`, `HParams` and implement `_apply`.
+
+    The contract (tests/test_conformance.py, tests/test_editor_contract.py):
+      - `prepare(model, tok)`: one-off work for this model (statistics, ...) outside any timing;
+        idempotent. The runner calls it once before the first case; `apply` calls it too.
+      - `apply`: edits in place and returns an EditResult whose `restore()` undoes it bitwise.
+        If `_apply` raises, every undo it registered so far runs (in reverse) and the error
+        propagates: the model is then bitwise what it was.
+      - `key_record(model, tok, case)`: keys and key distances for the report, or None.
+      - trainable editors (`trainable = True`) implement `fit`, `save`, `load`; the others raise
+        NotSavableError from `save`/`load`.
+    """
 
     name: ClassVar[str]
     HParams: ClassVar[type[EditorHParams]] = EditorHParams
@@ -78,65 +100,45 @@ class Editor(ABC):
     def __init__(self, hparams: EditorHParams | None = None):
         self.hparams = hparams if hparams is not None else self.HParams()
 
+    def prepare(self, model: nn.Module, tok: Any) -> None:
+        """Load or compute what every edit of `model` needs (no-op here). Must be idempotent."""
+        return None
+
     def apply(self, model: nn.Module, tok: Any, cases: list[EditCase]) -> EditResult:
-        """Edit `model` so each case's prompt yields its target; measure the cost of doing so."""
+        """Edit `model` so each case's prompt yields its target; measure the cost of `_apply` alone."""
         if not cases:
-            raise ValueError(f"{self.name}: apply needs at least one edit case")
+            raise InputError(f"{self.name}: apply needs at least one edit case")
+        self.prepare(model, tok)
         device = next(model.parameters()).device
-        with CostMeter(device) as meter:
-            result = self._apply(model, tok, cases)
+        result = EditResult()
+        try:
+            with CostMeter(device) as meter:
+                self._apply(model, tok, cases, result)
+        except BaseException:
+            result.restore()
+            raise
         result.seconds, result.peak_bytes = meter.seconds, meter.peak_bytes
         result.resident_peak_bytes = meter.resident_peak_bytes
         return result
 
     @abstractmethod
-    def _apply(self, model: nn.Module, tok: Any, cases: list[EditCase]) -> EditResult: ...
+    def _apply(self, model: nn.Module, tok: Any, cases: list[EditCase], result: EditResult) -> None:
+        """Edit in place. Append an undo to `result.undo` *before* each change it covers (so a
+        failure later in `_apply` is undone too) and put editor-specific facts in `result.info`."""
+
+    def key_record(self, model: nn.Module, tok: Any, case: EditCase) -> dict[str, Any] | None:
+        """Keys and key distances of a case's prompt, rephrase and neighbours (None: no keys)."""
+        return None
 
     # Trainable editors override these three.
     def fit(self, model: nn.Module, tok: Any, train_cases: list[EditCase], **kwargs: Any) -> dict[str, Any]:
         return {}
 
     def save(self, directory: str | Path) -> None:
-        raise NotImplementedError(f"{self.name} has no trained part to save")
+        raise NotSavableError(f"{self.name} has no trained part to save")
 
     def load(self, directory: str | Path) -> None:
-        raise NotImplementedError(f"{self.name} has no trained part to load")
-
-
-# name -> "module:Class"; editors are imported only when asked for.
-EDITORS: dict[str, str] = {
-    "none": "clmedit.editors.none:NoEdit",
-    "ft": "clmedit.editors.ft:FineTune",
-    "grace": "clmedit.editors.grace.editor:Grace",
-    "rome": "clmedit.editors.rome:Rome",
-    "memit": "clmedit.editors.memit:Memit",
-    "pmet": "clmedit.editors.pmet:Pmet",
-    "alphaedit": "clmedit.editors.alphaedit:AlphaEdit",
-    "malmen": "clmedit.editors.malmen.editor:Malmen",
-    "agrace": "clmedit.editors.agrace.editor:AGrace",
-    "agrace-no-cl": "clmedit.editors.agrace.editor:AGraceNoCL",
-    "agrace-last": "clmedit.editors.agrace.editor:AGraceLast",
-}
-ALIASES: dict[str, str] = {"ft-l": "ft", "ftl": "ft", "a-grace": "agrace"}
-
-
-def register_editor(name: str, target: str, aliases: tuple[str, ...] = ()) -> None:
-    """Add an editor to the registry, e.g. register_editor('myedit', 'mypkg.edit:MyEditor')."""
-    EDITORS[name] = target
-    for alias in aliases:
-        ALIASES[alias] = name
-
-
-def editor_names() -> list[str]:
-    return sorted(EDITORS)
-
-
-def editor_class(name: str) -> type[Editor]:
-    key = ALIASES.get(name.lower(), name.lower())
-    if key not in EDITORS:
-        raise KeyError(f"unknown editor {name!r}; available: {', '.join(editor_names())}")
-    module, _, cls = EDITORS[key].partition(":")
-    return getattr(importlib.import_module(module), cls)
+        raise NotSavableError(f"{self.name} has no trained part to load")
 
 
 def get_editor(name: str, preset: str | None = None, **overrides: Any) -> Editor:

@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 
 class FineTuneHParams(EditorHParams):
+    STUDY_KEYS = frozenset({"layers", "num_steps", "lr", "weight_decay", "norm_constraint", "kl_factor",
+                            "objective_optimization"})  # fmt: skip
+
     layers: list[int] = Field(
         [21], min_length=1, description="down_proj of these layers (of reference_layers)"
     )
@@ -47,7 +50,7 @@ class FineTuneHParams(EditorHParams):
         if "norm_constraint" in kw and kw["norm_constraint"] is False:
             kw["norm_constraint"] = None
         log.debug("FT from_study: ignoring keys %s", sorted(set(raw) - set(kw)))
-        return cls(**kw)
+        return cls.build(kw, "study FT hparams")
 
 
 class FineTune(Editor):
@@ -56,7 +59,7 @@ class FineTune(Editor):
     name = "ft"
     HParams = FineTuneHParams
 
-    def _apply(self, model: nn.Module, tok: Any, cases: list[EditCase]) -> EditResult:
+    def _apply(self, model: nn.Module, tok: Any, cases: list[EditCase], result: EditResult) -> None:
         hp = self.hparams
         arch = arch_of(model)
         layers = hp.layers_for(hp.layers, arch.num_layers(model))
@@ -64,7 +67,7 @@ class FineTune(Editor):
             arch.path("down_proj", layer) + ".weight": arch.down_proj_module(model, layer).weight
             for layer in layers
         }
-        result = EditResult(undo=[backup_weights(weights)])
+        result.undo.append(backup_weights(weights))
         device = next(model.parameters()).device
         stacks = []
         for i in range(0, len(cases), hp.batch_size):
@@ -94,11 +97,7 @@ class FineTune(Editor):
                                     w.copy_(torch.maximum(torch.minimum(w, hi), lo))
                         total += loss.item()
                     losses.append(total / len(stacks))
-        except BaseException:
-            result.restore()
-            raise
         finally:
             for w in params:
                 w.grad = None
         result.info = {"layers": layers, "losses": losses}
-        return result

@@ -51,7 +51,7 @@ class Memit(Editor):
         return self.hparams.layers_for(self.hparams.layers, arch_of(model).num_layers(model))
 
     def prepare(self, model, tok) -> None:
-        """Load or compute the statistics now (call before timing edits; apply does it otherwise)."""
+        """Load or compute the covariance statistics of the edited layers (once per model)."""
         hp = self.hparams
         if not hp.mom2_adjustment:
             return
@@ -61,30 +61,22 @@ class Memit(Editor):
             stats = layer_stats(model, tok, missing, hp.stats_corpus, hp.stats_samples, hp.stats_seq_len)
             self._covs.update({(name, layer): c for layer, c in stats.items()})
 
-    def _apply(self, model, tok, cases) -> EditResult:
+    def _apply(self, model, tok, cases, result: EditResult) -> None:
         """Edit down_proj of every layer in `layers` so all cases hold together.
 
         Invariant: only those weights change; EditResult.restore() writes back their bitwise copies.
         """
         hp, arch = self.hparams, arch_of(model)
         layers = self.edit_layers(model)
-        self.prepare(model, tok)
         covs = {layer: self._covs.get((model_name(model), layer)) for layer in layers}
         prompts, targets = [c.prompt for c in cases], [c.target for c in cases]
         weights = {arch.path("down_proj", l): arch.down_proj_module(model, l).weight for l in layers}  # noqa: E741
-        result = EditResult(undo=[backup_weights(weights)])
-        try:
-            values = optimize_values(
-                model, tok, prompts, targets, self.value_sites(layers), hp.value_params()
-            )
-            spread = site_path(arch, self.spread_site(layers))
-            norms = spread_over_layers(
-                model, tok, prompts, layers, spread, values.target(spread), covs, hp.mom2_weight,
-                update=self.layer_update(model),
-            )
-        except BaseException:
-            result.restore()
-            raise
+        result.undo.append(backup_weights(weights))
+        values = optimize_values(model, tok, prompts, targets, self.value_sites(layers), hp.value_params())
+        spread = site_path(arch, self.spread_site(layers))
+        norms = spread_over_layers(
+            model, tok, prompts, layers, spread, values.target(spread), covs, hp.mom2_weight,
+            update=self.layer_update(model),
+        )  # fmt: skip
         result.info = {"layers": layers, "value_nll": values.nll, "value_steps": values.steps,
                        "resid_norms": norms}  # fmt: skip
-        return result

@@ -8,5 +8,5 @@ from clmedit.editors.base import Editor, EditResult
 class NoEdit(Editor):
     name = "none"
 
-    def _apply(self, model, tok, cases) -> EditResult:
-        return EditResult()
+    def _apply(self, model, tok, cases, result: EditResult) -> None:
+        pass

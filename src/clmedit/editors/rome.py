@@ -30,10 +30,11 @@ class Rome(Editor):
     name = "rome"
     HParams = RomeHParams
 
-    def _apply(self, model, tok, cases) -> EditResult:
+    def _apply(self, model, tok, cases, result: EditResult) -> None:
         """Apply the cases one after another, each a rank-one update of the same down_proj.
 
-        Invariant: only that weight changes; EditResult.restore() writes back its bitwise copy.
+        Invariant: only that weight changes; EditResult.restore() writes back its bitwise copy
+        (also when a later case fails: the base class then runs the undo).
         """
         hp, arch = self.hparams, arch_of(model)
         if len(hp.layers) != 1:
@@ -44,18 +45,13 @@ class Rome(Editor):
         cov = None
         if hp.mom2_adjustment:
             cov = layer_stats(model, tok, [layer], hp.stats_corpus, hp.stats_samples, hp.stats_seq_len)[layer]
-        result = EditResult(undo=[backup_weights({path: arch.down_proj_module(model, layer).weight})])
+        result.undo.append(backup_weights({path: arch.down_proj_module(model, layer).weight}))
         nll, steps = [], []
-        try:
-            for case in cases:
-                values = optimize_values(model, tok, [case.prompt], [case.target], [site], hp.value_params())
-                key = compute_keys(model, tok, [case.prompt], [layer])[layer][0]
-                # v* - W k* is exactly the optimised delta: init is W k* (+ bias) at the same token
-                add_to_down_proj(model, layer, rank_one_update(key, values.delta[path][0], cov))
-                nll += values.nll
-                steps += values.steps
-        except BaseException:
-            result.restore()
-            raise
+        for case in cases:
+            values = optimize_values(model, tok, [case.prompt], [case.target], [site], hp.value_params())
+            key = compute_keys(model, tok, [case.prompt], [layer])[layer][0]
+            # v* - W k* is exactly the optimised delta: init is W k* (+ bias) at the same token
+            add_to_down_proj(model, layer, rank_one_update(key, values.delta[path][0], cov))
+            nll += values.nll
+            steps += values.steps
         result.info = {"layer": layer, "value_nll": nll, "value_steps": steps}
-        return result

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import Field
 
-from clmedit.config import EditorHParams
+from clmedit.config import EditorHParams, study_keys
 from clmedit.locate.stats import DEFAULT_SAMPLES, DEFAULT_SEQ_LEN
 from clmedit.locate.values import ValueParams
 
@@ -31,6 +31,10 @@ STUDY_KEYS = {
 class LocateHParams(EditorHParams, ValueParams):
     """Layers to edit, the value optimisation (ValueParams) and the covariance statistics."""
 
+    STUDY_KEYS = frozenset(STUDY_KEYS) | study_keys(
+        "fact_token v_loss_layer mom2_dataset mom2_dtype layer_selection nll_loss_factor"
+    )
+
     layers: list[int] = Field(default_factory=lambda: [5], description="edited layers (reference depth)")
     mom2_adjustment: bool = Field(False, description="weigh the update by C = E[k k^T] of a code corpus")
     mom2_weight: float = Field(15000.0, gt=0, description="lambda of lambda*C + K^T K [mom2_update_weight]")
@@ -49,4 +53,4 @@ class LocateHParams(EditorHParams, ValueParams):
         dropped = sorted(set(raw) - set(STUDY_KEYS) - set(cls.model_fields))
         if dropped:
             log.debug("%s: ignoring study keys %s", cls.__name__, dropped)
-        return cls(**ours)
+        return cls.build(ours, "study hparams")

@@ -10,26 +10,12 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+from clmedit.editors.registry import editor_label as registry_label
+from clmedit.editors.registry import table_order
 from clmedit.results import load_summaries  # noqa: F401  (re-exported: tables are built from summaries)
 
 GROUPS = (("effectiveness", "Eff."), ("generalization", "Gen."), ("specificity", "Spec."))
 METRICS = (("em", "EM"), ("bleu", "BLEU"), ("rouge_l", "RL"))
-EDITOR_ORDER = (
-    "none",
-    "ft",
-    "rome",
-    "memit",
-    "pmet",
-    "malmen",
-    "grace",
-    "agrace-no-cl",
-    "agrace-last",
-    "agrace",
-)
-EDITOR_LABELS = {
-    "none": "Unedited", "ft": "FT-L", "rome": "ROME", "memit": "MEMIT", "pmet": "PMET", "malmen": "MALMEN",
-    "grace": "GRACE", "agrace": "A-GRACE", "agrace-no-cl": "A-GRACE w/o CL", "agrace-last": "A-GRACE w/o mean",
-}  # fmt: skip
 
 
 def metric(summary: dict[str, Any], group: str, name: str | None = None) -> float | None:
@@ -47,20 +33,19 @@ def metric(summary: dict[str, Any], group: str, name: str | None = None) -> floa
     return None
 
 
-def editor_label(summary: dict[str, Any]) -> str:
-    """The row label: the summary's own `label` (written by the run), else a known name, else the editor."""
-    if isinstance(summary.get("label"), str) and summary["label"]:
-        return summary["label"]
-    return EDITOR_LABELS.get(str(summary.get("editor")), str(summary.get("editor", "?")))
-
-
 def _key(summary: dict[str, Any]) -> tuple[str, str]:
     tasks = summary.get("tasks") if isinstance(summary.get("tasks"), list) else ["?"]
     return str(summary.get("model", "?")), "+".join(str(t).upper() for t in tasks or ["?"])
 
 
 def _order(editor: str) -> tuple[int, str]:
-    return (EDITOR_ORDER.index(editor) if editor in EDITOR_ORDER else len(EDITOR_ORDER), editor)
+    return table_order(editor)
+
+
+def editor_label(summary: dict[str, Any]) -> str:
+    """The row label: the summary's own `label` (written by the run), else the registry's label."""
+    label = summary.get("label")
+    return label if isinstance(label, str) and label else registry_label(str(summary.get("editor", "?")))
 
 
 def _rows(summaries: list[dict[str, Any]]) -> dict[tuple[str, str], list[tuple[str, list[str]]]]:

@@ -27,8 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tqdm.auto import tqdm
 
 from clmedit.data.schema import EditCase, read_cases
+from clmedit.editors.registry import editor_label
 from clmedit.files import atomic_write_text
-from clmedit.locate.keys import key_distance
 from clmedit.run import records
 from clmedit.run.prepare import ensure_base_answers, resolve_data
 
@@ -54,7 +54,7 @@ class RunConfig(BaseModel):
     fluency: bool = Field(True, description="compute the fluency metric (sampling; the slowest part)")
     device: str | None = Field(None, description="torch device; default: cuda if available")
     verify_restore: bool = Field(False, description="debug: checksum the weights after every restore")
-    keys: bool = Field(False, description="record keys and key distances (editors with prompt_keys)")
+    keys: bool = Field(False, description="record keys and key distances (editors with key_record)")
     answers_from: str | None = Field(None, description="released answers to use (e.g. CodeLlama-7b-hf)")
 
     @field_validator("shard")
@@ -141,6 +141,7 @@ def run(config: RunConfig, model=None, tok=None, editor=None) -> Path:
     log.info("%s on %s: %d of %d cases to do", editor.name, data.name, len(todo), len(mine))
     if todo:
         ensure_base_answers(model, tok, todo, config.answers_from)
+    editor.prepare(model, tok)  # one-off work (MEMIT/PMET statistics) stays out of the timed apply
     clean = records.fingerprint(model)
     path = records.cases_file(out, config.shard_tuple)
     todo_ids = {c.case_id for c in todo}
@@ -160,7 +161,7 @@ def run(config: RunConfig, model=None, tok=None, editor=None) -> Path:
                 records.append_record(path, rec)
                 bar.update(1)
     bar.close()
-    write_summary(out, config, case_ids=set(ids), hparams=editor.hparams)
+    write_summary(out, config, case_ids=set(ids), hparams=editor.hparams, label=editor_label(editor.name))
     return out
 
 
@@ -186,7 +187,7 @@ def _edit_and_score(config, editor, model, tok, batch, mname, clean, evaluate_ca
     result, failure = None, None
     recs: list[dict[str, Any]] = []
     try:
-        analysis = {c.case_id: key_analysis(editor, model, tok, c) for c in batch} if config.keys else {}
+        analysis = {c.case_id: editor.key_record(model, tok, c) for c in batch} if config.keys else {}
         result = editor.apply(model, tok, batch)
         for case in batch:
             set_seed(config.seed)
@@ -226,27 +227,6 @@ def _edit_and_score(config, editor, model, tok, batch, mname, clean, evaluate_ca
         rec["resident_peak_bytes"] = result.resident_peak_bytes
         rec["info"] = {**info, **(analysis.get(rec["case_id"]) or {})}
     return recs
-
-
-def key_analysis(editor, model, tok, case: EditCase) -> dict[str, Any] | None:
-    """Keys of prompt, rephrase and neighbours (unedited model) and their distances to the prompt's.
-
-    For editors with `prompt_keys` (GRACE family); the data of the distance-envelope and PCA figures.
-    Distance as the editor measures it: L2, or 1 - cosine when hparams.dist_fn == 'cos'.
-    """
-    fn = getattr(editor, "prompt_keys", None)
-    if fn is None:
-        return None
-    k = fn(model, tok, [case.prompt, case.rephrase, *(n.prompt for n in case.neighbours)]).float().cpu()
-    d = key_distance(k[1:], k[:1], getattr(editor.hparams, "dist_fn", "euc"))[:, 0].tolist()
-
-    def short(v: torch.Tensor) -> list[float]:
-        return [float(f"{x:.4g}") for x in v.tolist()]
-
-    return {
-        "distances": {"rephrase": d[0], "neighbours": d[1:], "radius": getattr(editor.hparams, "eps", None)},
-        "keys": {"prompt": short(k[0]), "rephrase": short(k[1]), "neighbours": [short(x) for x in k[2:]]},
-    }
 
 
 def write_summary(

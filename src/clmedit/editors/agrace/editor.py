@@ -25,35 +25,29 @@ from pydantic import Field
 
 from clmedit.editors.agrace.encoder import (
     EncoderConfig,
+    EncoderTraining,
     KeyEncoder,
-    TrainSettings,
     load_encoder,
     save_encoder,
     train_encoder,
 )
 from clmedit.editors.agrace.features import Pool, cached_prompt_features, pool_tokens
 from clmedit.editors.grace.editor import Grace, GraceHParams
+from clmedit.errors import NotSavableError
 from clmedit.models.text import model_name
 
 log = logging.getLogger(__name__)
 
 
-class AGraceHParams(GraceHParams):
+class AGraceHParams(GraceHParams, EncoderTraining):
+    """GRACE's hparams, the encoder's training (EncoderTraining: enc_*), and these."""
+
+    STUDY_KEYS = GraceHParams.STUDY_KEYS | {"encoder_state_path"}
+
     margin: float | None = Field(None, gt=0, description="contrastive margin; None: by task (below)")
     margin_cnle: float = Field(1.3, gt=0, description="margin for NL->code cases")
     margin_csne: float = Field(2.5, gt=0, description="margin for code->NL cases")
     key_dim: int = Field(256, ge=1, description="encoder output width")
-    enc_batch_size: int = Field(64, ge=1, description="training cases per encoder step")
-    enc_lr: float = Field(1e-4, gt=0, description="AdamW learning rate of the encoder")
-    enc_weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay of the encoder")
-    enc_epochs: int = Field(100, ge=1, description="maximum encoder epochs")
-    enc_patience: int = Field(10, ge=1, description="early stopping patience (epochs)")
-    enc_val_fraction: float = Field(0.1, gt=0, lt=1, description="training cases held out for selection")
-    enc_init_pos_fractions: list[float] = Field(
-        [0.25, 0.5, 0.75, 1.0],
-        description="candidate initial median (prompt, rephrase) distances as fractions of the margin; "
-        "the best on the validation split is kept ([] = no calibration)",
-    )
     encoder_dir: str | None = Field(None, description="folder of a trained encoder to load")
     feature_cache: str | None = Field(None, description="feature cache folder; None: $CLMEDIT_CACHE/features")
 
@@ -102,8 +96,7 @@ class AGrace(Grace):
         split of `train_cases` picks the epoch and the initial scale, scoring specificity on all
         of its cases' neighbours. kwargs override hparams (e.g. enc_epochs=20).
         """
-        if kwargs:
-            self.hparams = self.hparams.model_copy(update=kwargs)
+        self.hparams = self.hparams.override("fit arguments", **kwargs)
         if not self.use_encoder:
             return {}
         hp = self.hparams
@@ -121,35 +114,33 @@ class AGrace(Grace):
         negative = nb_feats[counts.cumsum(0) - counts]
         neighbours = (nb_feats, torch.repeat_interleave(torch.arange(len(usable)), counts))
         margin = self.margin_for(usable)
-        settings = TrainSettings(
-            margin=margin,
-            batch_size=hp.enc_batch_size,
-            lr=hp.enc_lr,
-            weight_decay=hp.enc_weight_decay,
-            epochs=hp.enc_epochs,
-            patience=hp.enc_patience,
-            val_fraction=hp.enc_val_fraction,
-            init_pos_fractions=tuple(hp.enc_init_pos_fractions),
-            radius=hp.eps,
-            seed=hp.seed,
-        )
         meta = {"model": model_name(model), "margin": margin, "train_cases": len(usable)}
         config = EncoderConfig(d_in=anchor.size(1), d_out=hp.key_dim, pool=self.pool, layer=layer, meta=meta)
-        self.encoder, history = train_encoder(anchor, positive, negative, settings, config, neighbours)
+        self.encoder, history = train_encoder(
+            anchor,
+            positive,
+            negative,
+            hp,
+            margin=margin,
+            radius=hp.eps,
+            seed=hp.seed,
+            config=config,
+            neighbours=neighbours,
+        )
         meta.update(init_pos_fraction=history["init_pos_fraction"], candidates=history["candidates"])
         self.encoder.to(next(model.parameters()).device)
         return history
 
     def save(self, directory: str | Path) -> None:
         if not self.use_encoder:
-            raise NotImplementedError(f"{self.name} has no trained part to save")
+            raise NotSavableError(f"{self.name} has no trained part to save")
         if self.encoder is None:
             raise RuntimeError(f"{self.name}: nothing to save; call fit() first")
         save_encoder(self.encoder, directory)
 
     def load(self, directory: str | Path) -> None:
         if not self.use_encoder:
-            raise NotImplementedError(f"{self.name} has no trained part to load")
+            raise NotSavableError(f"{self.name} has no trained part to load")
         encoder = load_encoder(directory)
         if encoder.config.pool != self.pool:
             raise ValueError(

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -90,19 +91,22 @@ def contrastive_loss(za: torch.Tensor, zb: torch.Tensor, y: torch.Tensor, margin
     return (y * d.pow(2) + (1 - y) * (margin - d).clamp_min(0).pow(2)).mean()
 
 
-@dataclass(frozen=True)
-class TrainSettings:
-    margin: float = 1.3  # 1.3 CNLE, 2.5 CSNE
-    batch_size: int = 64  # cases per step (each gives one positive and one negative pair)
-    lr: float = 1e-4
-    weight_decay: float = 1e-4
-    epochs: int = 100
-    patience: int = 10  # epochs without validation improvement before stopping
-    val_fraction: float = 0.1  # of the training cases, held out for model selection
-    # candidate initial median positive distances / margin; () trains the encoder as built
-    init_pos_fractions: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
-    radius: float = 1.0  # GRACE's insertion radius: what "inside" means for the selection score
-    seed: int = 0
+class EncoderTraining(BaseModel):
+    """How the encoder is trained; A-GRACE's hparams inherit these fields (one config, one place)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enc_batch_size: int = Field(64, ge=1, description="training cases per encoder step")
+    enc_lr: float = Field(1e-4, gt=0, description="AdamW learning rate of the encoder")
+    enc_weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay of the encoder")
+    enc_epochs: int = Field(100, ge=1, description="maximum encoder epochs")
+    enc_patience: int = Field(10, ge=1, description="early stopping patience (epochs)")
+    enc_val_fraction: float = Field(0.1, gt=0, lt=1, description="training cases held out for selection")
+    enc_init_pos_fractions: list[float] = Field(
+        [0.25, 0.5, 0.75, 1.0],
+        description="candidate initial median (prompt, rephrase) distances as fractions of the margin; "
+        "the best on the validation split is kept ([] = no calibration)",
+    )
 
 
 def _pairs(anchor, positive, negative, idx):
@@ -137,23 +141,23 @@ def key_balanced_accuracy(
     return float(inside.float().mean()), float(outside.float().mean())
 
 
-def _train_one(encoder, anchor, positive, negative, train, val, settings, gen) -> dict:
+def _train_one(encoder, anchor, positive, negative, train, val, settings, margin, gen) -> dict:
     """Train in place with early stopping on the validation loss; keeps the best weights."""
-    opt = torch.optim.AdamW(encoder.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    opt = torch.optim.AdamW(encoder.parameters(), lr=settings.enc_lr, weight_decay=settings.enc_weight_decay)
 
     def val_loss() -> float:
         encoder.eval()
-        return pair_loss(encoder, anchor[val], positive[val], negative[val], settings.margin)
+        return pair_loss(encoder, anchor[val], positive[val], negative[val], margin)
 
     history = {"train": [], "val": [val_loss()], "best_epoch": 0}
     best, best_state, flat = history["val"][0], copy.deepcopy(encoder.state_dict()), 0
-    for epoch in range(1, settings.epochs + 1):
+    for epoch in range(1, settings.enc_epochs + 1):
         encoder.train()
         order = train[torch.randperm(len(train), generator=gen)]
         total = 0.0
-        for start in range(0, len(order), settings.batch_size):
-            a, b, y = _pairs(anchor, positive, negative, order[start : start + settings.batch_size])
-            loss = contrastive_loss(encoder(a), encoder(b), y, settings.margin)
+        for start in range(0, len(order), settings.enc_batch_size):
+            a, b, y = _pairs(anchor, positive, negative, order[start : start + settings.enc_batch_size])
+            loss = contrastive_loss(encoder(a), encoder(b), y, margin)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -165,7 +169,7 @@ def _train_one(encoder, anchor, positive, negative, train, val, settings, gen) -
             history["best_epoch"] = epoch
         else:
             flat += 1
-            if flat >= settings.patience:
+            if flat >= settings.enc_patience:
                 break
     encoder.load_state_dict(best_state)
     encoder.eval()
@@ -176,15 +180,21 @@ def train_encoder(
     anchor: torch.Tensor,
     positive: torch.Tensor,
     negative: torch.Tensor,
-    settings: TrainSettings = TrainSettings(),
+    settings: EncoderTraining = EncoderTraining(),
+    *,
+    margin: float = 1.3,
+    radius: float = 1.0,
+    seed: int = 0,
     config: EncoderConfig | None = None,
     neighbours: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[KeyEncoder, dict]:
     """Train a KeyEncoder on features (N, d_in) of prompts, their rephrases and a neighbour each.
 
-    The first `val_fraction` of a seeded permutation is the validation split. For each initial
-    scale in `settings.init_pos_fractions` an encoder is trained (early stopping on the
-    validation loss); the one with the best validation balanced accuracy is returned.
+    `margin`: the contrastive margin (1.3 CNLE, 2.5 CSNE); `radius`: GRACE's insertion radius,
+    what "inside" means for the selection score. The first `enc_val_fraction` of a seeded
+    permutation is the validation split. For each initial scale in `enc_init_pos_fractions`
+    an encoder is trained (early stopping on the validation loss); the one with the best
+    validation balanced accuracy is returned.
     `neighbours` = (features (M, d_in), owning case index (M,)) scores specificity on every
     neighbour of the validation cases; default: the one in `negative`.
     Returns (encoder in eval mode, history: the winner's per-epoch losses, every candidate's scores).
@@ -192,8 +202,8 @@ def train_encoder(
     if not (len(anchor) == len(positive) == len(negative)) or len(anchor) < 2:
         raise ValueError("train_encoder needs >= 2 cases and equal numbers of anchors/positives/negatives")
     config = config or EncoderConfig(d_in=anchor.size(1))
-    perm = torch.randperm(len(anchor), generator=torch.Generator().manual_seed(settings.seed))
-    n_val = max(1, int(round(settings.val_fraction * len(anchor))))
+    perm = torch.randperm(len(anchor), generator=torch.Generator().manual_seed(seed))
+    n_val = max(1, int(round(settings.enc_val_fraction * len(anchor))))
     val, train = perm[:n_val], perm[n_val:]
     nb_feats, nb_owner = neighbours if neighbours is not None else (negative, torch.arange(len(anchor)))
     in_val = torch.isin(nb_owner, val)
@@ -201,16 +211,16 @@ def train_encoder(
     position[val] = torch.arange(len(val))
     candidates: list[dict] = []
     best: tuple[float, KeyEncoder, dict, float | None] | None = None
-    for fraction in settings.init_pos_fractions or (None,):
-        gen = torch.Generator().manual_seed(settings.seed)
-        torch.manual_seed(settings.seed)
+    for fraction in settings.enc_init_pos_fractions or (None,):
+        gen = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)
         encoder = KeyEncoder(config)
         encoder.set_stats(torch.cat([anchor[train], positive[train], negative[train]]))
         if fraction is not None:
-            encoder.calibrate(anchor[train], positive[train], fraction * settings.margin)
-        history = _train_one(encoder, anchor, positive, negative, train, val, settings, gen)
+            encoder.calibrate(anchor[train], positive[train], fraction * margin)
+        history = _train_one(encoder, anchor, positive, negative, train, val, settings, margin, gen)
         inside, outside = key_balanced_accuracy(
-            encoder, anchor[val], positive[val], nb_feats[in_val], position[nb_owner[in_val]], settings.radius
+            encoder, anchor[val], positive[val], nb_feats[in_val], position[nb_owner[in_val]], radius
         )
         score = inside + outside
         candidates.append(

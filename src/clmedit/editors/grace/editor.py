@@ -36,11 +36,12 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from clmedit.config import EditorHParams
+from clmedit.config import EditorHParams, study_keys
 from clmedit.data.schema import EditCase
 from clmedit.editors.base import Editor, EditResult, replace_module
 from clmedit.editors.grace.codebook import Codebook, Distance, Expand
 from clmedit.editors.grace.layer import GraceLayer
+from clmedit.locate.keys import key_distance
 from clmedit.models.arch import arch_of
 from clmedit.models.hooks import Trace
 from clmedit.models.partial import forward_from, trainable_only
@@ -50,6 +51,11 @@ log = logging.getLogger(__name__)
 
 
 class GraceHParams(EditorHParams):
+    STUDY_KEYS = study_keys(
+        "inner_params edit_lr n_iter eps dist_fn val_init replacement eps_expand dropout num_pert "
+        "reg val_reg val_train"
+    )
+
     layer: int = Field(27, description="down_proj of this layer (of reference_layers) is wrapped")
     edit_lr: float = Field(1.0, gt=0, description="Adam learning rate of the value")
     n_iter: int = Field(30, ge=1, description="optimisation steps per value")
@@ -80,7 +86,7 @@ class GraceHParams(EditorHParams):
             kw["eps_expand"] = "moving_average" if "avg" in str(raw["eps_expand"]) else "coverage"
         ignored = sorted(set(raw) - set(kw) - {"inner_params", "replacement", "eps_expand"})
         log.debug("GRACE from_study: ignoring keys %s", ignored)
-        return cls(**kw)
+        return cls.build(kw, "study GRACE hparams")
 
 
 class Grace(Editor):
@@ -111,26 +117,37 @@ class Grace(Editor):
             model(**enc, use_cache=False)
         return self.keys(tr.input, enc["attention_mask"].bool())
 
+    def key_record(self, model: nn.Module, tok: Any, case: EditCase) -> dict[str, Any]:
+        """Keys of prompt, rephrase and neighbours (as the codebook sees them) and their distances
+        to the prompt's key, in the codebook's metric; the data of the distance and PCA figures."""
+        k = self.prompt_keys(model, tok, [case.prompt, case.rephrase, *(n.prompt for n in case.neighbours)])
+        k = k.float().cpu()
+        d = key_distance(k[1:], k[:1], self.hparams.dist_fn)[:, 0].tolist()
+
+        def short(v: torch.Tensor) -> list[float]:
+            return [float(f"{x:.4g}") for x in v.tolist()]
+
+        return {
+            "distances": {"rephrase": d[0], "neighbours": d[1:], "radius": self.hparams.eps},
+            "keys": {"prompt": short(k[0]), "rephrase": short(k[1]), "neighbours": [short(x) for x in k[2:]]},
+        }
+
     # --- apply ----------------------------------------------------------------------------------
-    def _apply(self, model: nn.Module, tok: Any, cases: list[EditCase]) -> EditResult:
+    def _apply(self, model: nn.Module, tok: Any, cases: list[EditCase], result: EditResult) -> None:
         hp = self.hparams
         arch = arch_of(model)
         layer = self.edit_layer(model)
         path = arch.path("down_proj", layer)
         book = Codebook(eps_init=hp.eps, dist_fn=hp.dist_fn, expand=hp.eps_expand)
         wrapper = GraceLayer(model.get_submodule(path), book, self.keys)
-        result = EditResult(undo=[replace_module(model, path, wrapper)])
+        result.undo.append(replace_module(model, path, wrapper))
         result.undo.append(model.register_forward_pre_hook(wrapper.observe, with_kwargs=True).remove)
         info: dict[str, list] = {"keys": [], "ops": [], "nearest": [], "losses": []}
         wrapper.enabled = False  # inserts see (and train against) the unedited layer output
-        try:
-            for case in cases:
-                key, op, nearest, loss = self._insert(model, tok, wrapper, layer, path, case)
-                for name, v in zip(("keys", "ops", "nearest", "losses"), (key, op, nearest, loss)):
-                    info[name].append(v)
-        except BaseException:
-            result.restore()
-            raise
+        for case in cases:
+            key, op, nearest, loss = self._insert(model, tok, wrapper, layer, path, case)
+            for name, v in zip(("keys", "ops", "nearest", "losses"), (key, op, nearest, loss)):
+                info[name].append(v)
         wrapper.enabled = True
         result.info = {
             "layer": layer,
@@ -140,7 +157,6 @@ class Grace(Editor):
             "losses": info["losses"],
             "codebook": book,
         }
-        return result
 
     def _insert(self, model, tok, wrapper: GraceLayer, layer: int, path: str, case: EditCase):
         """Insert one case's key, then train the value of the entry it landed in."""

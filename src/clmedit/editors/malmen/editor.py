@@ -12,17 +12,19 @@ original down_proj weights bitwise.
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from pydantic import Field
 
-from clmedit.config import EditorHParams
+from clmedit.config import EditorHParams, study_keys
 from clmedit.editors.base import Editor, EditResult, backup_weights
 from clmedit.editors.malmen.hypernet import HypernetConfig, MalmenNet, load_hypernet, save_hypernet
 from clmedit.editors.malmen.pairs import key_grad_pairs
 from clmedit.editors.malmen.train import meta_train
+from clmedit.errors import InputError
 from clmedit.models.arch import arch_of
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,13 @@ STUDY_RANK, STUDY_WIDTH = 1920, 11008 + 4096  # rank 1920 for a 7B model's d_mlp
 
 
 class MalmenHParams(EditorHParams):
+    STUDY_KEYS = study_keys(
+        "inner_params rank n_blocks meta_lr loc_coef max_iters lr archive dropout train_base "
+        "no_grad_layers max_grad_norm token n_edits editor_batch_size silent log_interval "
+        "eval_log_interval final_eval val_interval early_stop_patience early_stop_key eval_only "
+        "debug save val_batch_size val_steps"
+    )
+
     layers: list[int] = Field([27, 28, 29, 30, 31], description="edited down_proj layers (the last 5 of 32)")
     rank: int = Field(0, ge=0, description="block bottleneck; 0: 1920 scaled by (d_mlp + d_model) / 15104")
     blocks: int = Field(2, ge=1, description="residual blocks of the hypernetwork")
@@ -55,6 +64,21 @@ class MalmenHParams(EditorHParams):
     pair_batch_size: int = Field(8, ge=1, description="cases per forward/backward when extracting pairs")
     hypernet_dir: str | None = Field(None, description="folder of a trained hypernetwork to load")
 
+    @classmethod
+    def from_study(cls, raw: dict[str, Any]) -> MalmenHParams:
+        """Read the study's MALMEN YAML: inner_params (layers), rank, n_blocks, meta_lr, loc_coef,
+        max_iters (steps), batch_size, val_interval; its other (trainer) keys are ignored."""
+        kw: dict[str, Any] = {}
+        layers = [re.search(r"layers?[.\[](\d+)", str(p)) for p in raw.get("inner_params") or []]
+        if layers:
+            if not all(layers):
+                raise InputError(f"cannot find a layer index in inner_params {raw['inner_params']!r}")
+            kw["layers"] = [int(m.group(1)) for m in layers]
+        names = {"rank": "rank", "n_blocks": "blocks", "meta_lr": "meta_lr", "loc_coef": "loc_coef",
+                 "max_iters": "steps", "batch_size": "batch_size", "val_interval": "val_every"}  # fmt: skip
+        kw.update({ours: raw[k] for k, ours in names.items() if raw.get(k) is not None})
+        return cls.build(kw, "study MALMEN hparams")
+
 
 class Malmen(Editor):
     name = "malmen"
@@ -78,13 +102,13 @@ class Malmen(Editor):
         d_value = arch.weight_out_in(arch.down_proj_module(model, layers[0])).shape[0]
         rank = self.hparams.rank or max(32, round(STUDY_RANK * (d_key + d_value) / STUDY_WIDTH))
         hp = self.hparams
-        config = HypernetConfig(d_key, d_value, len(layers), rank, hp.blocks, hp.init_lr, hp.init_lambda)
-        return MalmenNet(config)
+        return MalmenNet(
+            HypernetConfig(d_key, d_value, len(layers), rank, hp.blocks), hp.init_lr, hp.init_lambda
+        )
 
     def fit(self, model, tok, train_cases, **kwargs: Any) -> dict[str, Any]:
         """Meta-train a fresh hypernetwork on `train_cases`; kwargs override hparams (e.g. steps=200)."""
-        if kwargs:
-            self.hparams = self.hparams.model_copy(update=kwargs)
+        self.hparams = self.hparams.override("fit arguments", **kwargs)
         layers = self._layers(model)
         self.net, history = meta_train(model, tok, train_cases, self.new_net(model), layers, self.hparams)
         self.trained_layers = layers
@@ -101,7 +125,7 @@ class Malmen(Editor):
         self.net, extra = load_hypernet(directory)
         self.trained_layers = extra.get("layers")
 
-    def _apply(self, model, tok, cases) -> EditResult:
+    def _apply(self, model, tok, cases, result: EditResult) -> None:
         """W_l += S_l for every edited layer, all cases jointly; see the module docstring."""
         if self.net is None:
             raise RuntimeError(
@@ -120,10 +144,13 @@ class Malmen(Editor):
         with torch.no_grad():
             shifts = {l_: net.weight_shift(i, pairs.keys[l_], pairs.grads[l_]) for i, l_ in enumerate(layers)}
         modules = {l_: arch.down_proj_module(model, l_) for l_ in layers}
-        undo = backup_weights({arch.path("down_proj", l_): m.weight for l_, m in modules.items()})
+        # registered before the loop: a failure at any layer undoes the layers already shifted
+        result.undo.append(
+            backup_weights({arch.path("down_proj", l_): m.weight for l_, m in modules.items()})
+        )
         with torch.no_grad():
             for l_, module in modules.items():
                 weight = arch.weight_out_in(module)  # (d_out, d_in) view, in place
                 weight.add_(shifts[l_].to(weight.dtype))
         norms = {l_: float(s.norm()) for l_, s in shifts.items()}
-        return EditResult(undo=[undo], info={"shift_norms": norms, "pairs": int(pairs.owner.numel())})
+        result.info = {"shift_norms": norms, "pairs": int(pairs.owner.numel())}

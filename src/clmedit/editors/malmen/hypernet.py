@@ -46,13 +46,13 @@ def ridge_solve(keys: torch.Tensor, values: torch.Tensor, lam: torch.Tensor | fl
 
 @dataclass(frozen=True)
 class HypernetConfig:
+    """The net's shape: what a saved net needs to be rebuilt (the editor's hparams choose it)."""
+
     d_key: int  # the edited layer's input width (d_mlp for down_proj)
     d_value: int  # its output width (d_model)
     n_layers: int  # how many layers share this net
     rank: int  # width of each block's bottleneck
     blocks: int = 2
-    init_lr: float = 1e-4  # eta_l at the start of meta-training
-    init_lambda: float = 1.0  # lambda_l at the start
 
 
 class _Block(nn.Module):
@@ -75,15 +75,14 @@ class _Block(nn.Module):
 class MalmenNet(nn.Module):
     """Maps (keys, value gradients) of one layer to value shifts; see the module docstring."""
 
-    def __init__(self, config: HypernetConfig):
+    def __init__(self, config: HypernetConfig, init_lr: float = 1e-4, init_lambda: float = 1.0):
+        """init_lr / init_lambda: eta_l and lambda_l at the start of meta-training (then learned)."""
         super().__init__()
         self.config = config
         width = config.d_key + config.d_value
         self.blocks = nn.ModuleList(_Block(width, config.rank, config.n_layers) for _ in range(config.blocks))
-        self.log_lr = nn.Parameter(torch.full((config.n_layers,), float(torch.tensor(config.init_lr).log())))
-        self.log_lambda = nn.Parameter(
-            torch.full((config.n_layers,), float(torch.tensor(config.init_lambda).log()))
-        )
+        self.log_lr = nn.Parameter(torch.full((config.n_layers,), float(torch.tensor(init_lr).log())))
+        self.log_lambda = nn.Parameter(torch.full((config.n_layers,), float(torch.tensor(init_lambda).log())))
         # per-layer feature statistics of [u; g], fixed from training pairs (set_stats)
         self.register_buffer("mean", torch.zeros(config.n_layers, width))
         self.register_buffer("std", torch.ones(config.n_layers, width))
@@ -129,6 +128,7 @@ def load_hypernet(directory: str | Path) -> tuple[MalmenNet, dict]:
             f"{directory} holds no {WEIGHTS}; train one with `clmedit train --editor malmen`"
         )
     raw = json.loads((directory / CONFIG).read_text())
-    net = MalmenNet(HypernetConfig(**raw.pop("config")))
+    shape = raw.pop("config")  # nets saved before init_lr/init_lambda left the shape carry them: drop
+    net = MalmenNet(HypernetConfig(**{k: v for k, v in shape.items() if k not in ("init_lr", "init_lambda")}))
     net.load_state_dict(load_file(str(directory / WEIGHTS)))
     return net.eval(), raw
