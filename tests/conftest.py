@@ -5,7 +5,25 @@ from __future__ import annotations
 import pytest
 
 from clmedit.data.schema import EditCase, Neighbour, format_prompt
+from clmedit.files import cache_root
 from clmedit.models.tiny import FAMILIES, tiny_model
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Tests write answers, statistics and features into a cache of their own, never the user's.
+
+    Only the expensive, content-checked parts of the user's cache are shared (the converted default
+    model and the built default datasets), so slow tests do not rebuild them on every run.
+    """
+    user = cache_root()
+    private = tmp_path_factory.mktemp("clmedit-cache")
+    for shared in ("models", "data"):
+        (user / shared).mkdir(parents=True, exist_ok=True)
+        (private / shared).symlink_to(user / shared, target_is_directory=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CLMEDIT_CACHE", str(private))
+        yield private
 
 
 @pytest.fixture(params=FAMILIES)
