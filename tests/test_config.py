@@ -6,6 +6,7 @@ from pydantic import Field, ValidationError
 
 from clmedit.config import EditorHParams, load_hparams, preset_for_model
 from clmedit.editors.base import EditResult, backup_weights, editor_class, editor_names, get_editor
+from clmedit.errors import InputError
 from tests.conftest import make_case
 
 
@@ -57,7 +58,7 @@ def test_preset_lookup():
 def test_registry_is_lazy_and_names_are_clear():
     assert "none" in editor_names() and "grace" in editor_names()
     assert editor_class("none").name == "none"
-    with pytest.raises(KeyError, match="unknown editor 'nope'"):
+    with pytest.raises(InputError, match="unknown editor 'nope'"):
         get_editor("nope")
 
 

@@ -22,6 +22,7 @@ from torch import nn
 
 from clmedit.config import EditorHParams, load_hparams
 from clmedit.data.schema import EditCase
+from clmedit.errors import InputError
 from clmedit.models.cost import CostMeter
 
 Undo = Callable[[], None]
@@ -131,7 +132,7 @@ def editor_names() -> list[str]:
 def editor_class(name: str) -> type[Editor]:
     key = ALIASES.get(name.lower(), name.lower())
     if key not in EDITORS:
-        raise KeyError(f"unknown editor {name!r}; available: {', '.join(editor_names())}")
+        raise InputError(f"unknown editor {name!r}; available: {', '.join(editor_names())}")
     module, _, cls = EDITORS[key].partition(":")
     return getattr(importlib.import_module(module), cls)
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from clmedit.errors import UnsupportedModelError
+
 
 @dataclass(frozen=True)
 class ArchAdapter:
@@ -100,7 +102,7 @@ def arch_of(model: nn.Module) -> ArchAdapter:
     """The adapter for a transformers causal LM; a clear error names what to add for a new family."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type not in ADAPTERS:
-        raise NotImplementedError(
+        raise UnsupportedModelError(
             f"model_type {model_type!r} has no ArchAdapter; add one to ADAPTERS in clmedit/models/arch.py "
             f"(layers=..., mlp=..., down_proj=..., attn=..., attn_out=..., final_norm=..., embed=..., "
             f"lm_head=...). Supported: {', '.join(sorted(ADAPTERS))}"
