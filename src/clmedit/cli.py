@@ -10,8 +10,51 @@ import logging
 from pathlib import Path
 
 import typer
+from typer.core import TyperGroup
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="Edit code LLMs and measure the edits.")
+
+def user_error_message(err: BaseException) -> str | None:
+    """The one-line message for an error the user can fix, or None for a bug (which keeps its traceback).
+
+    User errors are `ClmeditError`s, invalid options (pydantic's ValidationError) and paths that
+    do not exist or cannot be used.
+    """
+    from clmedit.errors import ClmeditError
+
+    if isinstance(err, ClmeditError):
+        return str(err)
+    if isinstance(err, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)):
+        return f"{err.strerror or err}: {err.filename}" if err.filename else str(err)
+    if type(err).__name__ == "ValidationError" and type(err).__module__.startswith("pydantic"):
+        return "; ".join(
+            f"--{'.'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}" if e["loc"] else e["msg"]
+            for e in err.errors()  # type: ignore[attr-defined]
+        )
+    return None
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    """Print a one-line error (no traceback) and return the Exit to raise."""
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    return typer.Exit(code)
+
+
+class _Commands(TyperGroup):
+    """The CLI's one error path: a user error in any command is one line on stderr and exit code 2."""
+
+    def invoke(self, ctx):  # noqa: ANN001, ANN201 (click's signature)
+        try:
+            return super().invoke(ctx)
+        except Exception as err:
+            message = user_error_message(err)
+            if message is None:
+                raise
+            raise _fail(message) from None
+
+
+app = typer.Typer(
+    cls=_Commands, no_args_is_help=True, add_completion=False, help="Edit code LLMs and measure the edits."
+)
 data_app = typer.Typer(no_args_is_help=True, help="Build, import and inspect CLMEEval edit cases.")
 app.add_typer(data_app, name="data")
 
@@ -37,8 +80,7 @@ def _data_errors() -> tuple[type[BaseException], ...]:
 
 
 def _data_exit(err: BaseException) -> typer.Exit:
-    typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
-    return typer.Exit(2)
+    return _fail(user_error_message(err) or str(err))
 
 
 @data_app.command("build")
@@ -145,25 +187,34 @@ def data_show_cmd(
     typer.echo(format_stats(stats))
 
 
-# --- run / bench / report / apply (room: runner) -------------------------------------------------
+# --- run / bench / report / apply / train (room: runner) -----------------------------------------
 
 BENCH_EDITORS = "none,ft,grace"  # the study's pair + the unedited row; add more with --editors
 BENCH_LIMIT = 10  # cases per task: ~60 s CPU per CNLE+CSNE pair for none+ft+grace; leaves room for the first-use data build
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    """Print a one-line error (no traceback) and return the Exit to raise."""
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
-    return typer.Exit(code)
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from pydantic import ValidationError
-
-    return (ValueError, FileNotFoundError, KeyError, NotImplementedError, ImportError, ValidationError)
-
-
 THREADS_HELP = "CPU threads for torch (default: all cores); 1 when other jobs share the machine"
+HP_HELP = "hparams override key=value, value in YAML (repeatable), e.g. --hp lr=1e-4 --hp layers=[3]"
+OVERWRITE_HELP = "discard the results already in --out (they belong to another configuration)"
+_SHORT = {"data": "-d", "out": "-o", "model": "-m", "editor": "-e", "limit": "-n"}
+
+
+def _opt(field: str, *decls: str, **kwargs):  # noqa: ANN202 (a typer OptionInfo)
+    """A typer option for the RunConfig field `field`: its default and help are the field's own."""
+    from clmedit.run.settings import RunConfig
+
+    info = RunConfig.model_fields[field]
+    flag = "--" + field.replace("_", "-")
+    if not decls:
+        decls = (
+            (f"{flag}/--no-{flag[2:]}",) if info.annotation in (bool, "bool") and info.default else (flag,)
+        )
+        decls += (_SHORT[field],) if field in _SHORT else ()
+    for bound in info.metadata:  # the field's own range, shown in --help and checked early
+        if getattr(bound, "ge", None) is not None:
+            kwargs.setdefault("min", bound.ge)
+        if getattr(bound, "gt", None) is not None:
+            kwargs.setdefault("min", bound.gt + 1)
+    default = ... if info.is_required() else info.get_default(call_default_factory=True)
+    return typer.Option(default, *decls, help=info.description, **kwargs)
 
 
 def _set_threads(threads: int | None) -> None:
@@ -178,64 +229,96 @@ def _parse_hp(pairs: list[str]) -> dict:
     """['lr=1e-4', 'layers=[3]'] -> {'lr': 0.0001, 'layers': [3]} (values parsed as YAML)."""
     import yaml
 
+    from clmedit.errors import InputError
+
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"--hp expects key=value, got {pair!r}")
-        out[key.strip()] = yaml.safe_load(value)
+            raise InputError(f"--hp expects key=value, got {pair!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            problem = getattr(err, "problem", None) or "not valid YAML"
+            raise InputError(f"--hp {pair!r}: the value is {problem}; quote it or fix its YAML") from None
     return out
+
+
+def _run_config(options: dict, hp: list[str]):  # noqa: ANN202
+    """A RunConfig from a command's options (those named like its fields) and --hp pairs."""
+    from clmedit.run.settings import RunConfig
+
+    fields = {k: v for k, v in options.items() if k in RunConfig.model_fields and k != "hparams"}
+    return RunConfig(**fields, hparams=_parse_hp(hp))
+
+
+def _report_outcome(summary: dict, run_dir: Path) -> None:
+    """Say which lines of the data were skipped; exit 1 when cases failed (how many, and why)."""
+    skipped = summary.get("skipped_lines") or {}
+    if skipped.get("count"):
+        reasons = ", ".join(f"{r}: {n}" for r, n in skipped["by_reason"].items())
+        typer.secho(
+            f"warning: {skipped['count']} line(s) of {skipped['file']} skipped ({reasons}); "
+            f"line numbers in {run_dir / 'summary.json'}",
+            err=True,
+            fg=typer.colors.YELLOW,
+        )
+    counts = summary.get("counts", {})
+    if counts.get("failed"):
+        why = ", ".join(f"{t}: {n}" for t, n in summary["failures"]["by_type"].items())
+        raise _fail(
+            f"{counts['failed']} of {counts['cases']} case(s) failed ({why}); the errors are in "
+            f"{run_dir}/cases*.jsonl, and rerunning the same command retries them",
+            code=1,
+        )
 
 
 @app.command("run")
 def run_cmd(
-    data: str = typer.Option(..., "--data", "-d", help="case JSONL, or default:cnle / default:csne"),
-    out: Path = typer.Option(..., "--out", "-o", help="run directory (resumes if it has records)"),
-    model: str = typer.Option("smollm2-135m", "--model", "-m", help="model name, HF id, path or GGUF"),
-    editor: str = typer.Option(
-        "none", "--editor", "-e", help="editor name (`clmedit editors`); none = unedited"
-    ),
-    limit: int | None = typer.Option(None, "--limit", "-n", min=1, help="first N cases"),
-    preset: str | None = typer.Option(None, "--preset", help="hparams preset or YAML (default: by model)"),
-    hp: list[str] = typer.Option([], "--hp", help="hparams override key=value (repeatable)"),
-    seed: int = typer.Option(0, "--seed"),
-    shard: str = typer.Option("0/1", "--shard", help="i/n: this process runs every n-th case from i"),
-    batch_size: int = typer.Option(1, "--batch-size", min=1, help="cases per edit (1 = single edits)"),
-    folds: int = typer.Option(1, "--folds", min=1, help="k-fold protocol for trainable editors (study: 2)"),
-    fluency: bool = typer.Option(True, "--fluency/--no-fluency", help="sample texts for fluency (slow)"),
-    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1, ..."),
-    verify_restore: bool = typer.Option(False, "--verify-restore", help="checksum weights after each case"),
-    keys: bool = typer.Option(False, "--keys", help="record keys and key distances (for the figures)"),
+    data: str = _opt("data"),
+    out: Path = _opt("out"),
+    model: str = _opt("model"),
+    editor: str = _opt("editor"),
+    limit: int | None = _opt("limit"),
+    preset: str | None = _opt("preset"),
+    hp: list[str] = typer.Option([], "--hp", help=HP_HELP),
+    seed: int = _opt("seed"),
+    shard: str = _opt("shard"),
+    batch_size: int = _opt("batch_size"),
+    folds: int = _opt("folds"),
+    fluency: bool = _opt("fluency"),
+    device: str | None = _opt("device"),
+    verify_restore: bool = _opt("verify_restore"),
+    keys: bool = _opt("keys"),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
 ) -> None:
-    """Edit each case, evaluate it, restore; write cases.jsonl, summary.json and table.md."""
-    from clmedit.data.schema import CaseFileError
-    from clmedit.run.runner import RunConfig, run
+    """Edit each case, evaluate it, restore; write cases.jsonl, summary.json and table.md.
 
+    Exits 1 when cases failed (their errors are recorded; a rerun retries them), 2 on a usage error.
+    """
+    import json
+
+    config = _run_config(locals(), hp)
     _set_threads(threads)
+    from clmedit.run.runner import run
 
-    try:
-        config = RunConfig(
-            model=model, editor=editor, data=data, out=out, limit=limit, preset=preset, hparams=_parse_hp(hp),
-            seed=seed, shard=shard, batch_size=batch_size, folds=folds, fluency=fluency, device=device,
-            verify_restore=verify_restore, keys=keys,
-        )  # fmt: skip
-        run_dir = run(config)
-    except (CaseFileError, *_user_errors()) as err:
-        raise _fail(str(err)) from None
+    run_dir = run(config, overwrite=overwrite)
     typer.echo((run_dir / "table.md").read_text())
     typer.echo(f"results in {run_dir}")
+    _report_outcome(json.loads((run_dir / "summary.json").read_text()), run_dir)
 
 
 @app.command("bench")
 def bench_cmd(
-    model: str = typer.Option("smollm2-135m", "--model", "-m"),
+    model: str = _opt("model"),
     editors: str = typer.Option(BENCH_EDITORS, "--editors", help="comma-separated editor names, or 'all'"),
     tasks: str = typer.Option("cnle,csne", "--tasks", help="default datasets to use"),
     limit: int = typer.Option(BENCH_LIMIT, "--limit", "-n", min=1, help="cases per task"),
     out: Path = typer.Option(Path("results/bench"), "--out", "-o"),
-    fluency: bool = typer.Option(True, "--fluency/--no-fluency"),
-    device: str | None = typer.Option(None, "--device"),
+    fluency: bool = _opt("fluency"),
+    device: str | None = _opt("device"),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
 ) -> None:
     """The main job: every editor on the default CNLE and CSNE cases; prints a Table IV-style table."""
@@ -243,20 +326,22 @@ def bench_cmd(
 
     _set_threads(threads)
 
-    from clmedit.run.bench import bench, bench_editor_names
+    from clmedit.run.bench import bench, bench_editor_names, bench_tasks
 
     t0 = time.perf_counter()
-    try:
-        names = bench_editor_names(editors)
-        table = bench(
-            model, names, [t.strip() for t in tasks.split(",") if t.strip()], limit, out, fluency, device
-        )
-    except _user_errors() as err:
-        raise _fail(str(err)) from None
+    names, task_list = bench_editor_names(editors), bench_tasks(tasks)
+    table, summaries = bench(model, names, task_list, limit, out, fluency, device, overwrite=overwrite)
     typer.echo(table)
     typer.echo(
         f"\n{len(names)} editors x {tasks} x {limit} cases in {time.perf_counter() - t0:.0f} s; see {out}"
     )
+    failed = {"counts": {"cases": 0, "failed": 0}, "failures": {"by_type": {}}}
+    for summary in summaries:
+        failed["counts"]["cases"] += summary["counts"]["cases"]
+        failed["counts"]["failed"] += summary["counts"]["failed"]
+        for t, n in summary["failures"]["by_type"].items():
+            failed["failures"]["by_type"][t] = failed["failures"]["by_type"].get(t, 0) + n
+    _report_outcome(failed, out)
 
 
 @app.command("report")
@@ -266,13 +351,10 @@ def report_cmd(
     figures: bool = typer.Option(True, "--figures/--no-figures"),
 ) -> None:
     """Table IV-style Markdown + LaTeX tables and the cost/distance/PCA figures from run directories."""
-    from clmedit.data.schema import atomic_write_text
+    from clmedit.files import atomic_write_text
     from clmedit.report.tables import load_summaries, render_latex, render_markdown
 
-    try:
-        summaries = load_summaries(run_dirs)
-    except (FileNotFoundError, ValueError) as err:
-        raise _fail(str(err)) from None
+    summaries = load_summaries(run_dirs)
     out = out or (run_dirs[0] / "report" if run_dirs[0].is_dir() else Path("report"))
     markdown = render_markdown(summaries)
     atomic_write_text(out / "table.md", markdown + "\n")
@@ -288,7 +370,7 @@ def report_cmd(
 
 @app.command("apply")
 def apply_cmd(
-    model: str = typer.Option("smollm2-135m", "--model", "-m"),
+    model: str = _opt("model"),
     editor: str = typer.Option("grace", "--editor", "-e"),
     fixes: Path | None = typer.Option(
         None, "--fixes", help="JSONL of fixes: EditCase or {prompt|intent|code, target}"
@@ -297,34 +379,43 @@ def apply_cmd(
     load: Path | None = typer.Option(None, "--load", help="artifact directory to load"),
     prompt: list[str] = typer.Option([], "--prompt", "-p", help="generate from this prompt (repeatable)"),
     task: str = typer.Option("cnle", "--task", help="template for bare prompts: cnle (intent) / csne (code)"),
-    preset: str | None = typer.Option(None, "--preset"),
-    max_new_tokens: int = typer.Option(48, "--max-new-tokens"),
-    device: str | None = typer.Option(None, "--device"),
+    preset: str | None = _opt("preset"),
+    hp: list[str] = typer.Option([], "--hp", help=HP_HELP),
+    max_new_tokens: int = typer.Option(48, "--max-new-tokens", min=1),
+    device: str | None = _opt("device"),
 ) -> None:
     """Apply fixes and save them as an artifact (--fixes --out), or load one and generate (--load --prompt)."""
+    from clmedit.data.schema import PROMPT_TEMPLATES
+    from clmedit.errors import InputError
+
     if (fixes is None) == (load is None):
-        raise _fail("give either --fixes FILE --out DIR (make an artifact) or --load DIR --prompt TEXT")
+        raise InputError("give either --fixes FILE --out DIR (make an artifact) or --load DIR --prompt TEXT")
     if fixes is not None and out is None:
-        raise _fail("--fixes needs --out DIR for the artifact")
+        raise InputError("--fixes needs --out DIR for the artifact")
     if load is not None and not prompt:
-        raise _fail("--load needs at least one --prompt")
+        raise InputError("--load needs at least one --prompt")
+    if task not in PROMPT_TEMPLATES:
+        raise InputError(f"--task {task!r} is not a task; use one of {', '.join(sorted(PROMPT_TEMPLATES))}")
+    if load is not None and not (load / "manifest.json").is_file():
+        raise InputError(
+            f"--load {load} is not a clmedit artifact (no manifest.json); make one with --fixes --out"
+        )
     from clmedit.run.artifact import as_prompt, load_artifact, read_fixes, save_artifact
-    from clmedit.run.runner import load_model_for
+    from clmedit.run.checks import check_device, check_out_dir
+    from clmedit.run.runner import load_model_for, make_editor
 
-    try:
-        m, tok = load_model_for(model, device)
-        if fixes is not None:
-            from clmedit.config import preset_for_model
-            from clmedit.editors.base import get_editor
-
-            ed = get_editor(editor, preset=preset or (model if preset_for_model(model) else None))
-            save_artifact(m, tok, ed, read_fixes(fixes, task), out, model)
-            typer.echo(f"artifact written to {out}")
-        else:
-            manifest = load_artifact(m, tok, load)
-            typer.echo(f"loaded {manifest['editor']} edit of {manifest['fixes']} fix(es) from {load}")
-    except _user_errors() as err:
-        raise _fail(str(err)) from None
+    check_device(device)
+    if fixes is not None:
+        ed = make_editor(editor, model, preset, _parse_hp(hp))
+        cases = read_fixes(fixes, task)
+        check_out_dir(out)
+    m, tok = load_model_for(model, device)
+    if fixes is not None:
+        save_artifact(m, tok, ed, cases, out, model)
+        typer.echo(f"artifact written to {out}")
+    else:
+        manifest = load_artifact(m, tok, load)
+        typer.echo(f"loaded {manifest['editor']} edit of {manifest['fixes']} fix(es) from {load}")
     if prompt:
         from clmedit.eval.generate import generate
 
@@ -379,16 +470,16 @@ def stats(
 @app.command("train")
 def train_cmd(
     editor: str = typer.Option(..., "--editor", "-e", help="a trainable editor: agrace, agrace-last, malmen"),
-    data: str = typer.Option(..., "--data", "-d", help="case JSONL, or default:cnle / default:csne"),
+    data: str = _opt("data"),
     out: Path = typer.Option(..., "--out", "-o", help="folder for the trained part (e.g. RUN_DIR/fold0)"),
-    model: str = typer.Option("smollm2-135m", "--model", "-m", help="model name, HF id, path or GGUF"),
+    model: str = _opt("model"),
     fold: int = typer.Option(0, "--fold", min=0, help="train for fold k: on every case outside fold k"),
     folds: int = typer.Option(2, "--folds", min=2, help="number of folds (the study: 2)"),
-    limit: int | None = typer.Option(None, "--limit", "-n", min=1, help="first N cases (as `run --limit`)"),
-    preset: str | None = typer.Option(None, "--preset", help="hparams preset or YAML (default: by model)"),
-    hp: list[str] = typer.Option([], "--hp", help="hparams override key=value, e.g. steps=300"),
-    seed: int = typer.Option(0, "--seed", help="fold split seed (as `run --seed`)"),
-    device: str | None = typer.Option(None, "--device", help="cpu, cuda, ..."),
+    limit: int | None = _opt("limit"),
+    preset: str | None = _opt("preset"),
+    hp: list[str] = typer.Option([], "--hp", help=HP_HELP),
+    seed: int = _opt("seed"),
+    device: str | None = _opt("device"),
 ) -> None:
     """Train an editor's learned part on the cases outside one fold and save it to OUT.
 
@@ -397,32 +488,9 @@ def train_cmd(
     """
     import json
 
-    from clmedit.data.schema import CaseFileError, atomic_write_text, read_cases
-    from clmedit.run.runner import RunConfig, _make_editor, load_model_for, resolve_data, split_folds
+    from clmedit.run.folds import train_fold
 
-    try:
-        if fold >= folds:
-            raise ValueError(f"--fold {fold} does not exist with --folds {folds} (use 0..{folds - 1})")
-        config = RunConfig(
-            model=model, editor=editor, data=data, out=out, limit=limit, preset=preset,
-            hparams=_parse_hp(hp), seed=seed, folds=folds, device=device,
-        )  # fmt: skip
-        ed = _make_editor(config)
-        if not ed.trainable:
-            raise ValueError(f"editor {ed.name!r} has nothing to train")
-        cases = read_cases(resolve_data(config.data, seed=seed))[:limit]
-        parts = split_folds(cases, folds, seed)
-        train = [c for k, part in enumerate(parts) if k != fold for c in part]
-        lm, tok = load_model_for(model, device)
-        history = ed.fit(lm, tok, train)
-        ed.save(out)
-    except (CaseFileError, *_user_errors()) as err:
-        raise _fail(str(err)) from None
-    summary = {"editor": ed.name, "model": model, "fold": fold, "folds": folds, "train_cases": len(train)}
-    summary["history"] = {k: v for k, v in history.items() if not isinstance(v, list)}
-    atomic_write_text(out / "train.json", json.dumps(summary, indent=2))
-    atomic_write_text(out / "DONE", "")  # lets `clmedit run --out RUN` load it instead of retraining
-    typer.echo(json.dumps(summary))
+    typer.echo(json.dumps(train_fold(_run_config(locals(), hp), fold)))
 
 
 @app.command("editors")
