@@ -26,11 +26,18 @@ def user_error_message(err: BaseException) -> str | None:
     if isinstance(err, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)):
         return f"{err.strerror or err}: {err.filename}" if err.filename else str(err)
     if type(err).__name__ == "ValidationError" and type(err).__module__.startswith("pydantic"):
-        return "; ".join(
-            f"--{'.'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}" if e["loc"] else e["msg"]
-            for e in err.errors()  # type: ignore[attr-defined]
-        )
+        return validation_message(err, prefix="--")
     return None
+
+
+def validation_message(err: Exception, prefix: str = "") -> str:
+    """A pydantic ValidationError in one line: `field: problem; ...` (options as --field-name)."""
+    parts = []
+    for e in err.errors():  # type: ignore[attr-defined]
+        msg = str(e["msg"]).removeprefix("Value error, ")
+        loc = ".".join(str(p) for p in e["loc"])
+        parts.append(f"{prefix}{loc.replace('_', '-') if prefix else loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -351,14 +358,23 @@ def report_cmd(
     figures: bool = typer.Option(True, "--figures/--no-figures"),
 ) -> None:
     """Table IV-style Markdown + LaTeX tables and the cost/distance/PCA figures from run directories."""
+    from clmedit.errors import InputError
     from clmedit.files import atomic_write_text
     from clmedit.report.tables import load_summaries, render_latex, render_markdown
 
-    summaries = load_summaries(run_dirs)
+    try:  # a summary.json edited or torn by hand is the user's file, not a bug
+        summaries = load_summaries(run_dirs)
+        markdown, latex = render_markdown(summaries), render_latex(summaries)
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        if isinstance(err, InputError):
+            raise
+        raise InputError(
+            f"a summary.json under {', '.join(map(str, run_dirs))} is malformed ({type(err).__name__}: {err}); "
+            "rerun `clmedit run` into its folder to rewrite it"
+        ) from None
     out = out or (run_dirs[0] / "report" if run_dirs[0].is_dir() else Path("report"))
-    markdown = render_markdown(summaries)
     atomic_write_text(out / "table.md", markdown + "\n")
-    atomic_write_text(out / "table.tex", render_latex(summaries) + "\n")
+    atomic_write_text(out / "table.tex", latex + "\n")
     written = []
     if figures:
         from clmedit.report.figures import all_figures
@@ -429,9 +445,13 @@ def apply_cmd(
 
 def _layer_range(spec: str) -> list[int]:
     """'4-8' -> [4, 5, 6, 7, 8]; '5' -> [5]; '4,6,8' -> [4, 6, 8]."""
+    from clmedit.errors import InputError
+
     layers: list[int] = []
     for part in spec.split(","):
         lo, _, hi = part.strip().partition("-")
+        if not lo.isdigit() or not (hi or lo).isdigit() or int(hi or lo) < int(lo):
+            raise InputError(f"--layers {spec!r}: give layer numbers like 4-8, 5 or 4,6,8")
         layers += list(range(int(lo), int(hi or lo) + 1))
     return sorted(set(layers))
 
@@ -441,23 +461,32 @@ def stats(
     model: str = typer.Option("smollm2-135m", "--model", "-m", help="model name, HF id, folder or .gguf"),
     layers: str = typer.Option("4-8", help="layers of the model itself (not rescaled), e.g. 4-8 or 5,7"),
     corpus: str = typer.Option(None, help="text/JSONL file or folder; default: the stdlib's Python sources"),
-    samples: int = typer.Option(None, help="corpus windows to read (default 1000)"),
-    seq_len: int = typer.Option(None, help="tokens per window (default 256)"),
+    samples: int = typer.Option(None, min=1, help="corpus windows to read (default 1000)"),
+    seq_len: int = typer.Option(None, min=1, help="tokens per window (default 256)"),
     device: str = typer.Option(None, help="cpu / cuda (default: cuda when available)"),
 ) -> None:
     """Compute and cache the second-moment statistics MEMIT/PMET use (runs reuse the cache)."""
+    from clmedit.errors import InputError
     from clmedit.locate.stats import (
         DEFAULT_SAMPLES,
         DEFAULT_SEQ_LEN,
+        corpus_files,
         corpus_fingerprint,
         layer_stats,
         stats_path,
     )
-    from clmedit.models.load import load_model
+    from clmedit.models.arch import arch_of
+    from clmedit.run.runner import load_model_for
 
-    lm, tok = load_model(model, device=device)
-    n, t = samples or DEFAULT_SAMPLES, seq_len or DEFAULT_SEQ_LEN
     wanted = _layer_range(layers)
+    if corpus is not None:
+        corpus_files(corpus)  # a missing corpus fails before the model loads
+    lm, tok = load_model_for(model, device)
+    depth = arch_of(lm).num_layers(lm)
+    if wanted[-1] >= depth:
+        raise InputError(f"--layers {layers}: {model} has layers 0..{depth - 1}")
+    n = samples if samples is not None else DEFAULT_SAMPLES
+    t = seq_len if seq_len is not None else DEFAULT_SEQ_LEN
     layer_stats(lm, tok, wanted, corpus, n, t)
     fp = corpus_fingerprint(corpus)
     for layer in wanted:

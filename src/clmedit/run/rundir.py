@@ -64,7 +64,9 @@ def _differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
         old, new = saved.get(key), now.get(key)
         if old == new:
             continue
-        if key == "hparams" and isinstance(old, dict) and isinstance(new, dict):
+        if key == "hparams" and saved.get("editor") != now.get("editor"):
+            diffs.append("hparams: those of another editor")
+        elif key == "hparams" and isinstance(old, dict) and isinstance(new, dict):
             diffs += [f"hparams.{k}: {old.get(k)!r} -> {new.get(k)!r}"
                       for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]  # fmt: skip
         elif key == "data_digest":

@@ -71,8 +71,18 @@ def make_editor(name: str, model: str, preset: str | None = None, hparams: dict[
         raise
     except (yaml.YAMLError, ValidationError, ValueError, TypeError) as err:
         where = f"preset {preset!r}" if preset else "defaults"
+        if isinstance(err, ValidationError):
+            detail = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'hparams'}: {e['msg']}" for e in err.errors()
+            )
+        elif isinstance(err, yaml.YAMLError):
+            mark = getattr(err, "problem_mark", None)
+            detail = f"not valid YAML ({getattr(err, 'problem', None) or err}"
+            detail += f", line {mark.line + 1})" if mark is not None else ")"
+        else:
+            detail = str(err)
         raise InputError(
-            f"invalid hparams for editor {name!r} ({where}, --hp {hparams or {}}): {err}"
+            f"invalid hparams for editor {name!r} ({where}, --hp {hparams or {}}): {detail}"
         ) from None
 
 
