@@ -97,7 +97,9 @@ def claim(out: Path, ident: dict[str, Any], about: dict[str, Any], overwrite: bo
                     "use another --out, or --overwrite to discard those results"
                 )
             return
-        if _results(out):
+        if any(
+            p.is_file() and p.name != IDENTITY_FILE for p in _results(out)
+        ):  # fold<k>/ from `train` is fine
             raise IntegrityError(
                 f"{out} holds results but no {IDENTITY_FILE} (an older clmedit wrote them), so their settings "
                 "are unknown; use another --out, or --overwrite to discard them"
