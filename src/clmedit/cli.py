@@ -23,7 +23,9 @@ def user_error_message(err: BaseException) -> str | None:
 
     if isinstance(err, ClmeditError):
         return str(err)
-    if isinstance(err, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)):
+    if isinstance(
+        err, (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
+    ):
         return f"{err.strerror or err}: {err.filename}" if err.filename else str(err)
     if type(err).__name__ == "ValidationError" and type(err).__module__.startswith("pydantic"):
         return validation_message(err, prefix="--")
