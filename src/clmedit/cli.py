@@ -10,59 +10,23 @@ import logging
 from pathlib import Path
 
 import typer
-from typer.core import TyperGroup
 
-
-def user_error_message(err: BaseException) -> str | None:
-    """The one-line message for an error the user can fix, or None for a bug (which keeps its traceback).
-
-    User errors are `ClmeditError`s, invalid options (pydantic's ValidationError) and paths that
-    do not exist or cannot be used.
-    """
-    from clmedit.errors import ClmeditError
-
-    if isinstance(err, ClmeditError):
-        return str(err)
-    if isinstance(
-        err, (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
-    ):
-        return f"{err.strerror or err}: {err.filename}" if err.filename else str(err)
-    if type(err).__name__ == "ValidationError" and type(err).__module__.startswith("pydantic"):
-        return validation_message(err, prefix="--")
-    return None
-
-
-def validation_message(err: Exception, prefix: str = "") -> str:
-    """A pydantic ValidationError in one line: `field: problem; ...` (options as --field-name)."""
-    parts = []
-    for e in err.errors():  # type: ignore[attr-defined]
-        msg = str(e["msg"]).removeprefix("Value error, ")
-        loc = ".".join(str(p) for p in e["loc"])
-        parts.append(f"{prefix}{loc.replace('_', '-') if prefix else loc}: {msg}" if loc else msg)
-    return "; ".join(parts)
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    """Print a one-line error (no traceback) and return the Exit to raise."""
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
-    return typer.Exit(code)
-
-
-class _Commands(TyperGroup):
-    """The CLI's one error path: a user error in any command is one line on stderr and exit code 2."""
-
-    def invoke(self, ctx):  # noqa: ANN001, ANN201 (click's signature)
-        try:
-            return super().invoke(ctx)
-        except Exception as err:
-            message = user_error_message(err)
-            if message is None:
-                raise
-            raise _fail(message) from None
-
+from clmedit.cli_common import (
+    HP_HELP,
+    OVERWRITE_HELP,
+    THREADS_HELP,
+    Commands,
+    fail,
+    parse_hp,
+    report_outcome,
+    run_config,
+    run_option,
+    set_threads,
+    user_error_message,
+)
 
 app = typer.Typer(
-    cls=_Commands, no_args_is_help=True, add_completion=False, help="Edit code LLMs and measure the edits."
+    cls=Commands, no_args_is_help=True, add_completion=False, help="Edit code LLMs and measure the edits."
 )
 data_app = typer.Typer(no_args_is_help=True, help="Build, import and inspect CLMEEval edit cases.")
 app.add_typer(data_app, name="data")
@@ -89,7 +53,7 @@ def _data_errors() -> tuple[type[BaseException], ...]:
 
 
 def _data_exit(err: BaseException) -> typer.Exit:
-    return _fail(user_error_message(err) or str(err))
+    return fail(user_error_message(err) or str(err))
 
 
 @data_app.command("build")
@@ -200,105 +164,25 @@ def data_show_cmd(
 
 BENCH_EDITORS = "none,ft,grace"  # the study's pair + the unedited row; add more with --editors
 BENCH_LIMIT = 10  # cases per task: ~60 s CPU per CNLE+CSNE pair for none+ft+grace; leaves room for the first-use data build
-THREADS_HELP = "CPU threads for torch (default: all cores); 1 when other jobs share the machine"
-HP_HELP = "hparams override key=value, value in YAML (repeatable), e.g. --hp lr=1e-4 --hp layers=[3]"
-OVERWRITE_HELP = "discard the results already in --out (they belong to another configuration)"
-_SHORT = {"data": "-d", "out": "-o", "model": "-m", "editor": "-e", "limit": "-n"}
-
-
-def _opt(field: str, *decls: str, **kwargs):  # noqa: ANN202 (a typer OptionInfo)
-    """A typer option for the RunConfig field `field`: its default and help are the field's own."""
-    from clmedit.run.settings import RunConfig
-
-    info = RunConfig.model_fields[field]
-    flag = "--" + field.replace("_", "-")
-    if not decls:
-        decls = (
-            (f"{flag}/--no-{flag[2:]}",) if info.annotation in (bool, "bool") and info.default else (flag,)
-        )
-        decls += (_SHORT[field],) if field in _SHORT else ()
-    for bound in info.metadata:  # the field's own range, shown in --help and checked early
-        if getattr(bound, "ge", None) is not None:
-            kwargs.setdefault("min", bound.ge)
-        if getattr(bound, "gt", None) is not None:
-            kwargs.setdefault("min", bound.gt + 1)
-    default = ... if info.is_required() else info.get_default(call_default_factory=True)
-    return typer.Option(default, *decls, help=info.description, **kwargs)
-
-
-def _set_threads(threads: int | None) -> None:
-    """Cap torch's CPU threads: on a shared machine oversubscribed threads make forwards ~10x slower."""
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
-
-
-def _parse_hp(pairs: list[str]) -> dict:
-    """['lr=1e-4', 'layers=[3]'] -> {'lr': 0.0001, 'layers': [3]} (values parsed as YAML)."""
-    import yaml
-
-    from clmedit.errors import InputError
-
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise InputError(f"--hp expects key=value, got {pair!r}")
-        try:
-            out[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError as err:
-            problem = getattr(err, "problem", None) or "not valid YAML"
-            raise InputError(f"--hp {pair!r}: the value is {problem}; quote it or fix its YAML") from None
-    return out
-
-
-def _run_config(options: dict, hp: list[str]):  # noqa: ANN202
-    """A RunConfig from a command's options (those named like its fields) and --hp pairs."""
-    from clmedit.run.settings import RunConfig
-
-    fields = {k: v for k, v in options.items() if k in RunConfig.model_fields and k != "hparams"}
-    return RunConfig(**fields, hparams=_parse_hp(hp))
-
-
-def _report_outcome(summary: dict, run_dir: Path) -> None:
-    """Say which lines of the data were skipped; exit 1 when cases failed (how many, and why)."""
-    skipped = summary.get("skipped_lines") or {}
-    if skipped.get("count"):
-        reasons = ", ".join(f"{r}: {n}" for r, n in skipped["by_reason"].items())
-        typer.secho(
-            f"warning: {skipped['count']} line(s) of {skipped['file']} skipped ({reasons}); "
-            f"line numbers in {run_dir / 'summary.json'}",
-            err=True,
-            fg=typer.colors.YELLOW,
-        )
-    counts = summary.get("counts", {})
-    if counts.get("failed"):
-        why = ", ".join(f"{t}: {n}" for t, n in summary["failures"]["by_type"].items())
-        raise _fail(
-            f"{counts['failed']} of {counts['cases']} case(s) failed ({why}); the errors are in "
-            f"{run_dir}/cases*.jsonl, and rerunning the same command retries them",
-            code=1,
-        )
 
 
 @app.command("run")
 def run_cmd(
-    data: str = _opt("data"),
-    out: Path = _opt("out"),
-    model: str = _opt("model"),
-    editor: str = _opt("editor"),
-    limit: int | None = _opt("limit"),
-    preset: str | None = _opt("preset"),
+    data: str = run_option("data"),
+    out: Path = run_option("out"),
+    model: str = run_option("model"),
+    editor: str = run_option("editor"),
+    limit: int | None = run_option("limit"),
+    preset: str | None = run_option("preset"),
     hp: list[str] = typer.Option([], "--hp", help=HP_HELP),
-    seed: int = _opt("seed"),
-    shard: str = _opt("shard"),
-    batch_size: int = _opt("batch_size"),
-    folds: int = _opt("folds"),
-    fluency: bool = _opt("fluency"),
-    device: str | None = _opt("device"),
-    verify_restore: bool = _opt("verify_restore"),
-    keys: bool = _opt("keys"),
+    seed: int = run_option("seed"),
+    shard: str = run_option("shard"),
+    batch_size: int = run_option("batch_size"),
+    folds: int = run_option("folds"),
+    fluency: bool = run_option("fluency"),
+    device: str | None = run_option("device"),
+    verify_restore: bool = run_option("verify_restore"),
+    keys: bool = run_option("keys"),
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
 ) -> None:
@@ -308,32 +192,32 @@ def run_cmd(
     """
     import json
 
-    config = _run_config(locals(), hp)
-    _set_threads(threads)
+    config = run_config(locals(), hp)
+    set_threads(threads)
     from clmedit.run.runner import run
 
     run_dir = run(config, overwrite=overwrite)
     typer.echo((run_dir / "table.md").read_text())
     typer.echo(f"results in {run_dir}")
-    _report_outcome(json.loads((run_dir / "summary.json").read_text()), run_dir)
+    report_outcome(json.loads((run_dir / "summary.json").read_text()), run_dir)
 
 
 @app.command("bench")
 def bench_cmd(
-    model: str = _opt("model"),
+    model: str = run_option("model"),
     editors: str = typer.Option(BENCH_EDITORS, "--editors", help="comma-separated editor names, or 'all'"),
     tasks: str = typer.Option("cnle,csne", "--tasks", help="default datasets to use"),
     limit: int = typer.Option(BENCH_LIMIT, "--limit", "-n", min=1, help="cases per task"),
     out: Path = typer.Option(Path("results/bench"), "--out", "-o"),
-    fluency: bool = _opt("fluency"),
-    device: str | None = _opt("device"),
+    fluency: bool = run_option("fluency"),
+    device: str | None = run_option("device"),
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
 ) -> None:
     """The main job: every editor on the default CNLE and CSNE cases; prints a Table IV-style table."""
     import time
 
-    _set_threads(threads)
+    set_threads(threads)
 
     from clmedit.run.bench import bench, bench_editor_names, bench_tasks
 
@@ -350,7 +234,7 @@ def bench_cmd(
         failed["counts"]["failed"] += summary["counts"]["failed"]
         for t, n in summary["failures"]["by_type"].items():
             failed["failures"]["by_type"][t] = failed["failures"]["by_type"].get(t, 0) + n
-    _report_outcome(failed, out)
+    report_outcome(failed, out)
 
 
 @app.command("report")
@@ -388,7 +272,7 @@ def report_cmd(
 
 @app.command("apply")
 def apply_cmd(
-    model: str = _opt("model"),
+    model: str = run_option("model"),
     editor: str = typer.Option("grace", "--editor", "-e"),
     fixes: Path | None = typer.Option(
         None, "--fixes", help="JSONL of fixes: EditCase or {prompt|intent|code, target}"
@@ -397,10 +281,10 @@ def apply_cmd(
     load: Path | None = typer.Option(None, "--load", help="artifact directory to load"),
     prompt: list[str] = typer.Option([], "--prompt", "-p", help="generate from this prompt (repeatable)"),
     task: str = typer.Option("cnle", "--task", help="template for bare prompts: cnle (intent) / csne (code)"),
-    preset: str | None = _opt("preset"),
+    preset: str | None = run_option("preset"),
     hp: list[str] = typer.Option([], "--hp", help=HP_HELP),
     max_new_tokens: int = typer.Option(48, "--max-new-tokens", min=1),
-    device: str | None = _opt("device"),
+    device: str | None = run_option("device"),
 ) -> None:
     """Apply fixes and save them as an artifact (--fixes --out), or load one and generate (--load --prompt)."""
     from clmedit.data.schema import PROMPT_TEMPLATES
@@ -424,7 +308,7 @@ def apply_cmd(
 
     check_device(device)
     if fixes is not None:
-        ed = make_editor(editor, model, preset, _parse_hp(hp))
+        ed = make_editor(editor, model, preset, parse_hp(hp))
         cases = read_fixes(fixes, task)
         check_out_dir(out)
     m, tok = load_model_for(model, device)
@@ -501,16 +385,16 @@ def stats(
 @app.command("train")
 def train_cmd(
     editor: str = typer.Option(..., "--editor", "-e", help="a trainable editor: agrace, agrace-last, malmen"),
-    data: str = _opt("data"),
+    data: str = run_option("data"),
     out: Path = typer.Option(..., "--out", "-o", help="folder for the trained part (e.g. RUN_DIR/fold0)"),
-    model: str = _opt("model"),
+    model: str = run_option("model"),
     fold: int = typer.Option(0, "--fold", min=0, help="train for fold k: on every case outside fold k"),
     folds: int = typer.Option(2, "--folds", min=2, help="number of folds (the study: 2)"),
-    limit: int | None = _opt("limit"),
-    preset: str | None = _opt("preset"),
+    limit: int | None = run_option("limit"),
+    preset: str | None = run_option("preset"),
     hp: list[str] = typer.Option([], "--hp", help=HP_HELP),
-    seed: int = _opt("seed"),
-    device: str | None = _opt("device"),
+    seed: int = run_option("seed"),
+    device: str | None = run_option("device"),
 ) -> None:
     """Train an editor's learned part on the cases outside one fold and save it to OUT.
 
@@ -521,7 +405,7 @@ def train_cmd(
 
     from clmedit.run.folds import train_fold
 
-    typer.echo(json.dumps(train_fold(_run_config(locals(), hp), fold)))
+    typer.echo(json.dumps(train_fold(run_config(locals(), hp), fold)))
 
 
 @app.command("editors")
