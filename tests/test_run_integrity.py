@@ -112,3 +112,17 @@ def test_a_case_beyond_the_context_window_is_a_per_case_error(llama_tiny, tmp_pa
     assert by_id["case-1"]["error"]["type"] == "InputError"
     assert "context window of 512" in by_id["case-1"]["error"]["message"]
     assert by_id["case-0"]["error"] is None and by_id["case-2"]["error"] is None
+
+
+def test_a_first_run_that_stopped_before_any_result_does_not_bind_the_folder(llama_tiny, data, tmp_path):
+    """A mistyped model name fails after run.json is written; the corrected command must still run."""
+    from clmedit.run.runner import RunConfig
+
+    out = tmp_path / "r"
+    (tmp_path / "not-a-model").mkdir()
+    with pytest.raises(Exception, match="not-a-model"):
+        run(RunConfig(model=str(tmp_path / "not-a-model"), data=str(data), out=out, fluency=False))
+    assert (out / "run.json").is_file()
+    model, tok = llama_tiny
+    run(_config(data, out), model, tok, editor=Bump())
+    assert len(records.read_records(out)) == 3

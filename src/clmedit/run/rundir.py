@@ -77,13 +77,18 @@ def _differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
 
 
 def claim(out: Path, ident: dict[str, Any], about: dict[str, Any], overwrite: bool = False) -> None:
-    """Make `out` this configuration's folder: write run.json, or check it matches; see module doc."""
+    """Make `out` this configuration's folder: write run.json, or check it matches; see module doc.
+
+    A run.json whose folder holds nothing yet (its first run stopped before any result, e.g. on a
+    mistyped model name) is simply replaced.
+    """
     path = out / IDENTITY_FILE
     with locked(path):  # shards starting together agree on one run.json
         if overwrite:
             for p in _results(out):
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
-        if path.is_file():
+        results = [p for p in _results(out) if p.name != IDENTITY_FILE and (p.is_dir() or p.stat().st_size)]
+        if path.is_file() and results:
             try:
                 saved = json.loads(path.read_text(encoding="utf-8"))["identity"]
             except (ValueError, KeyError, TypeError):
@@ -97,9 +102,7 @@ def claim(out: Path, ident: dict[str, Any], about: dict[str, Any], overwrite: bo
                     "use another --out, or --overwrite to discard those results"
                 )
             return
-        if any(
-            p.is_file() and p.name != IDENTITY_FILE for p in _results(out)
-        ):  # fold<k>/ from `train` is fine
+        if any(p.is_file() for p in results):  # (a fold<k>/ made by `clmedit train` is fine)
             raise IntegrityError(
                 f"{out} holds results but no {IDENTITY_FILE} (an older clmedit wrote them), so their settings "
                 "are unknown; use another --out, or --overwrite to discard them"

@@ -111,6 +111,7 @@ def run(config: RunConfig, model=None, tok=None, editor=None, overwrite: bool = 
     from clmedit.models.text import model_name as name_of
 
     out = check_out_dir(config.out)
+    check_device(config.device)
     data = resolve_data(config.data, seed=config.seed)
     skipped = SkippedLines()
     every = read_cases(data, skipped)
@@ -123,7 +124,6 @@ def run(config: RunConfig, model=None, tok=None, editor=None, overwrite: bool = 
         editor = make_editor(config.editor, config.model, config.preset, config.hparams)
     if editor.trainable and config.folds < 2:
         raise InputError(f"editor {editor.name!r} is trained on a split: run it with --folds 2")
-    check_device(config.device)
     hparams = records.jsonable(editor.hparams)
     path = records.cases_file(out, config.shard_tuple)
     with rundir.writing(path, config.shard):
