@@ -20,7 +20,7 @@ def user_error_message(err: BaseException) -> str | None:
     User errors are `ClmeditError`s, invalid options (pydantic's ValidationError) and paths that
     do not exist or cannot be used.
     """
-    from clmedit.errors import ClmeditError
+    from clmedit.errors import ClmeditError, describe_validation
 
     if isinstance(err, ClmeditError):
         return str(err)
@@ -29,18 +29,8 @@ def user_error_message(err: BaseException) -> str | None:
     ):
         return f"{err.strerror or err}: {err.filename}" if err.filename else str(err)
     if type(err).__name__ == "ValidationError" and type(err).__module__.startswith("pydantic"):
-        return validation_message(err, prefix="--")
+        return describe_validation(err, option_prefix="--")
     return None
-
-
-def validation_message(err: Exception, prefix: str = "") -> str:
-    """A pydantic ValidationError in one line: `field: problem; ...` (options as --field-name)."""
-    parts = []
-    for e in err.errors():  # type: ignore[attr-defined]
-        msg = str(e["msg"]).removeprefix("Value error, ")
-        loc = ".".join(str(p) for p in e["loc"])
-        parts.append(f"{prefix}{loc.replace('_', '-') if prefix else loc}: {msg}" if loc else msg)
-    return "; ".join(parts)
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:

@@ -31,7 +31,7 @@ from clmedit.data.schema import (
     iter_jsonl,
     write_cases,
 )
-from clmedit.errors import InputError
+from clmedit.errors import InputError, describe_validation
 from clmedit.run.records import fingerprint, fingerprint_diff
 
 log = logging.getLogger(__name__)
@@ -50,8 +50,9 @@ def read_fixes(path: str | Path, task: str = "cnle") -> list[EditCase]:
         try:
             fixes.append(_fix(obj, i, task))
         except ValidationError as err:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-            raise InputError(f"{path}: fix {i + 1} is not a valid edit case ({problems})") from None
+            raise InputError(
+                f"{path}: fix {i + 1} is not a valid edit case ({describe_validation(err)})"
+            ) from None
         except InputError as err:
             raise InputError(f"{path}: fix {i + 1} {err}") from None
     if skipped:

@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from clmedit.data.schema import EditCase, SkippedLines, read_cases
-from clmedit.errors import InputError
+from clmedit.errors import InputError, describe_validation
 from clmedit.files import atomic_write_text
 from clmedit.run import records, rundir
 from clmedit.run.checks import case_problem, check_device, check_out_dir, context_window, skipped_summary
@@ -72,9 +72,7 @@ def make_editor(name: str, model: str, preset: str | None = None, hparams: dict[
     except (yaml.YAMLError, ValidationError, ValueError, TypeError) as err:
         where = f"preset {preset!r}" if preset else "defaults"
         if isinstance(err, ValidationError):
-            detail = "; ".join(
-                f"{'.'.join(map(str, e['loc'])) or 'hparams'}: {e['msg']}" for e in err.errors()
-            )
+            detail = describe_validation(err)
         elif isinstance(err, yaml.YAMLError):
             mark = getattr(err, "problem_mark", None)
             detail = f"not valid YAML ({getattr(err, 'problem', None) or err}"
