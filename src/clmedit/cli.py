@@ -199,7 +199,7 @@ def run_cmd(
     run_dir = run(config, overwrite=overwrite)
     typer.echo((run_dir / "table.md").read_text())
     typer.echo(f"results in {run_dir}")
-    report_outcome(json.loads((run_dir / "summary.json").read_text()), run_dir)
+    report_outcome([json.loads((run_dir / "summary.json").read_text())], run_dir)
 
 
 @app.command("bench")
@@ -228,13 +228,7 @@ def bench_cmd(
     typer.echo(
         f"\n{len(names)} editors x {tasks} x {limit} cases in {time.perf_counter() - t0:.0f} s; see {out}"
     )
-    failed = {"counts": {"cases": 0, "failed": 0}, "failures": {"by_type": {}}}
-    for summary in summaries:
-        failed["counts"]["cases"] += summary["counts"]["cases"]
-        failed["counts"]["failed"] += summary["counts"]["failed"]
-        for t, n in summary["failures"]["by_type"].items():
-            failed["failures"]["by_type"][t] = failed["failures"]["by_type"].get(t, 0) + n
-    report_outcome(failed, out)
+    report_outcome(summaries, out)
 
 
 @app.command("report")

@@ -113,22 +113,31 @@ def run_config(options: dict, hp: list[str]):  # noqa: ANN202
     return RunConfig(**fields, hparams=parse_hp(hp))
 
 
-def report_outcome(summary: dict, run_dir: Path) -> None:
-    """Say which lines of the data were skipped; exit 1 when cases failed (how many, and why)."""
-    skipped = summary.get("skipped_lines") or {}
-    if skipped.get("count"):
-        reasons = ", ".join(f"{r}: {n}" for r, n in skipped["by_reason"].items())
-        typer.secho(
-            f"warning: {skipped['count']} line(s) of {skipped['file']} skipped ({reasons}); "
-            f"line numbers in {run_dir / 'summary.json'}",
-            err=True,
-            fg=typer.colors.YELLOW,
-        )
-    counts = summary.get("counts", {})
-    if counts.get("failed"):
-        why = ", ".join(f"{t}: {n}" for t, n in summary["failures"]["by_type"].items())
+def report_outcome(summaries: list[dict], where: Path) -> None:
+    """Say which lines of the data were skipped; exit 1 when cases failed (how many, and why).
+
+    `summaries` are those of one run, or of every run of a bench under `where`.
+    """
+    from collections import Counter
+
+    cases, failed, why = 0, 0, Counter()
+    for summary in summaries:
+        skipped = summary.get("skipped_lines") or {}
+        if skipped.get("count"):
+            reasons = ", ".join(f"{r}: {n}" for r, n in skipped["by_reason"].items())
+            typer.secho(
+                f"warning: {skipped['count']} line(s) of {skipped['file']} skipped ({reasons}); "
+                "their line numbers are in summary.json",
+                err=True,
+                fg=typer.colors.YELLOW,
+            )
+        cases += summary.get("counts", {}).get("cases", 0)
+        failed += summary.get("counts", {}).get("failed", 0)
+        why.update(summary.get("failures", {}).get("by_type", {}))
+    if failed:
+        types = ", ".join(f"{t}: {n}" for t, n in why.items())
         raise fail(
-            f"{counts['failed']} of {counts['cases']} case(s) failed ({why}); the errors are in "
-            f"{run_dir}/cases*.jsonl, and rerunning the same command retries them",
+            f"{failed} of {cases} case(s) failed ({types}); the errors are in cases*.jsonl under {where}, "
+            "and rerunning the same command retries them",
             code=1,
         )
