@@ -15,7 +15,7 @@ from clmedit.editors.base import EDITORS, Editor, EditResult, replace_module
 from clmedit.models.arch import arch_of
 from clmedit.models.tiny import tiny_model
 from clmedit.run.artifact import load_artifact, read_fixes, save_artifact
-from clmedit.run.records import fingerprint
+from clmedit.run.records import fingerprint, read_records
 from tests.conftest import make_case
 
 cli = CliRunner()
@@ -136,3 +136,153 @@ def test_bench_editor_names():
     assert bench_editor_names("none, grace") == ["none", "grace"]
     every = bench_editor_names("all")
     assert "none" in every and "grace" in every and "malmen" not in every  # trainable editors need folds
+
+
+class Broken(Editor):
+    """An editor whose every edit fails (and changes nothing)."""
+
+    name = "broken"
+
+    def _apply(self, model, tok, cases, result: EditResult) -> None:
+        raise ValueError("no edit today")
+
+
+@pytest.fixture
+def files(tmp_path, tiny_dir, data):
+    """Bad inputs of every kind, in one folder."""
+    import gzip
+
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "bad.yaml").write_text("lr: [1,\n")
+    raw = gzip.compress(data.read_bytes())
+    (tmp_path / "cut.jsonl.gz").write_bytes(raw[: len(raw) // 2])
+    (tmp_path / "rep").mkdir()
+    (tmp_path / "rep" / "summary.json").write_text("{not json")
+    (tmp_path / "null.jsonl").write_text('{"prompt": "x", "target": null}\n')
+    return tmp_path
+
+
+NO_MODEL = "no/such-model"  # checks that must come before loading a model use this one
+USER_ERRORS = [
+    (["run", "--data", "{data}", "--model", NO_MODEL, "--out", "afile"], "is a file, not a folder"),
+    (["run", "--data", "{data}", "--model", NO_MODEL, "--out", "afile/sub"], "cannot write the run folder"),
+    (
+        ["run", "--data", "{data}", "--model", NO_MODEL, "--out", "o", "--device", "cuda:99"],
+        "--device cuda:99",
+    ),
+    (["run", "--data", "{data}", "--model", NO_MODEL, "--out", "o", "--device", "gpu"], "not a torch device"),
+    (["run", "--data", "{data}", "--model", NO_MODEL, "--out", "o", "--hp", "lr=[1,"], "--hp 'lr=[1,'"),
+    (
+        ["run", "--data", "{data}", "--model", NO_MODEL, "--out", "o", "-e", "ft", "--hp", "nope=1"],
+        "unknown hparams key(s) 'nope'",
+    ),
+    (
+        ["run", "--data", "{data}", "--model", NO_MODEL, "--out", "o", "-e", "ft", "--preset", "bad.yaml"],
+        "YAML",
+    ),
+    (["run", "--data", "cut.jsonl.gz", "--model", NO_MODEL, "--out", "o"], "truncated or corrupt gzip"),
+    (["run", "--data", "{data}", "--model", NO_MODEL, "--out", "o", "-e", "malmen"], "--folds 2"),
+    (["stats", "--model", NO_MODEL, "--samples", "0"], "--samples"),
+    (["stats", "--model", NO_MODEL, "--layers", "a-b"], "--layers 'a-b'"),
+    (["stats", "--model", NO_MODEL, "--corpus", "missing.txt"], "corpus missing.txt does not exist"),
+    (["stats", "--model", NO_MODEL, "--device", "cuda:99"], "--device cuda:99"),
+    (["stats", "--model", "{tiny}", "--layers", "99"], "has layers 0..3"),
+    (["report", "rep"], "is malformed"),
+    (["apply", "--model", NO_MODEL, "--load", "x", "-p", "a", "--task", "java"], "--task 'java'"),
+    (["apply", "--model", NO_MODEL, "--load", "nowhere", "-p", "a"], "not a clmedit artifact"),
+    (["apply", "--model", NO_MODEL, "--fixes", "null.jsonl", "--out", "art"], "non-empty string 'target'"),
+    (["train", "--model", NO_MODEL, "-e", "grace", "--data", "{data}", "--out", "t"], "nothing to train"),
+    (
+        ["train", "--model", NO_MODEL, "-e", "malmen", "--data", "{data}", "--out", "t", "--fold", "2"],
+        "--fold 2",
+    ),
+    (["bench", "--model", NO_MODEL, "--tasks", "java"], "--tasks 'java'"),
+    (["bench", "--model", NO_MODEL, "--out", "afile"], "is a file"),
+    (["data", "show", "cut.jsonl.gz"], "truncated or corrupt gzip"),
+]
+
+
+@pytest.mark.parametrize(
+    "args, message", USER_ERRORS, ids=[" ".join(a[:2]) + f"-{i}" for i, (a, _) in enumerate(USER_ERRORS)]
+)
+def test_every_user_error_is_one_message_with_exit_2(args, message, files, data, tiny_dir, monkeypatch):
+    monkeypatch.chdir(files)
+    result = cli.invoke(app, [a.format(data=data, tiny=tiny_dir) for a in args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert "no model" not in result.output  # found before any model was loaded
+
+
+def test_failed_cases_exit_nonzero_and_say_why(tiny_dir, data, tmp_path, monkeypatch):
+    monkeypatch.setitem(EDITORS, "broken", f"{__name__}:Broken")
+    args = [
+        "run",
+        "--model",
+        str(tiny_dir),
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "o"),
+        "--no-fluency",
+    ]
+    result = cli.invoke(app, [*args, "--editor", "broken"])
+    assert result.exit_code == 1
+    assert "2 of 2 case(s) failed (ValueError: 2)" in result.output
+
+
+def test_rerun_into_a_folder_of_another_configuration(tiny_dir, data, tmp_path):
+    args = [
+        "run",
+        "--model",
+        str(tiny_dir),
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "o"),
+        "--no-fluency",
+    ]
+    assert cli.invoke(app, args).exit_code == 0
+    result = cli.invoke(app, [*args, "--editor", "grace"])
+    assert (
+        result.exit_code == 2
+        and "editor: 'none' -> 'grace'" in result.output
+        and "--overwrite" in result.output
+    )
+    result = cli.invoke(app, [*args, "--editor", "grace", "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert "| GRACE |" in result.output
+
+
+def test_skipped_lines_are_shown_at_the_end(tiny_dir, data, tmp_path):
+    with open(data, "a") as fh:
+        fh.write("{torn\n")
+    args = [
+        "run",
+        "--model",
+        str(tiny_dir),
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "o"),
+        "--no-fluency",
+    ]
+    result = cli.invoke(app, args)
+    assert (
+        result.exit_code == 0
+        and "1 line(s) of" in result.output
+        and "malformed json line: 1" in result.output
+    )
+
+
+def test_train_then_run_uses_the_trained_fold(tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.setitem(EDITORS, "memo", "tests.test_runner:Memo")
+    data = write_cases(tmp_path / "c.jsonl", [make_case(i) for i in range(4)])
+    common = ["--model", str(tiny_dir), "--data", str(data), "--editor", "memo"]
+    result = cli.invoke(app, ["train", *common, "--fold", "0", "--out", str(tmp_path / "r" / "fold0")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "r" / "fold0" / "train.json").read_text())["train_cases"] == 2
+    (tmp_path / "r" / "fold0" / "learned.json").write_text("99")  # proof that fold 0 is loaded, not refitted
+    result = cli.invoke(app, ["run", *common, "--folds", "2", "--out", str(tmp_path / "r"), "--no-fluency"])
+    assert result.exit_code == 0, result.output
+    learned = {r["fold"]: r["info"]["learned"] for r in read_records(tmp_path / "r")}
+    assert learned == {0: 99, 1: 2}

@@ -65,7 +65,7 @@ def test_preset_lookup():
 
 def test_unknown_editor_names_the_known_ones():
     assert editor_class("FT-L").name == "ft"  # aliases, any case
-    with pytest.raises(KeyError, match="unknown editor 'nope'.*grace"):
+    with pytest.raises(InputError, match="unknown editor 'nope'.*grace"):
         get_editor("nope")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -197,3 +198,109 @@ def test_base_answers_written_meanwhile_by_another_run_are_kept(llama_tiny, data
     cached = json.loads(cache.read_text())["answers"]
     assert cached["a prompt only the other run saw"] == "its answer"
     assert make_case(0).neighbours[0].prompt in cached
+
+
+class Memo(Editor):
+    """A trainable toy editor: fit learns the number of training cases; save/load keep it in a file."""
+
+    name = "memo"
+    trainable = True
+
+    def __init__(self, hparams=None, interrupt_at=None):
+        super().__init__(hparams)
+        self.fits = self.loads = self.calls = 0
+        self.learned, self.interrupt_at = None, interrupt_at
+
+    def fit(self, model, tok, train_cases, **kwargs):
+        self.fits += 1
+        self.learned = len(train_cases)
+        return {"loss": 0.5}
+
+    def save(self, directory):
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        (Path(directory) / "learned.json").write_text(json.dumps(self.learned))
+
+    def load(self, directory):
+        self.loads += 1
+        self.learned = json.loads((Path(directory) / "learned.json").read_text())
+
+    def _apply(self, model, tok, cases, result: EditResult) -> None:
+        self.calls += 1
+        if self.interrupt_at is not None and self.calls > self.interrupt_at:
+            raise KeyboardInterrupt
+        result.info["learned"] = self.learned
+
+
+class Unsaved(Memo):
+    """A trainable editor that forgot to implement save/load (the base class's)."""
+
+    name = "unsaved"
+    save = Editor.save
+    load = Editor.load
+
+
+def test_two_folds_fit_save_and_reload_on_resume_without_refitting(llama_tiny, tmp_path):
+    model, tok = llama_tiny
+    data = write_cases(tmp_path / "c.jsonl", [make_case(i) for i in range(4)])
+    out = tmp_path / "r"
+    first = Memo(interrupt_at=3)  # fold 0 (2 cases) and one case of fold 1, then a kill
+    with pytest.raises(KeyboardInterrupt):
+        run(_config(data, out, folds=2), model, tok, editor=first)
+    assert first.fits == 2 and (out / "fold0" / "DONE").is_file() and (out / "fold1" / "DONE").is_file()
+    again = Memo()
+    run(_config(data, out, folds=2), model, tok, editor=again)
+    assert (again.fits, again.loads, again.calls) == (0, 1, 1)  # fold 1's trained part reloaded
+    recs = records.read_records(out)
+    assert len(recs) == 4 and all(r["error"] is None and r["info"]["learned"] == 2 for r in recs)
+    assert sorted(r["fold"] for r in recs) == [0, 0, 1, 1]
+
+
+def test_trainable_editor_without_save_is_an_error_not_a_silent_retrain(llama_tiny, tmp_path):
+    from clmedit.errors import NotSavableError
+
+    model, tok = llama_tiny
+    data = write_cases(tmp_path / "c.jsonl", [make_case(i) for i in range(2)])
+    with pytest.raises((NotImplementedError, NotSavableError)):
+        run(_config(data, tmp_path / "r", folds=2), model, tok, editor=Unsaved())
+
+
+def test_batches_share_one_apply_call(llama_tiny, tmp_path):
+    model, tok = llama_tiny
+    before = records.fingerprint(model)
+    data = write_cases(tmp_path / "c.jsonl", [make_case(i) for i in range(3)])
+    editor = Bump()
+    out = run(_config(data, tmp_path / "r", batch_size=2, verify_restore=True), model, tok, editor=editor)
+    recs = sorted(records.read_records(out), key=lambda r: r["case_id"])
+    assert editor.calls == 2 and [r["batch_size"] for r in recs] == [2, 2, 1]
+    assert recs[0]["batch"] == recs[1]["batch"] != recs[2]["batch"]
+    assert recs[0]["seconds"] == recs[1]["seconds"]  # one apply call, one cost
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"] == {"cases": 3, "ok": 3, "failed": 0, "apply_calls": 2}
+    assert records.fingerprint(model) == before
+
+
+@pytest.mark.slow
+def test_bench_runs_every_editor_on_a_tiny_model(tmp_path, monkeypatch):
+    """bench(): one model load, a run per (task, editor) under out/<model>/<task>/<editor>, one table."""
+    import clmedit.data.build as build
+    from clmedit.models.tiny import tiny_model
+    from clmedit.run.bench import bench
+
+    folder = tmp_path / "tiny-llama"
+    net, tok = tiny_model("llama")
+    net.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    monkeypatch.setenv("CLMEDIT_CACHE", str(tmp_path / "cache"))
+    real = build.build_dataset  # the real default dataset, with the quick embedder
+
+    def quick(cfg, out, *a, **kw):
+        return real(cfg.model_copy(update={"embedder": "bm25", "progress": False}), out, *a, **kw)
+
+    monkeypatch.setattr(build, "build_dataset", quick)
+    table, summaries = bench(str(folder), ["none", "grace"], ["cnle"], 2, tmp_path / "b", fluency=False)
+    assert [s["editor"] for s in summaries] == ["none", "grace"]
+    assert all(s["counts"] == {"cases": 2, "ok": 2, "failed": 0, "apply_calls": 2} for s in summaries)
+    assert summaries[1]["metrics"]["effectiveness"]["em"] == 100.0  # GRACE's edit takes on a tiny model
+    assert (tmp_path / "b" / "tiny-llama" / "cnle" / "grace" / "cases.jsonl").is_file()
+    assert "| Unedited |" in table and "| GRACE |" in table
+    assert (tmp_path / "b" / "table.md").read_text().strip() == table.strip()

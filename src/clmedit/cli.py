@@ -11,7 +11,23 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="Edit code LLMs and measure the edits.")
+from clmedit.cli_common import (
+    HP_HELP,
+    OVERWRITE_HELP,
+    THREADS_HELP,
+    Commands,
+    fail,
+    parse_hp,
+    report_outcome,
+    run_config,
+    run_option,
+    set_threads,
+    user_error_message,
+)
+
+app = typer.Typer(
+    cls=Commands, no_args_is_help=True, add_completion=False, help="Edit code LLMs and measure the edits."
+)
 data_app = typer.Typer(no_args_is_help=True, help="Build, import and inspect CLMEEval edit cases.")
 app.add_typer(data_app, name="data")
 
@@ -37,8 +53,7 @@ def _data_errors() -> tuple[type[BaseException], ...]:
 
 
 def _data_exit(err: BaseException) -> typer.Exit:
-    typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
-    return typer.Exit(2)
+    return fail(user_error_message(err) or str(err))
 
 
 @data_app.command("build")
@@ -143,122 +158,76 @@ def data_show_cmd(
     typer.echo(format_stats(stats))
 
 
-# --- run / bench / report / apply (room: runner) -------------------------------------------------
+# --- run / bench / report / apply / train (room: runner) -----------------------------------------
 
 BENCH_EDITORS = "none,ft,grace"  # the study's pair + the unedited row; add more with --editors
 BENCH_LIMIT = 10  # cases per task: ~60 s CPU per CNLE+CSNE pair for none+ft+grace; leaves room for the first-use data build
 
 
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    """Print a one-line error (no traceback) and return the Exit to raise."""
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
-    return typer.Exit(code)
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from pydantic import ValidationError
-
-    from clmedit.errors import ClmeditError
-
-    return (ClmeditError, ValueError, FileNotFoundError, KeyError, NotImplementedError, ImportError,
-            ValidationError)  # fmt: skip
-
-
-THREADS_HELP = "CPU threads for torch (default: all cores); 1 when other jobs share the machine"
-
-
-def _set_threads(threads: int | None) -> None:
-    """Cap torch's CPU threads: on a shared machine oversubscribed threads make forwards ~10x slower."""
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
-
-
-def _parse_hp(pairs: list[str]) -> dict:
-    """['lr=1e-4', 'layers=[3]'] -> {'lr': 0.0001, 'layers': [3]} (values parsed as YAML)."""
-    import yaml
-
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--hp expects key=value, got {pair!r}")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
-
-
 @app.command("run")
 def run_cmd(
-    data: str = typer.Option(..., "--data", "-d", help="case JSONL, or default:cnle / default:csne"),
-    out: Path = typer.Option(..., "--out", "-o", help="run directory (resumes if it has records)"),
-    model: str = typer.Option("smollm2-135m", "--model", "-m", help="model name, HF id, path or GGUF"),
-    editor: str = typer.Option(
-        "none", "--editor", "-e", help="editor name (`clmedit editors`); none = unedited"
-    ),
-    limit: int | None = typer.Option(None, "--limit", "-n", min=1, help="first N cases"),
-    preset: str | None = typer.Option(None, "--preset", help="hparams preset or YAML (default: by model)"),
-    hp: list[str] = typer.Option([], "--hp", help="hparams override key=value (repeatable)"),
-    seed: int = typer.Option(0, "--seed"),
-    shard: str = typer.Option("0/1", "--shard", help="i/n: this process runs every n-th case from i"),
-    batch_size: int = typer.Option(1, "--batch-size", min=1, help="cases per edit (1 = single edits)"),
-    folds: int = typer.Option(1, "--folds", min=1, help="k-fold protocol for trainable editors (study: 2)"),
-    fluency: bool = typer.Option(True, "--fluency/--no-fluency", help="sample texts for fluency (slow)"),
-    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1, ..."),
-    verify_restore: bool = typer.Option(False, "--verify-restore", help="checksum weights after each case"),
-    keys: bool = typer.Option(False, "--keys", help="record keys and key distances (for the figures)"),
+    data: str = run_option("data"),
+    out: Path = run_option("out"),
+    model: str = run_option("model"),
+    editor: str = run_option("editor"),
+    limit: int | None = run_option("limit"),
+    preset: str | None = run_option("preset"),
+    hp: list[str] = typer.Option([], "--hp", help=HP_HELP),
+    seed: int = run_option("seed"),
+    shard: str = run_option("shard"),
+    batch_size: int = run_option("batch_size"),
+    folds: int = run_option("folds"),
+    fluency: bool = run_option("fluency"),
+    device: str | None = run_option("device"),
+    verify_restore: bool = run_option("verify_restore"),
+    keys: bool = run_option("keys"),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
-    answers_from: str | None = typer.Option(None, "--answers-from", help="released answers key to use"),
+    answers_from: str | None = run_option("answers_from"),
 ) -> None:
-    """Edit each case, evaluate it, restore; write cases.jsonl, summary.json and table.md."""
-    from clmedit.data.schema import CaseFileError
-    from clmedit.run.runner import RunConfig, run
+    """Edit each case, evaluate it, restore; write cases.jsonl, summary.json and table.md.
 
-    _set_threads(threads)
+    Exits 1 when cases failed (their errors are recorded; a rerun retries them), 2 on a usage error.
+    """
+    import json
 
-    try:
-        config = RunConfig(
-            model=model, editor=editor, data=data, out=out, limit=limit, preset=preset, hparams=_parse_hp(hp),
-            seed=seed, shard=shard, batch_size=batch_size, folds=folds, fluency=fluency, device=device,
-            verify_restore=verify_restore, keys=keys, answers_from=answers_from,
-        )  # fmt: skip
-        run_dir = run(config)
-    except (CaseFileError, *_user_errors()) as err:
-        raise _fail(str(err)) from None
+    config = run_config(locals(), hp)
+    set_threads(threads)
+    from clmedit.run.runner import run
+
+    run_dir = run(config, overwrite=overwrite)
     typer.echo((run_dir / "table.md").read_text())
     typer.echo(f"results in {run_dir}")
+    report_outcome([json.loads((run_dir / "summary.json").read_text())], run_dir)
 
 
 @app.command("bench")
 def bench_cmd(
-    model: str = typer.Option("smollm2-135m", "--model", "-m"),
+    model: str = run_option("model"),
     editors: str = typer.Option(BENCH_EDITORS, "--editors", help="comma-separated editor names, or 'all'"),
     tasks: str = typer.Option("cnle,csne", "--tasks", help="default datasets to use"),
     limit: int = typer.Option(BENCH_LIMIT, "--limit", "-n", min=1, help="cases per task"),
     out: Path = typer.Option(Path("results/bench"), "--out", "-o"),
-    fluency: bool = typer.Option(True, "--fluency/--no-fluency"),
-    device: str | None = typer.Option(None, "--device"),
+    fluency: bool = run_option("fluency"),
+    device: str | None = run_option("device"),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
 ) -> None:
     """The main job: every editor on the default CNLE and CSNE cases; prints a Table IV-style table."""
     import time
 
-    _set_threads(threads)
+    set_threads(threads)
 
-    from clmedit.run.bench import bench, bench_editor_names
+    from clmedit.run.bench import bench, bench_editor_names, bench_tasks
 
     t0 = time.perf_counter()
-    try:
-        names = bench_editor_names(editors)
-        table = bench(
-            model, names, [t.strip() for t in tasks.split(",") if t.strip()], limit, out, fluency, device
-        )
-    except _user_errors() as err:
-        raise _fail(str(err)) from None
+    names, task_list = bench_editor_names(editors), bench_tasks(tasks)
+    table, summaries = bench(model, names, task_list, limit, out, fluency, device, overwrite=overwrite)
     typer.echo(table)
     typer.echo(
         f"\n{len(names)} editors x {tasks} x {limit} cases in {time.perf_counter() - t0:.0f} s; see {out}"
     )
+    report_outcome(summaries, out)
 
 
 @app.command("report")
@@ -268,6 +237,7 @@ def report_cmd(
     figures: bool = typer.Option(True, "--figures/--no-figures"),
 ) -> None:
     """Table IV-style Markdown + LaTeX tables and the cost/distance/PCA figures from run directories."""
+    from clmedit.errors import InputError
     from clmedit.files import atomic_write_text
     from clmedit.report.tables import render_latex, render_markdown
     from clmedit.results import load_summaries
@@ -277,14 +247,19 @@ def report_cmd(
 
         typer.echo(f"report written to {write_study_report(run_dirs[0], out)}")
         return
-    try:
+    try:  # a summary.json edited or torn by hand is the user's file, not a bug
         summaries = load_summaries(run_dirs)
-    except (FileNotFoundError, ValueError) as err:
-        raise _fail(str(err)) from None
+        markdown, latex = render_markdown(summaries), render_latex(summaries)
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        if isinstance(err, InputError):
+            raise
+        raise InputError(
+            f"a summary.json under {', '.join(map(str, run_dirs))} is malformed ({type(err).__name__}: {err}); "
+            "rerun `clmedit run` into its folder to rewrite it"
+        ) from None
     out = out or (run_dirs[0] / "report" if run_dirs[0].is_dir() else Path("report"))
-    markdown = render_markdown(summaries)
     atomic_write_text(out / "table.md", markdown + "\n")
-    atomic_write_text(out / "table.tex", render_latex(summaries) + "\n")
+    atomic_write_text(out / "table.tex", latex + "\n")
     written = []
     if figures:
         from clmedit.report.figures import all_figures
@@ -309,24 +284,21 @@ def study_cmd(
 ) -> None:
     """The study's results section: every editor on CNLE and CSNE, then tables, figures and report.html."""
     if sum((quick, full, limit is not None)) > 1:
-        raise _fail("choose one of --quick, --full and --limit N")
-    _set_threads(threads)
-    from clmedit.errors import ClmeditError
+        raise fail("choose one of --quick, --full and --limit N")
+    set_threads(threads)
     from clmedit.run.study import study
 
     size = "quick" if quick else "full" if full else "default"
     try:
         page = study(model, tuple(tasks.split(",")), size, limit, shard, out, device=device, fluency=fluency)
-    except (ClmeditError, *_user_errors()) as err:
-        raise _fail(str(err)) from None
     except RuntimeError as err:  # some runs of the grid failed; the others and the report are written
-        raise _fail(str(err), code=1) from None
+        raise fail(str(err), code=1) from None
     typer.echo(f"report: {page}")
 
 
 @app.command("apply")
 def apply_cmd(
-    model: str = typer.Option("smollm2-135m", "--model", "-m"),
+    model: str = run_option("model"),
     editor: str = typer.Option("grace", "--editor", "-e"),
     fixes: Path | None = typer.Option(
         None, "--fixes", help="JSONL of fixes: EditCase or {prompt|intent|code, target}"
@@ -335,34 +307,43 @@ def apply_cmd(
     load: Path | None = typer.Option(None, "--load", help="artifact directory to load"),
     prompt: list[str] = typer.Option([], "--prompt", "-p", help="generate from this prompt (repeatable)"),
     task: str = typer.Option("cnle", "--task", help="template for bare prompts: cnle (intent) / csne (code)"),
-    preset: str | None = typer.Option(None, "--preset"),
-    max_new_tokens: int = typer.Option(48, "--max-new-tokens"),
-    device: str | None = typer.Option(None, "--device"),
+    preset: str | None = run_option("preset"),
+    hp: list[str] = typer.Option([], "--hp", help=HP_HELP),
+    max_new_tokens: int = typer.Option(48, "--max-new-tokens", min=1),
+    device: str | None = run_option("device"),
 ) -> None:
     """Apply fixes and save them as an artifact (--fixes --out), or load one and generate (--load --prompt)."""
+    from clmedit.data.schema import PROMPT_TEMPLATES
+    from clmedit.errors import InputError
+
     if (fixes is None) == (load is None):
-        raise _fail("give either --fixes FILE --out DIR (make an artifact) or --load DIR --prompt TEXT")
+        raise InputError("give either --fixes FILE --out DIR (make an artifact) or --load DIR --prompt TEXT")
     if fixes is not None and out is None:
-        raise _fail("--fixes needs --out DIR for the artifact")
+        raise InputError("--fixes needs --out DIR for the artifact")
     if load is not None and not prompt:
-        raise _fail("--load needs at least one --prompt")
+        raise InputError("--load needs at least one --prompt")
+    if task not in PROMPT_TEMPLATES:
+        raise InputError(f"--task {task!r} is not a task; use one of {', '.join(sorted(PROMPT_TEMPLATES))}")
+    if load is not None and not (load / "manifest.json").is_file():
+        raise InputError(
+            f"--load {load} is not a clmedit artifact (no manifest.json); make one with --fixes --out"
+        )
     from clmedit.run.artifact import as_prompt, load_artifact, read_fixes, save_artifact
-    from clmedit.run.runner import load_model_for
+    from clmedit.run.checks import check_device, check_out_dir
+    from clmedit.run.runner import load_model_for, make_editor
 
-    try:
-        m, tok = load_model_for(model, device)
-        if fixes is not None:
-            from clmedit.config import preset_for_model
-            from clmedit.editors.base import get_editor
-
-            ed = get_editor(editor, preset=preset or (model if preset_for_model(model) else None))
-            save_artifact(m, tok, ed, read_fixes(fixes, task), out, model)
-            typer.echo(f"artifact written to {out}")
-        else:
-            manifest = load_artifact(m, tok, load)
-            typer.echo(f"loaded {manifest['editor']} edit of {manifest['fixes']} fix(es) from {load}")
-    except _user_errors() as err:
-        raise _fail(str(err)) from None
+    check_device(device)
+    if fixes is not None:
+        ed = make_editor(editor, model, preset, parse_hp(hp))
+        cases = read_fixes(fixes, task)
+        check_out_dir(out)
+    m, tok = load_model_for(model, device)
+    if fixes is not None:
+        save_artifact(m, tok, ed, cases, out, model)
+        typer.echo(f"artifact written to {out}")
+    else:
+        manifest = load_artifact(m, tok, load)
+        typer.echo(f"loaded {manifest['editor']} edit of {manifest['fixes']} fix(es) from {load}")
     if prompt:
         from clmedit.eval.generate import generate
 
@@ -376,9 +357,13 @@ def apply_cmd(
 
 def _layer_range(spec: str) -> list[int]:
     """'4-8' -> [4, 5, 6, 7, 8]; '5' -> [5]; '4,6,8' -> [4, 6, 8]."""
+    from clmedit.errors import InputError
+
     layers: list[int] = []
     for part in spec.split(","):
         lo, _, hi = part.strip().partition("-")
+        if not lo.isdigit() or not (hi or lo).isdigit() or int(hi or lo) < int(lo):
+            raise InputError(f"--layers {spec!r}: give layer numbers like 4-8, 5 or 4,6,8")
         layers += list(range(int(lo), int(hi or lo) + 1))
     return sorted(set(layers))
 
@@ -388,23 +373,32 @@ def stats(
     model: str = typer.Option("smollm2-135m", "--model", "-m", help="model name, HF id, folder or .gguf"),
     layers: str = typer.Option("4-8", help="layers of the model itself (not rescaled), e.g. 4-8 or 5,7"),
     corpus: str = typer.Option(None, help="text/JSONL file or folder; default: the stdlib's Python sources"),
-    samples: int = typer.Option(None, help="corpus windows to read (default 1000)"),
-    seq_len: int = typer.Option(None, help="tokens per window (default 256)"),
+    samples: int = typer.Option(None, min=1, help="corpus windows to read (default 1000)"),
+    seq_len: int = typer.Option(None, min=1, help="tokens per window (default 256)"),
     device: str = typer.Option(None, help="cpu / cuda (default: cuda when available)"),
 ) -> None:
     """Compute and cache the second-moment statistics MEMIT/PMET use (runs reuse the cache)."""
+    from clmedit.errors import InputError
     from clmedit.locate.stats import (
         DEFAULT_SAMPLES,
         DEFAULT_SEQ_LEN,
+        corpus_files,
         corpus_fingerprint,
         layer_stats,
         stats_path,
     )
-    from clmedit.models.load import load_model
+    from clmedit.models.arch import arch_of
+    from clmedit.run.runner import load_model_for
 
-    lm, tok = load_model(model, device=device)
-    n, t = samples or DEFAULT_SAMPLES, seq_len or DEFAULT_SEQ_LEN
     wanted = _layer_range(layers)
+    if corpus is not None:
+        corpus_files(corpus)  # a missing corpus fails before the model loads
+    lm, tok = load_model_for(model, device)
+    depth = arch_of(lm).num_layers(lm)
+    if wanted[-1] >= depth:
+        raise InputError(f"--layers {layers}: {model} has layers 0..{depth - 1}")
+    n = samples if samples is not None else DEFAULT_SAMPLES
+    t = seq_len if seq_len is not None else DEFAULT_SEQ_LEN
     layer_stats(lm, tok, wanted, corpus, n, t)
     from clmedit.models.fingerprint import model_fingerprint
 
@@ -419,16 +413,16 @@ def stats(
 @app.command("train")
 def train_cmd(
     editor: str = typer.Option(..., "--editor", "-e", help="a trainable editor: agrace, agrace-last, malmen"),
-    data: str = typer.Option(..., "--data", "-d", help="case JSONL, or default:cnle / default:csne"),
+    data: str = run_option("data"),
     out: Path = typer.Option(..., "--out", "-o", help="folder for the trained part (e.g. RUN_DIR/fold0)"),
-    model: str = typer.Option("smollm2-135m", "--model", "-m", help="model name, HF id, path or GGUF"),
+    model: str = run_option("model"),
     fold: int = typer.Option(0, "--fold", min=0, help="train for fold k: on every case outside fold k"),
     folds: int = typer.Option(2, "--folds", min=2, help="number of folds (the study: 2)"),
-    limit: int | None = typer.Option(None, "--limit", "-n", min=1, help="first N cases (as `run --limit`)"),
-    preset: str | None = typer.Option(None, "--preset", help="hparams preset or YAML (default: by model)"),
-    hp: list[str] = typer.Option([], "--hp", help="hparams override key=value, e.g. steps=300"),
-    seed: int = typer.Option(0, "--seed", help="fold split seed (as `run --seed`)"),
-    device: str | None = typer.Option(None, "--device", help="cpu, cuda, ..."),
+    limit: int | None = run_option("limit"),
+    preset: str | None = run_option("preset"),
+    hp: list[str] = typer.Option([], "--hp", help=HP_HELP),
+    seed: int = run_option("seed"),
+    device: str | None = run_option("device"),
 ) -> None:
     """Train an editor's learned part on the cases outside one fold and save it to OUT.
 
@@ -437,33 +431,9 @@ def train_cmd(
     """
     import json
 
-    from clmedit.data.schema import CaseFileError, read_cases
-    from clmedit.files import atomic_write_text
-    from clmedit.run.runner import RunConfig, _make_editor, load_model_for, resolve_data, split_folds
+    from clmedit.run.folds import train_fold
 
-    try:
-        if fold >= folds:
-            raise ValueError(f"--fold {fold} does not exist with --folds {folds} (use 0..{folds - 1})")
-        config = RunConfig(
-            model=model, editor=editor, data=data, out=out, limit=limit, preset=preset,
-            hparams=_parse_hp(hp), seed=seed, folds=folds, device=device,
-        )  # fmt: skip
-        ed = _make_editor(config)
-        if not ed.trainable:
-            raise ValueError(f"editor {ed.name!r} has nothing to train")
-        cases = read_cases(resolve_data(config.data, seed=seed))[:limit]
-        parts = split_folds(cases, folds, seed)
-        train = [c for k, part in enumerate(parts) if k != fold for c in part]
-        lm, tok = load_model_for(model, device)
-        history = ed.fit(lm, tok, train)
-        ed.save(out)
-    except (CaseFileError, *_user_errors()) as err:
-        raise _fail(str(err)) from None
-    summary = {"editor": ed.name, "model": model, "fold": fold, "folds": folds, "train_cases": len(train)}
-    summary["history"] = {k: v for k, v in history.items() if not isinstance(v, list)}
-    atomic_write_text(out / "train.json", json.dumps(summary, indent=2))
-    atomic_write_text(out / "DONE", "")  # lets `clmedit run --out RUN` load it instead of retraining
-    typer.echo(json.dumps(summary))
+    typer.echo(json.dumps(train_fold(run_config(locals(), hp), fold)))
 
 
 @app.command("editors")

@@ -13,7 +13,7 @@ from typing import Any, ClassVar, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from clmedit.errors import InputError
+from clmedit.errors import InputError, describe_validation
 from clmedit.models.arch import rescale_layer
 
 PRESETS_DIR = Path(__file__).parent / "presets"
@@ -80,7 +80,7 @@ class EditorHParams(BaseModel):
         try:
             return cls(**values)
         except ValidationError as err:
-            raise InputError(f"{source}: invalid hparams for {cls.__name__}: {err}") from None
+            raise InputError(f"{source}: invalid hparams for {cls.__name__}: {describe_validation(err)}") from None
 
     def override(self: H, source: str = "overrides", **overrides: Any) -> H:
         """A copy with `overrides` applied, validated like construction (never `model_copy`)."""

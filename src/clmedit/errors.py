@@ -29,3 +29,16 @@ class NotSavableError(ClmeditError):
 
 class IntegrityError(ClmeditError):
     """A saved artifact or run folder does not match its manifest, fingerprint or configuration."""
+
+
+def describe_validation(err: Exception, option_prefix: str = "") -> str:
+    """A pydantic ValidationError in one line, `field: problem; ...` (fields as `--field-name` options
+    when `option_prefix="--"`), for messages that name what to fix."""
+    parts = []
+    for e in err.errors():  # type: ignore[attr-defined]
+        msg = str(e["msg"]).removeprefix("Value error, ")
+        loc = ".".join(str(p) for p in e["loc"])
+        if option_prefix:
+            loc = option_prefix + loc.replace("_", "-")
+        parts.append(f"{loc}: {msg}" if e["loc"] else msg)
+    return "; ".join(parts)

@@ -14,8 +14,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from clmedit.errors import InputError
 from clmedit.files import atomic_write_text
 
 Task = Literal["cnle", "csne"]
@@ -61,56 +62,106 @@ class EditCase(BaseModel):
         description="provenance: raw input/output, source, rephrase kind, judge level, ...",
     )
 
+    @field_validator("prompt", "target")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty or only whitespace")
+        return v
+
     def has_answers(self, model_name: str) -> bool:
         return all(model_name in n.answers for n in self.neighbours)
 
 
-class CaseFileError(ValueError):
-    """A case file that cannot be read at all (missing, not JSONL, no valid case)."""
+class CaseFileError(InputError):
+    """A case file that cannot be read at all (missing, not JSONL, truncated, no valid case)."""
+
+
+class SkippedLines(Counter):
+    """Reason -> count of skipped lines, plus (line number, reason) of the first `MAX_LINES` of them."""
+
+    MAX_LINES = 1000
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.lines: list[tuple[int, str]] = []
+
+    def add(self, line: int, reason: str, detail: str = "") -> None:
+        self[reason] += 1
+        if len(self.lines) < self.MAX_LINES:
+            self.lines.append((line, f"{reason}: {detail}" if detail else reason))
+
+
+def _skip(skipped: Counter, line: int, reason: str, detail: str = "") -> None:
+    if isinstance(skipped, SkippedLines):
+        skipped.add(line, reason, detail)
+    else:
+        skipped[reason] += 1
+
+
+def _numbered_jsonl(path: Path, skipped: Counter) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) of each JSON-object line; other non-blank lines go to `skipped`."""
+    import gzip
+    import zlib
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as fh:
+            for number, raw in enumerate(fh, start=1):
+                try:  # utf-8-sig: a byte-order mark (Windows editors) must not hide the first line
+                    line = raw.decode("utf-8-sig").strip()
+                except UnicodeDecodeError as err:
+                    _skip(skipped, number, "non-utf8 line", str(err))
+                    continue
+                if not line:
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as err:
+                    _skip(skipped, number, "malformed json line", str(err))
+                    continue
+                if not isinstance(obj, dict):
+                    _skip(skipped, number, "json line is not an object", type(obj).__name__)
+                    continue
+                yield number, obj
+    except (EOFError, zlib.error, gzip.BadGzipFile) as err:
+        raise CaseFileError(
+            f"{path}: truncated or corrupt gzip file ({err}); download or build it again"
+        ) from None
+    except IsADirectoryError:
+        raise CaseFileError(f"{path} is a folder, not a JSONL file") from None
 
 
 def iter_jsonl(path: str | Path, skipped: Counter | None = None) -> Iterator[dict[str, Any]]:
     """Yield the JSON objects of a (optionally gzipped) JSONL file.
 
-    Malformed lines are skipped and counted in `skipped` by reason, never raised.
+    Malformed lines are skipped and counted in `skipped` by reason (with line numbers when it is
+    a `SkippedLines`), never raised; a truncated gzip file is a `CaseFileError`.
     """
-    import gzip
-
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise CaseFileError(f"{path}: no such file")
-    opener = gzip.open if path.suffix == ".gz" else open
-    skipped = skipped if skipped is not None else Counter()
-    with opener(path, "rb") as fh:
-        for raw in fh:
-            try:
-                line = raw.decode("utf-8").strip()
-            except UnicodeDecodeError:
-                skipped["non-utf8 line"] += 1
-                continue
-            if not line:
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError:
-                skipped["malformed json line"] += 1
-                continue
-            if not isinstance(obj, dict):
-                skipped["json line is not an object"] += 1
-                continue
-            yield obj
+    for _, obj in _numbered_jsonl(path, skipped if skipped is not None else Counter()):
+        yield obj
 
 
 def read_cases(path: str | Path, skipped: Counter | None = None) -> list[EditCase]:
-    """Read our JSONL case file. Invalid records are skipped and counted; an empty result is an error."""
+    """Read our JSONL case file. Invalid records are skipped and counted; an empty result is an error.
+
+    Pass a `SkippedLines` to learn which lines were skipped and why (the runner reports them).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CaseFileError(f"{path}: no such file")
     skipped = skipped if skipped is not None else Counter()
     cases = []
-    for obj in iter_jsonl(path, skipped):
+    for number, obj in _numbered_jsonl(path, skipped):
         try:
             cases.append(EditCase.model_validate(obj))
         except ValidationError as err:
-            field = ".".join(str(p) for p in err.errors()[0]["loc"]) or "record"
-            skipped[f"invalid case ({field})"] += 1
+            first = err.errors()[0]
+            field = ".".join(str(p) for p in first["loc"]) or "record"
+            _skip(skipped, number, f"invalid case ({field})", first["msg"])
     if not cases:
         detail = f" (skipped: {dict(skipped)})" if skipped else ""
         raise CaseFileError(f"{path}: no valid edit case found{detail}")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from clmedit.errors import InputError
+
 # name -> "module:Class"; editors are imported only when asked for. Insertion order = table order.
 EDITORS: dict[str, str] = {
     "none": "clmedit.editors.none:NoEdit",
@@ -48,7 +50,7 @@ def canonical_name(name: str) -> str:
     """The registry name for a name or alias (case-insensitive); KeyError lists the known ones."""
     key = ALIASES.get(name.lower(), name.lower())
     if key not in EDITORS:
-        raise KeyError(f"unknown editor {name!r}; available: {', '.join(editor_names())}")
+        raise InputError(f"unknown editor {name!r}; available: {', '.join(editor_names())}")
     return key
 
 

@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
+from clmedit.errors import InputError
 from clmedit.files import atomic_write, cache_root
 from clmedit.models.arch import arch_of
 from clmedit.models.fingerprint import model_fingerprint
@@ -192,7 +193,7 @@ def accumulate_mom2(
         run(batch)
     bar.close()
     if count == 0:
-        raise ValueError(
+        raise InputError(
             f"corpus {corpus or 'stdlib'} yielded no token windows; give a non-empty text corpus"
         )
     return sums, count

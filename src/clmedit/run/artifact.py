@@ -25,11 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from clmedit.data.schema import EditCase, format_prompt, iter_jsonl, write_cases
-from clmedit.errors import IntegrityError
+from clmedit.data.schema import EditCase, SkippedLines, format_prompt, iter_jsonl, write_cases
+from clmedit.errors import InputError, IntegrityError, describe_validation
 from clmedit.files import atomic_write_text
 from clmedit.models.arch import arch_of
 from clmedit.models.fingerprint import model_fingerprint
@@ -47,25 +48,38 @@ def read_fixes(path: str | Path, task: str = "cnle") -> list[EditCase]:
     template unless it is already formatted.
     """
     fixes = []
-    for i, obj in enumerate(iter_jsonl(path)):
-        if "neighbours" in obj and "case_id" in obj:
-            fixes.append(EditCase.model_validate(obj))
-            continue
-        if "target" not in obj:
-            raise ValueError(f"{path}: line {i + 1} has no 'target' (need prompt|intent|code and target)")
-        if "intent" in obj:
-            t, prompt = "cnle", format_prompt("cnle", obj["intent"])
-        elif "code" in obj:
-            t, prompt = "csne", format_prompt("csne", obj["code"])
-        elif "prompt" in obj:
-            t, prompt = task, as_prompt(obj["prompt"], task)
-        else:
-            raise ValueError(f"{path}: line {i + 1} needs one of 'prompt', 'intent' or 'code'")
-        fixes.append(EditCase(case_id=str(obj.get("id", f"fix-{i}")), task=t, prompt=prompt,
-                              target=str(obj["target"]), rephrase=prompt, neighbours=[]))  # fmt: skip
+    skipped = SkippedLines()
+    for i, obj in enumerate(iter_jsonl(path, skipped)):
+        try:
+            fixes.append(_fix(obj, i, task))
+        except ValidationError as err:
+            raise InputError(
+                f"{path}: fix {i + 1} is not a valid edit case ({describe_validation(err)})"
+            ) from None
+        except InputError as err:
+            raise InputError(f"{path}: fix {i + 1} {err}") from None
+    if skipped:
+        where = ", ".join(f"line {n}: {r}" for n, r in skipped.lines[:5])
+        raise InputError(f"{path}: {sum(skipped.values())} line(s) are not JSON objects ({where}); fix them")
     if not fixes:
-        raise ValueError(f"{path}: no fixes found")
+        raise InputError(f"{path}: no fixes found")
     return fixes
+
+
+def _fix(obj: dict[str, Any], i: int, task: str) -> EditCase:
+    if "neighbours" in obj and "case_id" in obj:
+        return EditCase.model_validate(obj)
+    key = next((k for k in ("intent", "code", "prompt") if k in obj), None)
+    if key is None:
+        raise InputError("needs one of 'prompt', 'intent' or 'code', and a 'target'")
+    text, target = obj[key], obj.get("target")
+    for name, value in ((key, text), ("target", target)):
+        if not isinstance(value, str) or not value.strip():
+            raise InputError(f"needs a non-empty string {name!r}, got {value!r}")
+    t = {"intent": "cnle", "code": "csne"}.get(key, task)
+    prompt = as_prompt(text, task) if key == "prompt" else format_prompt(t, text)  # type: ignore[arg-type]
+    return EditCase(case_id=str(obj.get("id", f"fix-{i}")), task=t, prompt=prompt, target=target,
+                    rephrase=prompt, neighbours=[])  # fmt: skip
 
 
 def as_prompt(text: str, task: str = "cnle") -> str:

@@ -9,10 +9,13 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
+from clmedit.errors import InputError
 from clmedit.files import atomic_write_text, slug
 from clmedit.report.tables import render_markdown
-from clmedit.run.runner import RunConfig, load_model_for, run
+from clmedit.run.checks import check_out_dir
+from clmedit.run.runner import RunConfig, load_model_for, make_editor, run
 
 log = logging.getLogger(__name__)
 
@@ -32,19 +35,34 @@ def bench_editor_names(spec: str) -> list[str]:
         return names
     names = [n.strip() for n in spec.split(",") if n.strip()]
     for name in names:
-        editor_class(name)  # KeyError with the list of known editors
+        editor_class(name)  # an InputError with the list of known editors
     if not names:
-        raise ValueError("--editors is empty; e.g. --editors none,ft,grace")
+        raise InputError("--editors is empty; e.g. --editors none,ft,grace")
     return names
+
+
+def bench_tasks(spec: str) -> list[str]:
+    """'cnle,csne' -> the default datasets to run (validated)."""
+    tasks = [t.strip() for t in spec.split(",") if t.strip()]
+    unknown = [t for t in tasks if t not in ("cnle", "csne")]
+    if unknown or not tasks:
+        raise InputError(f"--tasks {spec!r}: use cnle, csne or cnle,csne")
+    return tasks
 
 
 def bench(
     model: str, editors: list[str], tasks: list[str], limit: int, out: str | Path,
-    fluency: bool = True, device: str | None = None,
-) -> str:  # fmt: skip
-    """Run every (task, editor) into out/<model>/<task>/<editor>; returns the Markdown table of all."""
-    out = Path(out)
+    fluency: bool = True, device: str | None = None, overwrite: bool = False,
+) -> tuple[str, list[dict[str, Any]]]:  # fmt: skip
+    """Run every (task, editor) into out/<model>/<task>/<editor>; returns the Markdown table and the summaries."""
+    out = check_out_dir(out)
+    for editor in editors:  # a bad editor or preset fails before the model loads
+        if make_editor(editor, model).trainable:
+            raise InputError(
+                f"bench runs single edits; run the trainable {editor!r} with `clmedit run --folds 2`"
+            )
     m, tok = load_model_for(model, device)
+    model_dir = out / slug(Path(model.rstrip("/")).name)
     summaries = []
     model_dir = out / slug(model.rstrip("/").rsplit("/", 1)[-1])  # a hub id or path: its last part
     for task in tasks:
@@ -54,7 +72,8 @@ def bench(
                 limit=limit, fluency=fluency, device=device,
             )  # fmt: skip
             log.info("bench: %s on %s (%d cases)", editor, task, limit)
-            summaries.append(json.loads((run(config, model=m, tok=tok) / "summary.json").read_text()))
+            run_dir = run(config, model=m, tok=tok, overwrite=overwrite)
+            summaries.append(json.loads((run_dir / "summary.json").read_text()))
     table = render_markdown(summaries)
     atomic_write_text(out / "table.md", table + "\n")
-    return table
+    return table, summaries

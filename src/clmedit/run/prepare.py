@@ -33,7 +33,7 @@ def resolve_data(spec: str, seed: int = 0) -> Path:
 
         task = spec.split(":", 1)[1]
         if task not in ("cnle", "csne"):
-            raise ValueError(f"unknown default dataset {spec!r}; use default:cnle or default:csne")
+            raise InputError(f"unknown default dataset {spec!r}; use default:cnle or default:csne")
         return Path(default_dataset(task, seed=seed))
     path = Path(spec)
     if not path.is_file():

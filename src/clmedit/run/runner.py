@@ -15,65 +15,26 @@ from __future__ import annotations
 
 import json
 import logging
-import random
-import re
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tqdm.auto import tqdm
+from transformers import set_seed
 
-from clmedit.data.schema import EditCase, read_cases
+from clmedit.data.schema import EditCase, SkippedLines, read_cases
 from clmedit.editors.registry import editor_label
+from clmedit.errors import InputError
 from clmedit.files import atomic_write_text
-from clmedit.run import records
+from clmedit.run import records, rundir
+from clmedit.run.checks import case_problem, check_device, check_out_dir, context_window, skipped_summary
+from clmedit.run.folds import fit_fold, split_folds, train_fold  # noqa: F401 (train_fold: public here too)
 from clmedit.run.prepare import ensure_base_answers, resolve_data
+from clmedit.run.settings import RunConfig, parse_shard  # noqa: F401 (the runner's public names)
 
 log = logging.getLogger(__name__)
-
-
-class RunConfig(BaseModel):
-    """Everything that defines a run; saved into summary.json."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    model: str = Field("smollm2-135m", description="model name, HF id, local path or GGUF file")
-    editor: str = Field("none", description="registered editor name ('none' = the unedited row)")
-    data: str = Field(description="case JSONL path, or 'default:cnle' / 'default:csne'")
-    out: Path = Field(description="run directory (cases.jsonl, summary.json, table.md)")
-    limit: int | None = Field(None, gt=0, description="use the first N cases (before sharding)")
-    preset: str | None = Field(None, description="hparams preset name or YAML path; default: by model")
-    hparams: dict[str, Any] = Field(default_factory=dict, description="hparams overrides")
-    seed: int = Field(0, description="seed fixed before every apply and evaluation")
-    shard: str = Field("0/1", description="'i/n': run every n-th case starting at i")
-    batch_size: int = Field(1, gt=0, description="cases per apply call (1 = single edits)")
-    folds: int = Field(1, ge=1, description="k-fold protocol for trainable editors (the study: 2)")
-    fluency: bool = Field(True, description="compute the fluency metric (sampling; the slowest part)")
-    device: str | None = Field(None, description="torch device; default: cuda if available")
-    verify_restore: bool = Field(False, description="debug: checksum the weights after every restore")
-    keys: bool = Field(False, description="record keys and key distances (editors with key_record)")
-    answers_from: str | None = Field(None, description="released answers to use (e.g. CodeLlama-7b-hf)")
-
-    @field_validator("shard")
-    @classmethod
-    def _check_shard(cls, v: str) -> str:
-        parse_shard(v)
-        return v
-
-    @property
-    def shard_tuple(self) -> tuple[int, int]:
-        return parse_shard(self.shard)
-
-
-def parse_shard(spec: str) -> tuple[int, int]:
-    """'i/n' -> (i, n) with 0 <= i < n."""
-    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", spec)
-    if not m or not 0 <= int(m[1]) < int(m[2]):
-        raise ValueError(f"shard must look like 'i/n' with 0 <= i < n (e.g. '0/4'), got {spec!r}")
-    return int(m[1]), int(m[2])
 
 
 def shard_cases(cases: list[EditCase], shard: tuple[int, int]) -> list[EditCase]:
@@ -82,28 +43,22 @@ def shard_cases(cases: list[EditCase], shard: tuple[int, int]) -> list[EditCase]
     return cases[i::n]
 
 
-def split_folds(cases: list[EditCase], folds: int, seed: int = 0) -> list[list[EditCase]]:
-    """Split cases into `folds` near-equal parts by a seeded shuffle (the study: 2 folds, 1:1).
+def make_editor(name: str, model: str, preset: str | None = None, hparams: dict[str, Any] | None = None):
+    """Editor `name` with hparams: defaults < `preset` (else the model's own, when one ships) < `hparams`.
 
-    Fold k is evaluated with an editor fitted on all other folds; each case is in exactly one fold.
+    The one resolution `run`, `train` and `apply` share; a bad preset file or override is an InputError.
     """
-    order = list(range(len(cases)))
-    random.Random(seed).shuffle(order)
-    return [[cases[j] for j in sorted(order[k::folds])] for k in range(folds)]
-
-
-def _make_editor(config: RunConfig):
     from clmedit.config import preset_for_model
     from clmedit.editors.base import get_editor
 
-    preset = config.preset or (config.model if preset_for_model(config.model) else None)
-    return get_editor(config.editor, preset=preset, **config.hparams)
+    return get_editor(name, preset=preset or (model if preset_for_model(model) else None), **(hparams or {}))
 
 
 def load_model_for(name: str, device: str | None = None):
     """(model, tok) on `device`, default cuda when available; the model in eval mode."""
     from clmedit.models.load import load_model
 
+    check_device(device)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return load_model(name, device=device)
 
@@ -112,40 +67,72 @@ def _error(err: BaseException) -> dict[str, str]:
     return {"type": type(err).__name__, "message": str(err)[:2000], "where": traceback.format_exc(limit=-3)}
 
 
-def run(config: RunConfig, model=None, tok=None, editor=None) -> Path:
+def run(config: RunConfig, model=None, tok=None, editor=None, overwrite: bool = False) -> Path:
     """Run the grid cell `config` (resuming if its directory has records); returns the run directory.
 
     `model`/`tok` may be passed to reuse a loaded model across runs (it must be the unedited model);
     `editor` may be an Editor instance not in the registry (then `config.editor` is only a label).
+    The folder must belong to this configuration (see `rundir`); `overwrite` discards what it holds.
+    Everything a user can get wrong is checked before the model loads.
     """
     from clmedit.eval.protocol import evaluate_case
     from clmedit.models.text import model_name as name_of
 
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_out_dir(config.out)
+    check_device(config.device)
     data = resolve_data(config.data, seed=config.seed)
-    cases = read_cases(data)[: config.limit]
+    skipped = SkippedLines()
+    every = read_cases(data, skipped)
+    skip_info = skipped_summary(data, skipped)
+    cases = every[: config.limit]
     ids = [c.case_id for c in cases]
     if len(set(ids)) != len(ids):
-        raise ValueError(f"{data}: case_id values are not unique; the runner needs them to resume")
-    mine = shard_cases(cases, config.shard_tuple)
-    done = records.done_ids(out)
-    editor = editor if editor is not None else _make_editor(config)
+        raise InputError(f"{data}: case_id values are not unique; the runner needs them to resume")
+    if editor is None:
+        editor = make_editor(config.editor, config.model, config.preset, config.hparams)
     if editor.trainable and config.folds < 2:
-        raise ValueError(f"editor {editor.name!r} is trained on a split: run it with --folds 2")
-    if model is None:
-        model, tok = load_model_for(config.model, config.device)
-    mname = name_of(model)
-    folds = split_folds(cases, config.folds, config.seed) if config.folds > 1 else [cases]
-    todo = [c for c in mine if c.case_id not in done]
-    log.info("%s on %s: %d of %d cases to do", editor.name, data.name, len(todo), len(mine))
-    if todo:
-        ensure_base_answers(model, tok, todo, config.answers_from)
+        raise InputError(f"editor {editor.name!r} is trained on a split: run it with --folds 2")
+    hparams = records.jsonable(editor.hparams)
+    path = records.cases_file(out, config.shard_tuple)
+    with rundir.writing(path, config.shard):
+        about = {"data": config.data, "preset": config.preset, "hp": config.hparams}
+        rundir.claim(out, rundir.identity(config, editor.name, hparams, every), about, overwrite)
+        done = records.done_ids(out)
+        todo = [c for c in shard_cases(cases, config.shard_tuple) if c.case_id not in done]
+        log.info("%s on %s: %d cases to do", editor.name, data.name, len(todo))
+        if todo and model is None:
+            model, tok = load_model_for(config.model, config.device)
+        if todo:
+            _run_cases(
+                config, editor, model, tok, cases, todo, data, path, out, evaluate_case, name_of(model)
+            )
+        write_summary(
+            out, config, case_ids=set(ids), hparams=hparams, skipped_lines=skip_info, label=editor_label(editor.name)
+        )
+    return out
+
+
+def _run_cases(config, editor, model, tok, cases, todo, data, path, out, evaluate_case, mname) -> None:
+    """Edit and score `todo` fold by fold, batch by batch, appending one record per case to `path`."""
+    window = context_window(model)
+    ok = []
+    for case in todo:  # cases that cannot fit the model are per-case errors, before any work
+        problem = case_problem(case, tok, window, config.fluency)
+        if problem is None:
+            ok.append(case)
+            continue
+        log.warning("%s", problem)
+        error = {"type": "InputError", "message": problem}
+        records.append_record(path, {"case_id": case.case_id, "task": case.task, "error": error,
+                                     "editor": editor.name, "model": mname})  # fmt: skip
+    if not ok:
+        return
+    ensure_base_answers(model, tok, ok, config.answers_from)
     editor.prepare(model, tok)  # one-off work (MEMIT/PMET statistics) stays out of the timed apply
     clean = records.fingerprint(model)
-    path = records.cases_file(out, config.shard_tuple)
-    todo_ids = {c.case_id for c in todo}
-    bar = tqdm(total=len(todo), desc=f"{editor.name}/{data.stem}", unit="case", dynamic_ncols=True)
+    folds = split_folds(cases, config.folds, config.seed) if config.folds > 1 else [cases]
+    todo_ids = {c.case_id for c in ok}
+    bar = tqdm(total=len(ok), desc=f"{editor.name}/{data.stem}", unit="case", dynamic_ncols=True)
     for k, fold in enumerate(folds):
         fold_todo = [c for c in fold if c.case_id in todo_ids]
         if not fold_todo:
@@ -161,29 +148,11 @@ def run(config: RunConfig, model=None, tok=None, editor=None) -> Path:
                 records.append_record(path, rec)
                 bar.update(1)
     bar.close()
-    write_summary(out, config, case_ids=set(ids), hparams=editor.hparams, label=editor_label(editor.name))
-    return out
-
-
-def fit_fold(editor, model, tok, train: list[EditCase], fold_dir: Path) -> None:
-    """Fit a trainable editor on the other folds, or load what an earlier (interrupted) run saved."""
-    if (fold_dir / "DONE").is_file():
-        editor.load(fold_dir)
-        return
-    log.info("fitting %s on %d cases", editor.name, len(train))
-    editor.fit(model, tok, train)
-    try:
-        editor.save(fold_dir)
-        atomic_write_text(fold_dir / "DONE", "")
-    except NotImplementedError:
-        pass
 
 
 def _edit_and_score(config, editor, model, tok, batch, mname, clean, evaluate_case) -> list[dict[str, Any]]:
     """Apply one batch, score each case, always restore. Returns one record per case."""
-    from transformers import set_seed  # python, numpy and torch (every device) at once
-
-    set_seed(config.seed)
+    set_seed(config.seed)  # python, numpy and torch (every device) at once
     result, failure = None, None
     recs: list[dict[str, Any]] = []
     try:
@@ -235,13 +204,17 @@ def write_summary(
     """summary.json and table.md from the records in `out` (all shards so far), written atomically.
 
     `case_ids` restricts it to the run's selection (a rerun with a smaller --limit summarises only
-    those). Keys of an earlier summary that records cannot give (config, hparams) are kept.
+    those). Keys of an earlier summary that records cannot give (config, hparams, skipped lines)
+    are kept.
     """
     from clmedit.report.tables import render_markdown
 
     path = out / "summary.json"
-    summary = {k: v for k, v in (json.loads(path.read_text()) if path.is_file() else {}).items()
-               if k in ("config", "hparams")}  # fmt: skip
+    try:
+        earlier = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except ValueError:  # torn by hand: it is rebuilt from the records
+        earlier = {}
+    summary = {k: v for k, v in earlier.items() if k in ("config", "hparams", "skipped_lines")}
     recs = [r for r in records.read_records(out) if case_ids is None or str(r["case_id"]) in case_ids]
     summary.update(records.summarise_records(recs))
     if config is not None:

@@ -121,7 +121,7 @@ def _dataset_info(model, tok, task: str, spec: str, n: int | None, out: Path, se
     path = resolve_data(spec, seed=seed)
     cases = read_cases(path)[:n]
     name = model_name(model)
-    ensure_base_answers(model, tok, cases, path, name)
+    ensure_base_answers(model, tok, cases, model_name=name)
     counter = token_counter()
     lengths = length_table(cases, counter)
     answers = [counter.count(nb.answers.get(name, "")) for c in cases for nb in c.neighbours]

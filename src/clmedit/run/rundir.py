@@ -1,0 +1,124 @@
+"""A run folder belongs to one configuration, and one process at a time writes each shard's file.
+
+`run.json` holds the run's identity: every setting the results depend on (model, editor, the
+hparams after preset and overrides, a digest of the cases' content, seed, folds, batch size,
+fluency, ...), written when the folder's first run starts. A later run into the folder resumes only
+with the same identity (a different --limit or --shard just selects more or other cases; device
+and threads do not matter); otherwise it is refused with the fields that differ, so results are
+never relabelled with settings they were not made with. `overwrite=True` clears the folder's
+results first (give it to one process only: it also discards other shards' files).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+from filelock import Timeout
+
+from clmedit.data.schema import EditCase
+from clmedit.errors import ClmeditError, IntegrityError
+from clmedit.files import atomic_write_text, locked
+
+IDENTITY_FILE = "run.json"
+# RunConfig fields that select cases or place the work, never change a case's result; `data`,
+# `preset` and `hparams` are compared through the content digest and the resolved hparams.
+NOT_IDENTITY = frozenset({"out", "limit", "shard", "device", "verify_restore", "data", "preset", "hparams"})
+
+
+class RunLockedError(ClmeditError):
+    """Another process is writing the same shard of the same run folder."""
+
+
+def data_digest(cases: list[EditCase]) -> str:
+    """sha256 of what the cases ask (ids, prompts, targets, rephrases, neighbour prompts), not of cached answers."""
+    h = hashlib.sha256()
+    for c in cases:
+        item = [c.case_id, c.task, c.prompt, c.target, c.rephrase, [n.prompt for n in c.neighbours]]
+        h.update(json.dumps(item, ensure_ascii=False).encode() + b"\n")
+    return h.hexdigest()
+
+
+def identity(config: Any, editor_name: str, hparams: dict[str, Any], cases: list[EditCase]) -> dict[str, Any]:
+    """The settings a run folder's results depend on (see NOT_IDENTITY for what is left out)."""
+    fields = {k: v for k, v in config.model_dump(mode="json").items() if k not in NOT_IDENTITY}
+    return {**fields, "editor": editor_name, "hparams": hparams, "data_digest": data_digest(cases)}
+
+
+def _results(out: Path) -> list[Path]:
+    files = [p for p in out.glob("cases*.jsonl") if p.is_file()]
+    folds = [p for p in out.iterdir() if p.is_dir() and re.fullmatch(r"fold\d+", p.name)]
+    extra = [out / n for n in ("summary.json", "table.md", IDENTITY_FILE) if (out / n).is_file()]
+    return files + folds + extra
+
+
+def _differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    diffs = []
+    for key in sorted(saved.keys() | now.keys()):
+        old, new = saved.get(key), now.get(key)
+        if old == new:
+            continue
+        if key == "hparams" and saved.get("editor") != now.get("editor"):
+            diffs.append("hparams: those of another editor")
+        elif key == "hparams" and isinstance(old, dict) and isinstance(new, dict):
+            diffs += [f"hparams.{k}: {old.get(k)!r} -> {new.get(k)!r}"
+                      for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]  # fmt: skip
+        elif key == "data_digest":
+            diffs.append("data: the cases' content differs")
+        else:
+            diffs.append(f"{key}: {old!r} -> {new!r}")
+    return diffs
+
+
+def claim(out: Path, ident: dict[str, Any], about: dict[str, Any], overwrite: bool = False) -> None:
+    """Make `out` this configuration's folder: write run.json, or check it matches; see module doc.
+
+    A run.json whose folder holds nothing yet (its first run stopped before any result, e.g. on a
+    mistyped model name) is simply replaced.
+    """
+    path = out / IDENTITY_FILE
+    with locked(path):  # shards starting together agree on one run.json
+        if overwrite:
+            for p in _results(out):
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+        results = [p for p in _results(out) if p.name != IDENTITY_FILE and (p.is_dir() or p.stat().st_size)]
+        if path.is_file() and results:
+            try:
+                saved = json.loads(path.read_text(encoding="utf-8"))["identity"]
+            except (ValueError, KeyError, TypeError):
+                raise IntegrityError(
+                    f"{path} is unreadable; rerun with --overwrite to start the folder afresh"
+                ) from None
+            diffs = _differences(saved, ident)
+            if diffs:
+                raise IntegrityError(
+                    f"{out} holds results of another configuration ({'; '.join(diffs)}); "
+                    "use another --out, or --overwrite to discard those results"
+                )
+            return
+        if any(p.is_file() for p in results):  # (a fold<k>/ made by `clmedit train` is fine)
+            raise IntegrityError(
+                f"{out} holds results but no {IDENTITY_FILE} (an older clmedit wrote them), so their settings "
+                "are unknown; use another --out, or --overwrite to discard them"
+            )
+        atomic_write_text(path, json.dumps({"identity": ident, "about": about}, indent=2))
+
+
+@contextmanager
+def writing(cases_path: Path, shard: str) -> Iterator[None]:
+    """Hold the lock of one shard's cases file while this process writes it; refuse if another holds it."""
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(locked(cases_path, timeout=0))
+        except Timeout:
+            raise RunLockedError(
+                f"another clmedit process is already running shard {shard} into {cases_path.parent} "
+                f"(it holds {cases_path.name}.lock); wait for it to finish, or run another --shard"
+            ) from None
+        yield

@@ -1,0 +1,56 @@
+"""The run configuration: everything that defines one run, validated on construction.
+
+Light to import (pydantic only), so the CLI builds its options from these fields: each setting's
+default and help are declared once, here.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from clmedit.errors import InputError
+
+
+class RunConfig(BaseModel):
+    """Everything that defines a run; saved into summary.json."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str = Field("smollm2-135m", description="model name, HF id, local path or GGUF file")
+    editor: str = Field("none", description="registered editor name ('none' = the unedited row)")
+    data: str = Field(description="case JSONL path, or 'default:cnle' / 'default:csne'")
+    out: Path = Field(description="run directory (cases.jsonl, summary.json, table.md)")
+    limit: int | None = Field(None, gt=0, description="use the first N cases (before sharding)")
+    preset: str | None = Field(None, description="hparams preset name or YAML path; default: by model")
+    hparams: dict[str, Any] = Field(default_factory=dict, description="hparams overrides")
+    seed: int = Field(0, description="seed fixed before every apply and evaluation")
+    shard: str = Field("0/1", description="'i/n': run every n-th case starting at i")
+    batch_size: int = Field(1, gt=0, description="cases per apply call (1 = single edits)")
+    folds: int = Field(1, ge=1, description="k-fold protocol for trainable editors (the study: 2)")
+    fluency: bool = Field(True, description="compute the fluency metric (sampling; the slowest part)")
+    device: str | None = Field(None, description="torch device; default: cuda if available")
+    verify_restore: bool = Field(False, description="debug: checksum the weights after every restore")
+    keys: bool = Field(False, description="record keys and key distances (editors with key_record)")
+    answers_from: str | None = Field(None, description="released answers to use (e.g. CodeLlama-7b-hf)")
+
+    @field_validator("shard")
+    @classmethod
+    def _check_shard(cls, v: str) -> str:
+        parse_shard(v)
+        return v
+
+    @property
+    def shard_tuple(self) -> tuple[int, int]:
+        return parse_shard(self.shard)
+
+
+def parse_shard(spec: str) -> tuple[int, int]:
+    """'i/n' -> (i, n) with 0 <= i < n."""
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", spec)
+    if not m or not 0 <= int(m[1]) < int(m[2]):
+        raise InputError(f"shard must look like 'i/n' with 0 <= i < n (e.g. '0/4'), got {spec!r}")
+    return int(m[1]), int(m[2])
