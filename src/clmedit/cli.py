@@ -163,6 +163,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (ValueError, FileNotFoundError, KeyError, NotImplementedError, ImportError, ValidationError)
 
 
+DTYPE_HELP = "auto (float32 on CPU, the checkpoint's dtype on GPU), float32, bfloat16 or float16"
 THREADS_HELP = "CPU threads for torch (default: all cores); 1 when other jobs share the machine"
 
 
@@ -204,6 +205,7 @@ def run_cmd(
     folds: int = typer.Option(1, "--folds", min=1, help="k-fold protocol for trainable editors (study: 2)"),
     fluency: bool = typer.Option(True, "--fluency/--no-fluency", help="sample texts for fluency (slow)"),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1, ..."),
+    dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
     verify_restore: bool = typer.Option(False, "--verify-restore", help="checksum weights after each case"),
     keys: bool = typer.Option(False, "--keys", help="record keys and key distances (for the figures)"),
     threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
@@ -218,7 +220,7 @@ def run_cmd(
         config = RunConfig(
             model=model, editor=editor, data=data, out=out, limit=limit, preset=preset, hparams=_parse_hp(hp),
             seed=seed, shard=shard, batch_size=batch_size, folds=folds, fluency=fluency, device=device,
-            verify_restore=verify_restore, keys=keys,
+            dtype=dtype, verify_restore=verify_restore, keys=keys,
         )  # fmt: skip
         run_dir = run(config)
     except (CaseFileError, *_user_errors()) as err:
@@ -236,6 +238,7 @@ def bench_cmd(
     out: Path = typer.Option(Path("results/bench"), "--out", "-o"),
     fluency: bool = typer.Option(True, "--fluency/--no-fluency"),
     device: str | None = typer.Option(None, "--device"),
+    dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
     threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
 ) -> None:
     """The main job: every editor on the default CNLE and CSNE cases; prints a Table IV-style table."""
@@ -249,7 +252,7 @@ def bench_cmd(
     try:
         names = bench_editor_names(editors)
         table = bench(
-            model, names, [t.strip() for t in tasks.split(",") if t.strip()], limit, out, fluency, device
+            model, names, [t.strip() for t in tasks.split(",") if t.strip()], limit, out, fluency, device, dtype
         )
     except _user_errors() as err:
         raise _fail(str(err)) from None
@@ -300,6 +303,7 @@ def apply_cmd(
     preset: str | None = typer.Option(None, "--preset"),
     max_new_tokens: int = typer.Option(48, "--max-new-tokens"),
     device: str | None = typer.Option(None, "--device"),
+    dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
 ) -> None:
     """Apply fixes and save them as an artifact (--fixes --out), or load one and generate (--load --prompt)."""
     if (fixes is None) == (load is None):
@@ -312,7 +316,7 @@ def apply_cmd(
     from clmedit.run.runner import load_model_for
 
     try:
-        m, tok = load_model_for(model, device)
+        m, tok = load_model_for(model, device, dtype)
         if fixes is not None:
             from clmedit.config import preset_for_model
             from clmedit.editors.base import get_editor

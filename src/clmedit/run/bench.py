@@ -40,17 +40,17 @@ def bench_editor_names(spec: str) -> list[str]:
 
 def bench(
     model: str, editors: list[str], tasks: list[str], limit: int, out: str | Path,
-    fluency: bool = True, device: str | None = None,
+    fluency: bool = True, device: str | None = None, dtype: str = "auto",
 ) -> str:  # fmt: skip
     """Run every (task, editor) into out/<model>/<task>/<editor>; returns the Markdown table of all."""
     out = Path(out)
-    m, tok = load_model_for(model, device)
+    m, tok = load_model_for(model, device, dtype)
     summaries = []
     for task in tasks:
         for editor in editors:
             config = RunConfig(
                 model=model, editor=editor, data=f"default:{task}", out=out / _slug(model) / task / editor,
-                limit=limit, fluency=fluency, device=device,
+                limit=limit, fluency=fluency, device=device, dtype=dtype,
             )  # fmt: skip
             log.info("bench: %s on %s (%d cases)", editor, task, limit)
             summaries.append(json.loads((run(config, model=m, tok=tok) / "summary.json").read_text()))

@@ -20,7 +20,7 @@ import re
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -51,6 +51,9 @@ class RunConfig(BaseModel):
     folds: int = Field(1, ge=1, description="k-fold protocol for trainable editors (the study: 2)")
     fluency: bool = Field(True, description="compute the fluency metric (sampling; the slowest part)")
     device: str | None = Field(None, description="torch device; default: cuda if available")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="weights' dtype; auto: float32 on CPU, the checkpoint's dtype on GPU"
+    )
     verify_restore: bool = Field(False, description="debug: checksum the weights after every restore")
     keys: bool = Field(False, description="record keys and key distances (editors with prompt_keys)")
 
@@ -108,12 +111,12 @@ def _make_editor(config: RunConfig):
     return get_editor(config.editor, preset=preset, **config.hparams)
 
 
-def load_model_for(name: str, device: str | None = None):
-    """(model, tok) on `device`, default cuda when available; the model in eval mode."""
+def load_model_for(name: str, device: str | None = None, dtype: str = "auto"):
+    """(model, tok) on `device`, default cuda when available, in `dtype`; the model in eval mode."""
     from clmedit.models.load import load_model
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return load_model(name, device=device)
+    return load_model(name, device=device, dtype=dtype)
 
 
 def _error(err: BaseException) -> dict[str, str]:
@@ -142,7 +145,7 @@ def run(config: RunConfig, model=None, tok=None, editor=None) -> Path:
     if editor.trainable and config.folds < 2:
         raise ValueError(f"editor {editor.name!r} is trained on a split: run it with --folds 2")
     if model is None:
-        model, tok = load_model_for(config.model, config.device)
+        model, tok = load_model_for(config.model, config.device, config.dtype)
     mname = name_of(model)
     folds = split_folds(cases, config.folds, config.seed) if config.folds > 1 else [cases]
     todo = [c for c in mine if c.case_id not in done]
