@@ -26,6 +26,11 @@ def test_adapter_paths_resolve(family_model):
         assert isinstance(arch.module(model, part), torch.nn.Module)
     w = arch.weight_out_in(arch.down_proj_module(model, 0))
     assert w.shape == (64, 128), f"{family}: down_proj must map d_mlp=128 -> d_model=64"
+    # a norm between the MLP and the residual add must be declared (Gemma 2/3, OLMo 2)
+    block = arch.blocks(model)[0]
+    assert (arch.post_mlp_norm is not None) == hasattr(block, "post_feedforward_layernorm"), family
+    if arch.post_mlp_norm is not None:
+        assert isinstance(arch.module(model, "post_mlp_norm", 0), torch.nn.Module)
 
 
 def test_unknown_model_type_names_what_to_add():
