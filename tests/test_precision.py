@@ -6,11 +6,14 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from clmedit.editors.base import get_editor
+from clmedit.config import preset_path
+from clmedit.editors.base import editor_class, editor_names, get_editor
 from clmedit.errors import InputError
 from clmedit.models.load import load_model, resolve_dtype
+from clmedit.models.text import prompt_ids
 from clmedit.models.tiny import tiny_model
 from clmedit.run.runner import RunConfig
+from tests.conftest import make_case
 
 
 def test_resolve_dtype():
@@ -48,5 +51,26 @@ def test_ft_trains_a_float32_master_in_a_bfloat16_model(cases):
     change = (weight.float() - before[edited].float()).abs()
     assert change.max().item() > 0 and (change > 0).float().mean() > 0.05
     assert change.max().item() <= 1e-4  # the box, measured in float32 against the original weight
+    result.restore()
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+@pytest.mark.parametrize("name", editor_names())
+def test_every_editor_edits_and_restores_a_bfloat16_model(name):
+    """dtype flows through every editor: no float32 tensor meets a bf16 one unconverted."""
+    model, tok = tiny_model("llama")
+    model.to(torch.bfloat16)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    tiny = preset_path(editor_class(name).name, "tiny")
+    editor = get_editor(name, preset=str(tiny)) if tiny.is_file() else get_editor(name)
+    if editor.trainable:
+        editor.fit(model, tok, [make_case(i) for i in range(2, 6)])
+    case = make_case(0)
+    ids = torch.tensor([prompt_ids(tok, case.prompt)])
+    unedited = model(input_ids=ids).logits
+    result = editor.apply(model, tok, [case])
+    edited = model(input_ids=ids).logits
+    assert edited.dtype is torch.bfloat16
+    assert torch.equal(edited, unedited) == (name == "none")
     result.restore()
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())

@@ -188,12 +188,9 @@ class MetaLoss:
             before = forward_from(self.model, self.layers[0], loc[0], loc[1])
         with ExitStack() as stack:
             for path, shift in zip(self.paths, shifts):
-                # W + S on the fly: out + inp @ S^T (S is (d_out, d_in) in nn.Linear's orientation)
-                stack.enter_context(
-                    Trace(
-                        self.model, path, retain_output=False, edit_output=lambda o, i, s=shift: o + i @ s.T
-                    )
-                )
+                # W + S on the fly: out + inp @ S^T (S: float32 (d_out, d_in), nn.Linear's orientation)
+                add = lambda o, i, s=shift: o + (i.float() @ s.T).to(o.dtype)  # noqa: E731
+                stack.enter_context(Trace(self.model, path, retain_output=False, edit_output=add))
             edit_loss = target_nll(forward_from(self.model, self.layers[0], edit[0], edit[1]), edit[2])
             kl_mask = (loc[2] != IGNORE).float()
             loc_loss = _kl(before, forward_from(self.model, self.layers[0], loc[0], loc[1]), kl_mask)
