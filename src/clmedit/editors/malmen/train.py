@@ -11,7 +11,9 @@ and an Adam step on the net (meta-lr). The model itself never changes and gets n
 Why it is cheap: edits touch only the last few layers, so the residual stream entering the
 first edited layer is a constant. It is computed once per training sequence, and every step
 runs only the upper stack (models/partial.py). The (key, gradient) pairs of the unedited
-model are constants too, extracted once. Model selection: the net with the lowest loss on a
+model are constants too, extracted once. Both are kept per case in a CaseStore (on disk by
+default) and only one batch's worth is on the device at a time, so the peak memory does not
+grow with the number of training cases (benchmarks/malmen_memory.py). Model selection: the net with the lowest loss on a
 validation split of the *training* cases (checked every `val_every` steps) is kept.
 
 Two things make a short training run useful. The step size eta_l decides whether an edit
@@ -131,7 +133,7 @@ class TrainingData:
                 if case in counted:
                     for l_ in layers:
                         x = torch.cat([chunk.keys[l_][rows], chunk.grads[l_][rows]], -1).double()
-                        m = self.moments.setdefault(l_, [0, 0.0, 0.0])
+                        m = self.moments[l_]
                         m[0], m[1], m[2] = m[0] + len(x), m[1] + x.sum(0), m[2] + (x * x).sum(0)
         _sequences(model, tok, cases, layers[0], self.store, hp.loc_neighbours)
 
