@@ -152,3 +152,36 @@ def test_none_editor_and_backup_restore_are_exact(llama_tiny):
     EditResult(undo=[undo]).restore()
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("depth", [24, 28, 30, 40])
+def test_layer_sets_keep_their_shape_at_any_depth(depth):
+    """MEMIT/PMET: five consecutive layers; MALMEN: the last five; single layers by proportion."""
+    for name in ("memit", "pmet"):
+        layers = get_editor(name).hparams.layers_for([4, 5, 6, 7, 8], depth)
+        start = round(4 * depth / 32)
+        assert layers == list(range(start, start + 5)), (name, depth, layers)
+    malmen = get_editor("malmen").hparams
+    assert malmen.layers_for(malmen.layers, depth) == list(range(depth - 5, depth))
+    ft = get_editor("ft").hparams
+    assert ft.layers_for(ft.layers, depth) == [round(21 * depth / 32)]
+
+
+def test_layer_sets_on_shallow_models_and_from_the_top():
+    hp = Demo()
+    assert hp.layers_for([27, 28, 29, 30, 31], 4) == [0, 1, 2, 3]  # "last 5" of 4 layers: all of them
+    assert hp.layers_for([-5, -4, -3, -2, -1], 28) == [23, 24, 25, 26, 27]
+    assert hp.layers_for([30, 31], 40) == [38, 39]
+    assert hp.layers_for([3, 9], 16) == [2, 4]  # not a run: index by index
+
+
+@pytest.mark.parametrize("bad", [{"layer": 32}, {"layer": -33}, {"reference_layers": 30, "layer": 30}])
+def test_out_of_range_layers_are_rejected_not_clamped(bad, tmp_path):
+    with pytest.raises(ValidationError, match="out of range"):
+        Demo(**bad)
+    preset = tmp_path / "p.yaml"
+    preset.write_text("layers: [4, 5, 6, 7, 40]\n")
+    with pytest.raises(InputError, match="layer 40 is out of range for 32 layers"):
+        load_hparams(editor_class("memit").HParams, "memit", str(preset))
+    with pytest.raises(InputError, match="layer 32 is out of range"):
+        get_editor("ft", layers=[32])

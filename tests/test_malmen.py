@@ -7,6 +7,7 @@ import torch
 from clmedit.editors.malmen.editor import Malmen, MalmenHParams
 from clmedit.editors.malmen.hypernet import load_hypernet, ridge_solve, save_hypernet
 from clmedit.editors.malmen.pairs import key_grad_pairs
+from clmedit.editors.malmen.train import TrainingData
 from clmedit.models.arch import arch_of
 from tests.conftest import make_case
 
@@ -102,3 +103,34 @@ def test_meta_training_lowers_the_held_out_meta_loss(llama_tiny):
     assert history["val_best"] < history["val_start"] - 0.1
     first, last = history["train"][:5], history["train"][-5:]
     assert sum(last) / 5 < sum(first) / 5 - 0.1
+def test_streamed_training_equals_training_on_the_device(llama_tiny, tmp_path, monkeypatch):
+    """Pairs and hidden states kept on disk or in host memory give the same net as on the device,
+    and the streamed feature statistics equal the ones of all training pairs at once."""
+    monkeypatch.setenv("CLMEDIT_CACHE", str(tmp_path))
+    model, tok = llama_tiny
+    train = [make_case(i, target=t) for i, t in enumerate(["sorted(xs)", "json.load(f)", "x + 1"] * 3)]
+    nets = {}
+    for store in ("device", "cpu", "disk"):
+        torch.manual_seed(0)  # the net's initialisation
+        hp = MalmenHParams(steps=4, batch_size=2, val_every=2, init_lr=1e-2, meta_lr=1e-3, store=store)
+        editor = Malmen(hp)
+        history = editor.fit(model, tok, train)
+        nets[store] = (editor.net.state_dict(), history["train"])
+    assert not any((tmp_path / "tmp").iterdir())  # the disk store removes its files
+    for store in ("cpu", "disk"):
+        assert nets[store][1] == nets["device"][1]
+        assert all(torch.equal(v, nets["device"][0][k]) for k, v in nets[store][0].items())
+    layers = [2, 3]
+    data = TrainingData(model, tok, train, layers, MalmenHParams(store="disk"), stats_cases=list(range(9)))
+    pairs = key_grad_pairs(model, tok, train, layers)
+    streamed, ref = Malmen().new_net(model), Malmen().new_net(model)
+    for i, layer in enumerate(layers):
+        streamed.set_moments(i, *data.moments[layer])
+        ref.set_stats(i, pairs.keys[layer], pairs.grads[layer])
+    got, seqs = data.batch([1, 4])
+    want = pairs.select([1, 4])
+    assert torch.equal(got.owner, want.owner) and len(seqs) == 2 and len(seqs[0]["edit"]) == 2
+    assert all(torch.equal(got.keys[l_], want.keys[l_]) and torch.equal(got.grads[l_], want.grads[l_]) for l_ in layers)
+    data.store.close()
+    assert torch.allclose(streamed.mean, ref.mean, atol=1e-6)
+    assert torch.allclose(streamed.std, ref.std, rtol=1e-5)

@@ -14,7 +14,7 @@ def test_memit_batch_edit_and_restore(llama_tiny, tmp_path, monkeypatch):
     model, tok = llama_tiny
     before = {k: v.clone() for k, v in model.state_dict().items()}
     stats = dict(stats_corpus=str(tmp_path / "c.py"), stats_samples=4, stats_seq_len=32)
-    editor = get_editor("memit", **TINY, **stats, mom2_weight=1e-3)
+    editor = get_editor("memit", **TINY, **stats, mom2_weight=1e-3, layers=[0, 1], reference_layers=4)
     cases = [make_case(i, target=t) for i, t in enumerate(["os", "return", "for"])]
     result = editor.apply(model, tok, cases)
     assert result.info["layers"] == [0, 1]

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from clmedit.errors import UnsupportedModelError
+from clmedit.errors import InputError, UnsupportedModelError
 from clmedit.models.arch import ADAPTERS, arch_of, rescale_layer
 from clmedit.models.cost import CostMeter
 from clmedit.models.hooks import Trace, TraceDict
@@ -26,13 +26,18 @@ def test_adapter_paths_resolve(family_model):
         assert isinstance(arch.module(model, part), torch.nn.Module)
     w = arch.weight_out_in(arch.down_proj_module(model, 0))
     assert w.shape == (64, 128), f"{family}: down_proj must map d_mlp=128 -> d_model=64"
+    # a norm between the MLP and the residual add must be declared (Gemma 2/3, OLMo 2)
+    block = arch.blocks(model)[0]
+    assert (arch.post_mlp_norm is not None) == hasattr(block, "post_feedforward_layernorm"), family
+    if arch.post_mlp_norm is not None:
+        assert isinstance(arch.module(model, "post_mlp_norm", 0), torch.nn.Module)
 
 
 def test_unknown_model_type_names_what_to_add():
     class Fake(torch.nn.Module):
-        config = type("C", (), {"model_type": "phi3"})()
+        config = type("C", (), {"model_type": "mamba"})()
 
-    with pytest.raises(UnsupportedModelError, match=r"'phi3' has no ArchAdapter.*models/arch.py"):
+    with pytest.raises(UnsupportedModelError, match=r"'mamba' has no ArchAdapter.*models/arch.py"):
         arch_of(Fake())
 
 
@@ -42,6 +47,9 @@ def test_rescale_layer():
     assert rescale_layer(5, 32) == 5
     assert rescale_layer(31, 4) == 3
     assert rescale_layer(-1, 30) == 29
+    for bad in (32, 40, -33):  # outside the reference depth: rejected, never clamped to the top
+        with pytest.raises(InputError, match=f"layer {bad} is out of range for 32 layers"):
+            rescale_layer(bad, 30)
 
 
 def test_trace_captures_and_edits(family_model):

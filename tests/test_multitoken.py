@@ -58,7 +58,8 @@ def test_edit_yields_every_token_of_a_multi_token_target(name, taught, tmp_path,
     want = target_ids(tok, TARGET)
     assert len(want) == 4
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    editor = get_editor(name, **SETTINGS)
+    layers = {} if name == "rome" else {"layers": [0, 1], "reference_layers": 4}  # below the top layer
+    editor = get_editor(name, **SETTINGS, **layers)
     for i in range(2):
         case = make_case(i, target=TARGET)
         assert _greedy(model, tok, case.prompt, len(want)) != want

@@ -179,6 +179,7 @@ def run_cmd(
     folds: int = run_option("folds"),
     fluency: bool = run_option("fluency"),
     device: str | None = run_option("device"),
+    dtype: str = run_option("dtype"),
     verify_restore: bool = run_option("verify_restore"),
     keys: bool = run_option("keys"),
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
@@ -210,6 +211,7 @@ def bench_cmd(
     out: Path = typer.Option(Path("results/bench"), "--out", "-o"),
     fluency: bool = run_option("fluency"),
     device: str | None = run_option("device"),
+    dtype: str = run_option("dtype"),
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
 ) -> None:
@@ -222,7 +224,7 @@ def bench_cmd(
 
     t0 = time.perf_counter()
     names, task_list = bench_editor_names(editors), bench_tasks(tasks)
-    table, summaries = bench(model, names, task_list, limit, out, fluency, device, overwrite=overwrite)
+    table, summaries = bench(model, names, task_list, limit, out, fluency, device, overwrite=overwrite, dtype=dtype)
     typer.echo(table)
     typer.echo(
         f"\n{len(names)} editors x {tasks} x {limit} cases in {time.perf_counter() - t0:.0f} s; see {out}"
@@ -311,6 +313,7 @@ def apply_cmd(
     hp: list[str] = typer.Option([], "--hp", help=HP_HELP),
     max_new_tokens: int = typer.Option(48, "--max-new-tokens", min=1),
     device: str | None = run_option("device"),
+    dtype: str = run_option("dtype"),
 ) -> None:
     """Apply fixes and save them as an artifact (--fixes --out), or load one and generate (--load --prompt)."""
     from clmedit.data.schema import PROMPT_TEMPLATES
@@ -337,7 +340,7 @@ def apply_cmd(
         ed = make_editor(editor, model, preset, parse_hp(hp))
         cases = read_fixes(fixes, task)
         check_out_dir(out)
-    m, tok = load_model_for(model, device)
+    m, tok = load_model_for(model, device, dtype)
     if fixes is not None:
         save_artifact(m, tok, ed, cases, out, model)
         typer.echo(f"artifact written to {out}")

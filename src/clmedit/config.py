@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from clmedit.errors import InputError, describe_validation
-from clmedit.models.arch import rescale_layer
+from clmedit.models.arch import check_layer, rescale_layer, rescale_layers
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 
@@ -59,14 +59,25 @@ class EditorHParams(BaseModel):
     reference_layers: int = Field(32, gt=0, description="depth the layer indices were chosen for")
     seed: int = Field(0, description="seed for any randomness inside the editor")
 
+    @model_validator(mode="after")
+    def _layers_in_range(self):
+        """Every `layer` / `layers` index must exist in a reference_layers-deep model (never clamped)."""
+        for name in ("layer", "layers"):
+            value = getattr(self, name, None)
+            for layer in [value] if isinstance(value, int) else value or []:
+                check_layer(layer, self.reference_layers, what=f"{type(self).__name__}.{name}: layer")
+        return self
+
     def layer_for(self, layer: int, num_layers: int) -> int:
         """`layer` rescaled from reference_layers to the model's depth."""
         if num_layers == self.reference_layers:
+            check_layer(layer, num_layers)
             return layer if layer >= 0 else num_layers + layer
         return rescale_layer(layer, num_layers, self.reference_layers)
 
     def layers_for(self, layers: list[int], num_layers: int) -> list[int]:
-        return sorted(dict.fromkeys(self.layer_for(layer, num_layers) for layer in layers))
+        """A layer set rescaled to the model's depth, keeping its shape (models.arch.rescale_layers)."""
+        return rescale_layers(layers, num_layers, self.reference_layers)
 
     @classmethod
     def build(cls: type[H], values: dict[str, Any], source: str = "hparams") -> H:

@@ -8,11 +8,18 @@ layer 21 (of 32) is trainable. The layers below it do not change during the opti
 the hidden state entering layer L is computed once and each step runs layers L.. only
 (models.partial). With the study's constraint (1e-4) the weight barely moves and the edit is
 weak; that is the study's finding, not a defect. Restore writes the saved weight back.
+
+Precision: the box (1e-4) is below one bfloat16 step of a typical weight, so training the
+weight in the model's dtype would round every step away. We train a float32 master copy M
+(the edited layer's forward uses M through a hook; the model's weight is untouched meanwhile)
+and, at the end, write M back cast to the model's dtype. An entry whose cast would leave the
+box relative to the original weight keeps its original value, so the box holds in any dtype.
 """
 
 from __future__ import annotations
 
 import logging
+from contextlib import ExitStack
 from typing import Any
 
 import torch
@@ -22,7 +29,8 @@ from torch import nn
 from clmedit.config import EditorHParams
 from clmedit.data.schema import EditCase
 from clmedit.editors.base import Editor, EditResult, backup_weights
-from clmedit.models.arch import arch_of
+from clmedit.models.arch import ArchAdapter, arch_of
+from clmedit.models.hooks import Trace
 from clmedit.models.partial import UpperStack, trainable_only
 from clmedit.models.text import edit_batch, target_nll
 
@@ -63,10 +71,8 @@ class FineTune(Editor):
         hp = self.hparams
         arch = arch_of(model)
         layers = hp.layers_for(hp.layers, arch.num_layers(model))
-        weights = {
-            arch.path("down_proj", layer) + ".weight": arch.down_proj_module(model, layer).weight
-            for layer in layers
-        }
+        paths = [arch.path("down_proj", layer) for layer in layers]
+        weights = {path + ".weight": model.get_submodule(path).weight for path in paths}
         result.undo.append(backup_weights(weights))
         device = next(model.parameters()).device
         stacks = []
@@ -77,27 +83,52 @@ class FineTune(Editor):
             stacks.append(
                 (UpperStack(model, layers[0], batch["input_ids"], batch["attention_mask"]), batch["labels"])
             )
-        params = list(weights.values())
-        lower = [w.detach() - hp.norm_constraint for w in params] if hp.norm_constraint else None
-        upper = [w.detach() + hp.norm_constraint for w in params] if hp.norm_constraint else None
-        opt = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        originals = [w.detach().float() for w in weights.values()]  # W_0 in float32 (storage layout)
+        masters = [w.clone().requires_grad_(True) for w in originals]  # what Adam trains
+        box = hp.norm_constraint
+        opt = torch.optim.Adam(masters, lr=hp.lr, weight_decay=hp.weight_decay)
         losses = []
-        try:
-            with trainable_only(model, params):
-                for _ in range(hp.num_steps):
-                    total = 0.0
-                    for stack, labels in stacks:
-                        loss = target_nll(stack(), labels)
-                        opt.zero_grad()
-                        loss.backward()
-                        opt.step()
-                        if lower is not None:
-                            with torch.no_grad():
-                                for w, lo, hi in zip(params, lower, upper):
-                                    w.copy_(torch.maximum(torch.minimum(w, hi), lo))
-                        total += loss.item()
-                    losses.append(total / len(stacks))
-        finally:
-            for w in params:
-                w.grad = None
+        with trainable_only(model), _forward_with(model, arch, paths, masters):
+            for _ in range(hp.num_steps):
+                total = 0.0
+                for stack, labels in stacks:
+                    loss = target_nll(stack(), labels)
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    if box is not None:
+                        with torch.no_grad():
+                            for m, w0 in zip(masters, originals):
+                                m.copy_(torch.maximum(torch.minimum(m, w0 + box), w0 - box))
+                    total += loss.item()
+                losses.append(total / len(stacks))
+        with torch.no_grad():
+            for w, m, w0 in zip(weights.values(), masters, originals):
+                w.copy_(_cast_into_box(m, w0, box, w.dtype))
         result.info = {"layers": layers, "losses": losses}
+
+
+def _forward_with(model: nn.Module, arch: ArchAdapter, paths: list[str], masters: list[torch.Tensor]):
+    """Within the block, each module at `paths` computes its output with its float32 master weight."""
+
+    def linear(module: nn.Module, master: torch.Tensor):
+        bias = None if module.bias is None else module.bias.float()
+        weight = master.T if arch.conv1d else master  # (out, in)
+        return lambda out, inp: nn.functional.linear(inp.float(), weight, bias).to(out.dtype)
+
+    stack = ExitStack()
+    for path, master in zip(paths, masters):
+        module = model.get_submodule(path)
+        stack.enter_context(Trace(model, path, retain_output=False, edit_output=linear(module, master)))
+    return stack
+
+
+def _cast_into_box(
+    master: torch.Tensor, original: torch.Tensor, box: float | None, dtype: torch.dtype
+) -> torch.Tensor:
+    """`master` in `dtype`; where rounding takes an entry outside |w - w_0| <= box, w_0 itself."""
+    cast = master.detach().to(dtype)
+    if box is None or dtype == torch.float32:
+        return cast
+    outside = (cast.float() - original).abs() > box
+    return torch.where(outside, original.to(dtype), cast)

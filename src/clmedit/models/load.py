@@ -39,11 +39,23 @@ def _default_device(device: str | torch.device | None) -> torch.device:
     return torch.device(device)
 
 
-def _default_dtype(dtype, device: torch.device):
-    """float32 on CPU (editing needs full precision there); the checkpoint's own dtype on GPU."""
-    if dtype is not None:
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_CHOICES = ("auto", *DTYPES)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype | str:
+    """The dtype to load in: a name of DTYPE_CHOICES or a torch.dtype; None is "auto".
+
+    "auto" is float32 on CPU (bf16/fp16 matmuls there are slow, and editing wants full precision)
+    and the checkpoint's own dtype (transformers' "auto") on a GPU: a 7B model in bf16 fits one.
+    """
+    if isinstance(dtype, torch.dtype):
         return dtype
-    return torch.float32 if device.type == "cpu" else "auto"
+    if dtype is None or dtype == "auto":
+        return torch.float32 if device.type == "cpu" else "auto"
+    if dtype not in DTYPES:
+        raise InputError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPE_CHOICES)}")
+    return DTYPES[dtype]
 
 
 # --- the default model -----------------------------------------------------------------------------
@@ -213,20 +225,24 @@ def _finish(model, tok, name: str, device: torch.device):
     return model, tok
 
 
-def load_model(name_or_path: str = DEFAULT_MODEL, device: str | None = None, dtype=None):
+def load_model(
+    name_or_path: str = DEFAULT_MODEL, device: str | None = None, dtype: str | torch.dtype | None = None
+):
     """(model, tokenizer) for `name_or_path`: `"smollm2-135m"`, a `.gguf` file, a local folder or an
-    HF hub id. `device` defaults to CUDA when available; `dtype` to float32 on CPU, the checkpoint's
-    dtype on GPU. The model is in eval mode and `model.config.clmedit_name == name_or_path`."""
+    HF hub id. `device` defaults to CUDA when available; `dtype` ("auto", "float32", "bfloat16",
+    "float16" or a torch.dtype; see resolve_dtype) to float32 on CPU, the checkpoint's dtype on GPU.
+    The model is in eval mode and `model.config.clmedit_name == name_or_path`."""
     dev = _default_device(device)
+    dtype = resolve_dtype(dtype, dev)
     start = time.perf_counter()
     path = Path(name_or_path).expanduser()
     if name_or_path == DEFAULT_MODEL:
         folder = default_model_dir()
-        model, tok = _hf_load(folder, torch.float32 if dtype is None else dtype, dev)
+        model, tok = _hf_load(folder, dtype, dev)  # the cached copy is float32: "auto" keeps it
     elif path.suffix == ".gguf":
         if not path.is_file():
             raise FileNotFoundError(f"GGUF file {path} does not exist")
-        model, tok = _gguf_load(path, _default_dtype(dtype, dev))
+        model, tok = _gguf_load(path, torch.float32 if dtype == "auto" else dtype)
         _detach_gguf_quantizer(model)  # the weights are de-quantized; let it save normally
     elif path.exists():
         if not (path / "config.json").is_file():
@@ -234,10 +250,10 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str | None = None, dty
         bad = folder_problem(path)
         if bad:
             raise InputError(f"model folder {path} does not read whole: {bad}; re-download or re-save it")
-        model, tok = _hf_load(path, _default_dtype(dtype, dev), dev)
+        model, tok = _hf_load(path, dtype, dev)
     elif _HUB_ID.match(name_or_path):
         try:
-            model, tok = _hf_load(name_or_path, _default_dtype(dtype, dev), dev)
+            model, tok = _hf_load(name_or_path, dtype, dev)
         except OSError as err:
             raise FileNotFoundError(
                 f"no model {name_or_path!r}: no such local path, and the hub id could not be loaded "

@@ -52,7 +52,7 @@ def bench_tasks(spec: str) -> list[str]:
 
 def bench(
     model: str, editors: list[str], tasks: list[str], limit: int, out: str | Path,
-    fluency: bool = True, device: str | None = None, overwrite: bool = False,
+    fluency: bool = True, device: str | None = None, overwrite: bool = False, dtype: str = "auto",
 ) -> tuple[str, list[dict[str, Any]]]:  # fmt: skip
     """Run every (task, editor) into out/<model>/<task>/<editor>; returns the Markdown table and the summaries."""
     out = check_out_dir(out)
@@ -61,7 +61,7 @@ def bench(
             raise InputError(
                 f"bench runs single edits; run the trainable {editor!r} with `clmedit run --folds 2`"
             )
-    m, tok = load_model_for(model, device)
+    m, tok = load_model_for(model, device, dtype)
     model_dir = out / slug(Path(model.rstrip("/")).name)
     summaries = []
     model_dir = out / slug(model.rstrip("/").rsplit("/", 1)[-1])  # a hub id or path: its last part
@@ -69,7 +69,7 @@ def bench(
         for editor in editors:
             config = RunConfig(
                 model=model, editor=editor, data=f"default:{task}", out=model_dir / task / editor,
-                limit=limit, fluency=fluency, device=device,
+                limit=limit, fluency=fluency, device=device, dtype=dtype,
             )  # fmt: skip
             log.info("bench: %s on %s (%d cases)", editor, task, limit)
             run_dir = run(config, model=m, tok=tok, overwrite=overwrite)

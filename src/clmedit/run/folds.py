@@ -71,7 +71,7 @@ def train_fold(config: Any, fold: int) -> dict[str, Any]:
     cases = read_cases(resolve_data(config.data, seed=config.seed))[: config.limit]
     parts = split_folds(cases, config.folds, config.seed)
     train = [c for k, part in enumerate(parts) if k != fold for c in part]
-    model, tok = load_model_for(config.model, config.device)
+    model, tok = load_model_for(config.model, config.device, config.dtype)
     (out / "DONE").unlink(missing_ok=True)  # training anew: what was saved before is stale
     history = fit_fold(editor, model, tok, train, out)
     summary = {"editor": editor.name, "model": config.model, "fold": fold, "folds": config.folds,

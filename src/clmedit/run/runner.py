@@ -54,13 +54,13 @@ def make_editor(name: str, model: str, preset: str | None = None, hparams: dict[
     return get_editor(name, preset=preset or (model if preset_for_model(model) else None), **(hparams or {}))
 
 
-def load_model_for(name: str, device: str | None = None):
-    """(model, tok) on `device`, default cuda when available; the model in eval mode."""
+def load_model_for(name: str, device: str | None = None, dtype: str = "auto"):
+    """(model, tok) on `device`, default cuda when available, in `dtype`; the model in eval mode."""
     from clmedit.models.load import load_model
 
     check_device(device)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return load_model(name, device=device)
+    return load_model(name, device=device, dtype=dtype)
 
 
 def _error(err: BaseException) -> dict[str, str]:
@@ -101,7 +101,7 @@ def run(config: RunConfig, model=None, tok=None, editor=None, overwrite: bool = 
         todo = [c for c in shard_cases(cases, config.shard_tuple) if c.case_id not in done]
         log.info("%s on %s: %d cases to do", editor.name, data.name, len(todo))
         if todo and model is None:
-            model, tok = load_model_for(config.model, config.device)
+            model, tok = load_model_for(config.model, config.device, config.dtype)
         if todo:
             _run_cases(
                 config, editor, model, tok, cases, todo, data, path, out, evaluate_case, name_of(model)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -33,6 +33,9 @@ class RunConfig(BaseModel):
     folds: int = Field(1, ge=1, description="k-fold protocol for trainable editors (the study: 2)")
     fluency: bool = Field(True, description="compute the fluency metric (sampling; the slowest part)")
     device: str | None = Field(None, description="torch device; default: cuda if available")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="weights' dtype; auto: float32 on CPU, the checkpoint's dtype on GPU"
+    )
     verify_restore: bool = Field(False, description="debug: checksum the weights after every restore")
     keys: bool = Field(False, description="record keys and key distances (editors with key_record)")
     answers_from: str | None = Field(None, description="released answers to use (e.g. CodeLlama-7b-hf)")

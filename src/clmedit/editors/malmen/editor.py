@@ -23,6 +23,7 @@ from clmedit.config import EditorHParams, study_keys
 from clmedit.editors.base import Editor, EditResult, backup_weights
 from clmedit.editors.malmen.hypernet import HypernetConfig, MalmenNet, load_hypernet, save_hypernet
 from clmedit.editors.malmen.pairs import key_grad_pairs
+from clmedit.editors.malmen.store import Where
 from clmedit.editors.malmen.train import meta_train
 from clmedit.errors import InputError
 from clmedit.models.arch import arch_of
@@ -62,6 +63,9 @@ class MalmenHParams(EditorHParams):
     val_every: int = Field(100, ge=1, description="steps between validation checks")
     tokens: Literal["target", "all"] = Field("target", description="positions giving (key, gradient) pairs")
     pair_batch_size: int = Field(8, ge=1, description="cases per forward/backward when extracting pairs")
+    store: Where = Field(
+        "disk", description="where meta-training keeps per-case pairs and hidden states: disk, cpu, device"
+    )
     hypernet_dir: str | None = Field(None, description="folder of a trained hypernetwork to load")
 
     @classmethod

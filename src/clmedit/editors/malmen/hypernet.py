@@ -89,9 +89,21 @@ class MalmenNet(nn.Module):
 
     @torch.no_grad()
     def set_stats(self, layer: int, keys: torch.Tensor, grads: torch.Tensor) -> None:
-        x = torch.cat([keys, grads], -1).float()
-        self.mean[layer] = x.mean(0)
-        self.std[layer] = x.std(0).clamp_min(1e-6) if len(x) > 1 else 1.0
+        x = torch.cat([keys, grads], -1).double()
+        self.set_moments(layer, len(x), x.sum(0), (x * x).sum(0))
+
+    @torch.no_grad()
+    def set_moments(self, layer: int, count: int, total: torch.Tensor, total_sq: torch.Tensor) -> None:
+        """Mean and (unbiased) std of [u; g] from running sums, so pairs can stream past once."""
+        if count == 0:
+            return  # no pairs: keep the identity normalisation
+        mean = total / max(count, 1)
+        self.mean[layer] = mean.to(self.mean)
+        if count > 1:
+            var = ((total_sq - count * mean * mean) / (count - 1)).clamp_min(0)
+            self.std[layer] = var.sqrt().clamp_min(1e-6).to(self.std)
+        else:
+            self.std[layer] = 1.0
 
     def value_shifts(self, layer: int, keys: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
         """v (n, d_value) for keys (n, d_key), value gradients (n, d_value) of layer slot `layer`."""

@@ -12,6 +12,7 @@ traced output (dL/dz = dL/d out), which works even when the model's parameters a
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -42,7 +43,8 @@ class Pairs:
     owner: torch.Tensor
 
     def select(self, case_idx: list[int]) -> Pairs:
-        rows = torch.isin(self.owner, torch.tensor(case_idx, dtype=self.owner.dtype))
+        wanted = torch.tensor(case_idx, dtype=self.owner.dtype, device=self.owner.device)
+        rows = torch.isin(self.owner, wanted)
         return Pairs(
             {k: v[rows] for k, v in self.keys.items()},
             {k: v[rows] for k, v in self.grads.items()},
@@ -63,14 +65,29 @@ def key_grad_pairs(
     tokens: "target" keeps the positions that predict a target token (MALMEN's answer tokens);
     "all" keeps every real position, so that sum_t g_t u_t^T is exactly dL/dW.
     """
+    chunks = list(iter_key_grad_pairs(model, tok, cases, layers, batch_size, tokens))
+    return Pairs(
+        {l_: torch.cat([c.keys[l_] for c in chunks]) for l_ in layers},
+        {l_: torch.cat([c.grads[l_] for c in chunks]) for l_ in layers},
+        torch.cat([c.owner for c in chunks]),
+    )
+
+
+def iter_key_grad_pairs(
+    model: nn.Module,
+    tok,
+    cases: list[EditCase],
+    layers: list[int],
+    batch_size: int = 8,
+    tokens: str = "target",
+) -> Iterator[Pairs]:
+    """key_grad_pairs one chunk of `batch_size` cases at a time (owner = index into `cases`), so a
+    caller can move each chunk off the device before the next is computed."""
     if tokens not in ("target", "all"):
         raise ValueError(f"tokens must be 'target' or 'all', not {tokens!r}")
     arch = arch_of(model)
     paths = {layer: arch.path("down_proj", layer) for layer in layers}
     device = next(model.parameters()).device
-    keys: dict[int, list] = {l_: [] for l_ in layers}
-    grads: dict[int, list] = {l_: [] for l_ in layers}
-    owners = []
     for start in range(0, len(cases), batch_size):
         chunk = cases[start : start + batch_size]
         batch = edit_batch(tok, [c.prompt for c in chunk], [c.target for c in chunk], device)
@@ -99,13 +116,9 @@ def key_grad_pairs(
             )  # (B, T-1)
             per_case = nll.sum(1) / (labels[:, 1:] != IGNORE).sum(1).clamp_min(1)
             got = torch.autograd.grad(per_case.sum(), [zeros[l_] for l_ in layers])
-        for layer, tr, g in zip(layers, traces, got):
-            keys[layer].append(tr.input.detach()[predicts].float())
-            grads[layer].append(g[predicts].float())
         rows = predicts.sum(1)
-        owners.append(torch.repeat_interleave(torch.arange(start, start + len(chunk), device=device), rows))
-    return Pairs(
-        {l_: torch.cat(v) for l_, v in keys.items()},
-        {l_: torch.cat(v) for l_, v in grads.items()},
-        torch.cat(owners),
-    )
+        yield Pairs(
+            {l_: tr.input.detach()[predicts].float() for l_, tr in zip(layers, traces)},
+            {l_: g[predicts].float() for l_, g in zip(layers, got)},
+            torch.repeat_interleave(torch.arange(start, start + len(chunk), device=device), rows),
+        )

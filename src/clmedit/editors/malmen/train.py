@@ -11,7 +11,9 @@ and an Adam step on the net (meta-lr). The model itself never changes and gets n
 Why it is cheap: edits touch only the last few layers, so the residual stream entering the
 first edited layer is a constant. It is computed once per training sequence, and every step
 runs only the upper stack (models/partial.py). The (key, gradient) pairs of the unedited
-model are constants too, extracted once. Model selection: the net with the lowest loss on a
+model are constants too, extracted once. Both are kept per case in a CaseStore (on disk by
+default) and only one batch's worth is on the device at a time, so the peak memory does not
+grow with the number of training cases (benchmarks/malmen_memory.py). Model selection: the net with the lowest loss on a
 validation split of the *training* cases (checked every `val_every` steps) is kept.
 
 Two things make a short training run useful. The step size eta_l decides whether an edit
@@ -34,7 +36,8 @@ from tqdm import tqdm
 
 from clmedit.data.schema import EditCase
 from clmedit.editors.malmen.hypernet import MalmenNet
-from clmedit.editors.malmen.pairs import Pairs, key_grad_pairs
+from clmedit.editors.malmen.pairs import Pairs, iter_key_grad_pairs
+from clmedit.editors.malmen.store import CaseStore
 from clmedit.models.arch import arch_of
 from clmedit.models.hooks import Trace
 from clmedit.models.partial import forward_from, hidden_before, trainable_only
@@ -59,41 +62,97 @@ class _Seq:
 
 
 def _sequences(
-    model, tok, cases: list[EditCase], first_layer: int, loc_neighbours: int = 1, batch_size: int = 32
-) -> list[dict[str, list[_Seq]]]:
-    """Per case: 'edit' = [prompt + target, rephrase + target], 'loc' = its first `loc_neighbours`
-    neighbours (+ their cached answers). A loc row's labels mark where the KL is taken (0) or not
-    (IGNORE): from the prompt's last token on when an answer is known, else every token.
+    model, tok, cases: list[EditCase], first_layer: int, store: CaseStore, loc_neighbours: int = 1,
+    batch_size: int = 32,
+) -> None:  # fmt: skip
+    """Cache, per case i, store[("seqs", i)]: 'edit' = [prompt + target, rephrase + target], 'loc' =
+    its first `loc_neighbours` neighbours (+ their cached answers). A loc row's labels mark where
+    the KL is taken (0) or not (IGNORE): from the prompt's last token on when an answer is known,
+    else every token. Each row is hidden state (T, d_model) entering `first_layer` + labels (T,).
 
-    Hidden states are computed in right-padded batches of similar length (causal attention: a
-    row's real positions do not see its padding) and cut back to each row's length.
+    Hidden states are computed in right-padded batches of cases of similar length (causal
+    attention: a row's real positions do not see its padding), cut back to each row's length,
+    and handed to the store case by case (nothing accumulates on the device).
     """
     name = model_name(model)
     device = next(model.parameters()).device
-    rows: list[tuple[int, str, list[int], list[int]]] = []  # (case index, kind, ids, labels)
-    for c, case in enumerate(cases):
+    per_case: list[list[tuple[str, list[int], list[int]]]] = []  # (kind, ids, labels) rows of each case
+    for case in cases:
         ids, labels, _ = edit_rows(tok, [case.prompt, case.rephrase], [case.target] * 2)
-        rows += [(c, "edit", r, lab) for r, lab in zip(ids, labels)]
+        rows = [("edit", r, lab) for r, lab in zip(ids, labels)]
         for n in case.neighbours[:loc_neighbours]:
             p = prompt_ids(tok, n.prompt)
             answer = target_ids(tok, n.answers[name]) if name in n.answers else []
             skip = len(p) - 1 if answer else 0
-            rows.append((c, "loc", p + answer, [IGNORE] * skip + [0] * (len(p) + len(answer) - skip)))
-    out: list[dict[str, list[_Seq]]] = [{"edit": [], "loc": []} for _ in cases]
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i][2]))
-    for start in tqdm(range(0, len(order), batch_size), desc="malmen: cache hidden states", leave=False):
-        chunk = [rows[i] for i in order[start : start + batch_size]]
-        batch = pad_batch(tok, [r[2] for r in chunk], device)
+            rows.append(("loc", p + answer, [IGNORE] * skip + [0] * (len(p) + len(answer) - skip)))
+        per_case.append(rows)
+    order = sorted(range(len(cases)), key=lambda c: max(len(r[1]) for r in per_case[c]))
+    step = max(1, batch_size // (2 + loc_neighbours))  # cases per forward pass
+    for start in tqdm(range(0, len(order), step), desc="malmen: cache hidden states", leave=False):
+        chunk = order[start : start + step]
+        rows = [r for c in chunk for r in per_case[c]]
+        batch = pad_batch(tok, [r[1] for r in rows], device)
         hidden = hidden_before(model, first_layer, batch["input_ids"], batch["attention_mask"])
-        for j, (c, kind, r_ids, labels) in enumerate(chunk):
-            out[c][kind].append(_Seq(hidden[j, : len(r_ids)].clone(), torch.tensor(labels, device=device)))
+        j = 0
+        for c in chunk:
+            tensors = {}
+            for k, (kind, r_ids, labels) in enumerate(per_case[c]):
+                tensors[f"{kind}.{k}.hidden"] = hidden[j, : len(r_ids)]
+                tensors[f"{kind}.{k}.labels"] = torch.tensor(labels)
+                j += 1
+            store.put(("seqs", c), tensors)
+
+
+def _load_seqs(store: CaseStore, case: int) -> dict[str, list[_Seq]]:
+    got = store.get(("seqs", case))
+    out: dict[str, list[_Seq]] = {"edit": [], "loc": []}
+    for key in sorted((k for k in got if k.endswith(".hidden")), key=lambda k: int(k.split(".")[1])):
+        kind, k, _ = key.split(".")
+        out[kind].append(_Seq(got[key], got[f"{kind}.{k}.labels"]))
     return out
+
+
+class TrainingData:
+    """The training cases' (key, gradient) pairs and hidden states, held in a CaseStore; `batch`
+    brings one batch's worth onto the device. Also the mean / std of [u; g] over `stats_cases`."""
+
+    def __init__(self, model, tok, cases: list[EditCase], layers: list[int], hp, stats_cases: list[int]):
+        device = next(model.parameters()).device
+        self.layers = layers
+        self.store = CaseStore(hp.store, device)
+        counted = set(stats_cases)
+        self.moments = {l_: [0, 0.0, 0.0] for l_ in layers}  # layer -> count, sum, sum of squares (f64)
+        chunks = iter_key_grad_pairs(model, tok, cases, layers, hp.pair_batch_size, hp.tokens)
+        for start, chunk in zip(range(0, len(cases), hp.pair_batch_size), chunks):
+            for case in range(start, min(start + hp.pair_batch_size, len(cases))):
+                rows = chunk.owner == case  # may be none (a target with no token)
+                tensors = {f"k{l_}": chunk.keys[l_][rows] for l_ in layers}
+                tensors.update({f"g{l_}": chunk.grads[l_][rows] for l_ in layers})
+                self.store.put(("pairs", case), tensors)
+                if case in counted:
+                    for l_ in layers:
+                        x = torch.cat([chunk.keys[l_][rows], chunk.grads[l_][rows]], -1).double()
+                        m = self.moments[l_]
+                        m[0], m[1], m[2] = m[0] + len(x), m[1] + x.sum(0), m[2] + (x * x).sum(0)
+        _sequences(model, tok, cases, layers[0], self.store, hp.loc_neighbours)
+
+    def batch(self, idx: list[int]) -> tuple[Pairs, list[dict[str, list[_Seq]]]]:
+        got = [self.store.get(("pairs", i)) for i in idx]
+        owner = torch.cat(
+            [torch.full((len(g[f"k{self.layers[0]}"]),), i, dtype=torch.long) for i, g in zip(idx, got)]
+        )
+        pairs = Pairs(
+            {l_: torch.cat([g[f"k{l_}"] for g in got]) for l_ in self.layers},
+            {l_: torch.cat([g[f"g{l_}"] for g in got]) for l_ in self.layers},
+            owner.to(self.store.device),
+        )
+        return pairs, [_load_seqs(self.store, i) for i in idx]
 
 
 def _collate(seqs: list[_Seq]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-pad to (B, T, d) hidden, (B, T) mask, (B, T) labels."""
     hidden, mask = right_pad([s.hidden for s in seqs], 0.0)
-    labels, _ = right_pad([s.labels for s in seqs], IGNORE)
+    labels, _ = right_pad([s.labels.to(hidden.device) for s in seqs], IGNORE)
     return hidden, mask, labels
 
 
@@ -124,12 +183,9 @@ class MetaLoss:
             before = forward_from(self.model, self.layers[0], loc[0], loc[1])
         with ExitStack() as stack:
             for path, shift in zip(self.paths, shifts):
-                # W + S on the fly: out + inp @ S^T (S is (d_out, d_in) in nn.Linear's orientation)
-                stack.enter_context(
-                    Trace(
-                        self.model, path, retain_output=False, edit_output=lambda o, i, s=shift: o + i @ s.T
-                    )
-                )
+                # W + S on the fly: out + inp @ S^T (S: float32 (d_out, d_in), nn.Linear's orientation)
+                add = lambda o, i, s=shift: o + (i.float() @ s.T).to(o.dtype)  # noqa: E731
+                stack.enter_context(Trace(self.model, path, retain_output=False, edit_output=add))
             edit_loss = target_nll(forward_from(self.model, self.layers[0], edit[0], edit[1]), edit[2])
             kl_mask = (loc[2] != IGNORE).float()
             loc_loss = _kl(before, forward_from(self.model, self.layers[0], loc[0], loc[1]), kl_mask)
@@ -141,8 +197,7 @@ class MetaLoss:
 def calibrate_step_size(
     net: MalmenNet,
     loss_fn: MetaLoss,
-    pairs: Pairs,
-    seqs,
+    data: TrainingData,
     train: list[int],
     batch_size: int,
     rng,
@@ -156,7 +211,7 @@ def calibrate_step_size(
     for k in range(-2, 5):
         eta = base * 10 ** (k / 2)
         net.log_lr.fill_(torch.tensor(eta).log().item())
-        losses[eta] = sum(float(loss_fn(pairs.select(c), [seqs[i] for i in c])[0]) for c in chunks) / batches
+        losses[eta] = sum(float(loss_fn(*data.batch(c))[0]) for c in chunks) / batches
     best = min(losses, key=losses.get)
     net.log_lr.fill_(torch.tensor(best).log().item())
     log.info("malmen: step size %.2e (grid %s)", best, {f"{e:.1e}": round(v, 3) for e, v in losses.items()})
@@ -176,51 +231,54 @@ def meta_train(
     rng.shuffle(order)
     n_val = max(1, round(hp.val_fraction * len(cases))) if len(cases) > 1 else 0
     val, train = order[:n_val], order[n_val:] or order
+    data = None
     with trainable_only(model):  # the model gets no gradient; only the net learns
-        pairs = key_grad_pairs(model, tok, cases, layers, hp.pair_batch_size, hp.tokens)
-        train_pairs = pairs.select(train)
-        for i, layer in enumerate(layers):
-            net.set_stats(i, train_pairs.keys[layer], train_pairs.grads[layer])
-        seqs = _sequences(model, tok, cases, layers[0], hp.loc_neighbours)
-        net.to(next(model.parameters()).device).train()
-        loss_fn = MetaLoss(model, net, layers, hp.edit_coef, hp.loc_coef)
-        grid = (
-            calibrate_step_size(net, loss_fn, pairs, seqs, train, hp.batch_size, rng)
-            if hp.calibrate_lr
-            else None
-        )
-        scales = [net.log_lr, net.log_lambda]
-        rest = [p for p in net.parameters() if all(p is not q for q in scales)]
-        opt = torch.optim.Adam([{"params": rest, "lr": hp.meta_lr}, {"params": scales, "lr": hp.scale_lr}])
+        try:
+            data = TrainingData(model, tok, cases, layers, hp, stats_cases=train)
+            for i, layer in enumerate(layers):
+                net.set_moments(i, *data.moments[layer])
+            net.to(next(model.parameters()).device).train()
+            loss_fn = MetaLoss(model, net, layers, hp.edit_coef, hp.loc_coef)
+            grid = (
+                calibrate_step_size(net, loss_fn, data, train, hp.batch_size, rng)
+                if hp.calibrate_lr
+                else None
+            )
+            scales = [net.log_lr, net.log_lambda]
+            rest = [p for p in net.parameters() if all(p is not q for q in scales)]
+            opt = torch.optim.Adam([{"params": rest, "lr": hp.meta_lr}, {"params": scales, "lr": hp.scale_lr}])
 
-        def evaluate(idx: list[int]) -> float:
-            total = 0.0
-            with torch.no_grad():
-                for s in range(0, len(idx), hp.batch_size):
-                    chunk = idx[s : s + hp.batch_size]
-                    total += float(loss_fn(pairs.select(chunk), [seqs[i] for i in chunk])[0]) * len(chunk)
-            return total / len(idx)
+            def evaluate(idx: list[int]) -> float:
+                total = 0.0
+                with torch.no_grad():
+                    for s in range(0, len(idx), hp.batch_size):
+                        chunk = idx[s : s + hp.batch_size]
+                        total += float(loss_fn(*data.batch(chunk))[0]) * len(chunk)
+                return total / len(idx)
 
-        history: dict = {"step": [], "train": [], "val": [], "best_step": 0}
-        if grid is not None:
-            history["init_lr_grid"] = grid
-        best = evaluate(val) if val else float("inf")
-        history["val_start"], best_state = best, copy.deepcopy(net.state_dict())
-        for step in tqdm(range(1, hp.steps + 1), desc="malmen: meta-train", leave=False):
-            chunk = rng.sample(train, min(hp.batch_size, len(train)))
-            loss, parts = loss_fn(pairs.select(chunk), [seqs[i] for i in chunk])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            history["train"].append(float(loss.detach()))
-            if val and (step % hp.val_every == 0 or step == hp.steps):
-                score = evaluate(val)
-                history["step"].append(step)
-                history["val"].append(score)
-                if score < best:
-                    best, best_state, history["best_step"] = score, copy.deepcopy(net.state_dict()), step
-                log.info("malmen step %d: train %.4f (%s) val %.4f", step, float(loss.detach()), parts, score)
-        if val:
-            net.load_state_dict(best_state)
-        history["val_best"] = best
+            history: dict = {"step": [], "train": [], "val": [], "best_step": 0}
+            if grid is not None:
+                history["init_lr_grid"] = grid
+            best = evaluate(val) if val else float("inf")
+            history["val_start"], best_state = best, copy.deepcopy(net.state_dict())
+            for step in tqdm(range(1, hp.steps + 1), desc="malmen: meta-train", leave=False):
+                chunk = rng.sample(train, min(hp.batch_size, len(train)))
+                loss, parts = loss_fn(*data.batch(chunk))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                history["train"].append(float(loss.detach()))
+                if val and (step % hp.val_every == 0 or step == hp.steps):
+                    score = evaluate(val)
+                    history["step"].append(step)
+                    history["val"].append(score)
+                    if score < best:
+                        best, best_state, history["best_step"] = score, copy.deepcopy(net.state_dict()), step
+                    log.info("malmen step %d: train %.4f (%s) val %.4f", step, float(loss.detach()), parts, score)
+            if val:
+                net.load_state_dict(best_state)
+            history["val_best"] = best
+        finally:
+            if data is not None:
+                data.store.close()
     return net.eval(), history
