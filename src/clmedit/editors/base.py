@@ -113,6 +113,7 @@ EDITORS: dict[str, str] = {
     "agrace": "clmedit.editors.agrace.editor:AGrace",
     "agrace-no-cl": "clmedit.editors.agrace.editor:AGraceNoCL",
     "agrace-last": "clmedit.editors.agrace.editor:AGraceLast",
+    "wise": "clmedit.editors.wise.editor:Wise",
 }
 ALIASES: dict[str, str] = {"ft-l": "ft", "ftl": "ft", "a-grace": "agrace"}
 
