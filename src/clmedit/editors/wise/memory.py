@@ -53,7 +53,7 @@ class WiseMemory(nn.Module):
         self.register_buffer("counts", torch.zeros(3, dtype=torch.long, device=w.device))
         self.train_weight: torch.Tensor | None = None  # set while editing: every row uses it
         self._call: dict[str, Any] | None = None  # what the model pre-hook saw for this call
-        self._route: torch.Tensor | None = None  # (B,) memory per row of the last prefill, -1: main
+        self.route: torch.Tensor | None = None  # (B,) memory per row of the last prefill, -1: main
         self.remove: Undo | None = None  # set by `attach`: takes the memory (and its hook) out again
 
     # --- weights ----------------------------------------------------------------------------
@@ -92,8 +92,8 @@ class WiseMemory(nn.Module):
         b, t = x.shape[:2]
         past = call["past"] if call else 0
         cached = past > 0 or (call is None and t == 1)
-        if cached and self._route is not None and self._route.numel() == b:
-            route = self._route
+        if cached and self.route is not None and self.route.numel() == b:
+            route = self.route
         else:
             route = self._decide(x, memories, call)
         if bool((route < 0).all()):
@@ -119,7 +119,7 @@ class WiseMemory(nn.Module):
         scores = scores.masked_fill(scores < eps[:, None], -math.inf)
         best = scores.max(0)
         route = torch.where(torch.isfinite(best.values), best.indices, torch.full_like(best.indices, -1))
-        self._route = route
+        self.route = route
         return route
 
     # --- shard bookkeeping (called by the editor) ----------------------------------------------
