@@ -157,4 +157,5 @@ def test_reads_easyedit_yaml(tmp_path):
         "densities: 0.53\nmask_ratio: 0.2\nretrieve: true\n"
     )
     hp = WiseHParams.from_yaml(path)
-    assert (hp.layer, hp.alpha, hp.beta, hp.gamma, hp.shard_size, hp.n_shards) == (27, 5.0, 20.0, 10.0, 500, 2)
+    got = (hp.layer, hp.alpha, hp.beta, hp.gamma, hp.shard_size, hp.n_shards)
+    assert got == (27, 5.0, 20.0, 10.0, 500, 2)
