@@ -83,12 +83,13 @@ def test_restore_is_bitwise_and_removes_memory_and_hook(llama_tiny):
     assert torch.equal(_logits(model, tok, [case.prompt]), before)
 
 
-def test_second_sequential_edit_keeps_the_first(llama_tiny):
+def test_second_sequential_edit_keeps_the_first_and_the_state_dict_holds_both(llama_tiny):
     model, tok = llama_tiny
     editor = _wise(shard_size=1, n_shards=10)
     first, second = (make_case(i, target=t) for i, t in enumerate(TARGETS))
     tree = [(n, type(m).__name__) for n, m in model.named_modules()]
-    before = _logits(model, tok, [first.prompt])
+    prompts = [first.prompt, second.prompt, *(n.prompt for n in first.neighbours)]
+    before = _logits(model, tok, prompts)
     r1 = editor.apply(model, tok, [first])
     r2 = editor.apply(model, tok, [second])  # no restore in between: the same memory goes on
     assert not r1.info["continued"] and r2.info["continued"]
@@ -96,13 +97,25 @@ def test_second_sequential_edit_keeps_the_first(llama_tiny):
     for case in (first, second):
         want = target_ids(tok, case.target)
         assert _greedy(model, tok, case.prompt, len(want)) == want
+    edited = _logits(model, tok, prompts)
+    state = _memory(model).edit_state()
     r2.restore()  # any result takes the whole memory out
     assert [(n, type(m).__name__) for n, m in model.named_modules()] == tree
-    assert torch.equal(_logits(model, tok, [first.prompt]), before)
+    assert torch.equal(_logits(model, tok, prompts), before)
     r1.restore()
 
+    # a fresh memory (no shards) on the unedited model takes the saved state and answers alike
+    path = arch_of(model).path("down_proj", 3)
+    fresh = WiseMemory(model.get_submodule(path))
+    fresh.load_state_dict(state, strict=False)
+    assert fresh.shards.shape[0] == 2
+    remove = attach(model, path, fresh)
+    assert torch.equal(_logits(model, tok, prompts), edited)
+    remove()
+    assert torch.equal(_logits(model, tok, prompts), before)
 
-def test_shards_merge_into_one_side_memory_that_persists_in_its_state_dict(llama_tiny):
+
+def test_shards_merge_into_one_side_memory(llama_tiny):
     model, tok = llama_tiny
     editor = _wise(shard_size=1, n_shards=2)
     cases = [make_case(i, target=t) for i, t in enumerate(TARGETS)]
@@ -120,18 +133,10 @@ def test_shards_merge_into_one_side_memory_that_persists_in_its_state_dict(llama
     only_first = (shard != main) & ~_shard_mask(editor, memory, edits=1)
     assert only_first.any()
     torch.testing.assert_close(memory.side[only_first], shard[only_first], rtol=0, atol=1e-6)
-    path = arch_of(model).path("down_proj", 3)
-    prompts = [c.prompt for c in cases] + [n.prompt for n in cases[0].neighbours]
-    edited = _logits(model, tok, prompts)
-    state = {k: v.clone() for k, v in memory.state_dict().items() if not k.startswith("inner.")}
+    for case in cases:  # both edit prompts are answered by the merged memory
+        _logits(model, tok, [case.prompt])
+        assert _memory(model).route.tolist() == [0]
     r2.restore()
-
-    # a fresh memory on the unedited model takes the saved state (shapes differ) and answers alike
-    fresh = WiseMemory(model.get_submodule(path))
-    fresh.load_state_dict(state, strict=False)
-    remove = attach(model, path, fresh)
-    assert torch.equal(_logits(model, tok, prompts), edited)
-    remove()
 
 
 def _shard_mask(editor, memory: WiseMemory, edits: int) -> torch.Tensor:

@@ -172,6 +172,13 @@ class WiseMemory(nn.Module):
         self.shard_thresholds = self.shard_thresholds[:0]
         self.counts[MERGES] += 1
 
+    def edit_state(self) -> dict[str, torch.Tensor]:
+        """The buffers that make up the edit (not the wrapped layer's weights): what a fix file saves.
+
+        Restore with `WiseMemory(layer, conv1d).load_state_dict(state, strict=False)` + `attach`.
+        """
+        return {name: buf.detach().clone() for name, buf in self.named_buffers(recurse=False)}
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         for name in ("shards", "shard_thresholds"):  # their length varies with the edit history
             saved = state_dict.get(prefix + name)
