@@ -21,6 +21,11 @@ Lifelong use: an `apply` on a model whose layer already carries a WISE memory (a
 apply not restored: the sequential setting) keeps editing that memory, so its shards fill and
 merge across calls. `restore()` of any result takes the whole memory out: the model is then
 bitwise what it was before the first edit (the main weights are never written).
+
+Where we differ from EasyEdit's WISE, and why: Δ_act is the paper's ||a(x)·(W' - W_v)|| (EasyEdit
+applies the MLP activation to both outputs first); the route is decided once per prompt and kept
+while decoding (EasyEdit re-decides on each decoded token alone); closed shards answer as memories
+of their own until merged (EasyEdit merges them when inference starts). No replay of old edits.
 """
 
 from __future__ import annotations
