@@ -25,12 +25,14 @@ EDITORS: dict[str, str] = {
     "agrace-no-cl": "clmedit.editors.agrace.editor:AGraceNoCL",
     "agrace-last": "clmedit.editors.agrace.editor:AGraceLast",
     "agrace": "clmedit.editors.agrace.editor:AGrace",
+    "wise": "clmedit.editors.wise.editor:Wise",
 }
 ALIASES: dict[str, str] = {"ft-l": "ft", "ftl": "ft", "a-grace": "agrace"}
 # name -> how tables and figures show it (the study's names)
 LABELS: dict[str, str] = {
     "none": "Unedited", "ft": "FT-L", "rome": "ROME", "memit": "MEMIT", "pmet": "PMET", "alphaedit": "AlphaEdit", "malmen": "MALMEN",
     "grace": "GRACE", "agrace": "A-GRACE", "agrace-no-cl": "A-GRACE w/o CL", "agrace-last": "A-GRACE w/o mean",
+    "wise": "WISE",
 }  # fmt: skip
 
 
