@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from clmedit.data.schema import EditCase, Neighbour, format_prompt
 from clmedit.files import cache_root
+from clmedit.models.text import prompt_ids
 from clmedit.models.tiny import FAMILIES, tiny_model
 
 
@@ -69,3 +71,13 @@ def cases():
         make_case(i, target=t)
         for i, t in enumerate(["sorted(xs, reverse=True)", "os.path.join(a, b)", "json.load(f)"])
     ]
+
+
+def greedy_ids(model, tok, prompt: str, n: int) -> list[int]:
+    """The ids of `n` greedily generated tokens after `prompt` (unpadded, one row)."""
+    ids = torch.tensor([prompt_ids(tok, prompt)])
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False
+        )
+    return out[0, ids.shape[1] :].tolist()

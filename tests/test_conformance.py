@@ -16,8 +16,8 @@ import torch
 
 from clmedit.config import EditorHParams, preset_path
 from clmedit.editors.base import ALIASES, EDITORS, LABELS, Editor, editor_class, editor_names, get_editor
-from clmedit.models.text import prompt_ids, target_ids
-from tests.conftest import make_case
+from clmedit.models.text import target_ids
+from tests.conftest import greedy_ids, make_case
 
 TARGETS = ("sorted(xs, reverse=True)", "json.load(f)")
 # Locate-then-edit editors write one rank-one change at the prompt's last token. A random
@@ -45,15 +45,6 @@ def _editor(name: str):
         pytest.skip(f"editor {name!r}: its class is not defined in {module} yet")
     tiny = preset_path(cls.name, "tiny")
     return get_editor(name, preset=str(tiny)) if tiny.is_file() else get_editor(name)
-
-
-def _greedy(model, tok, prompt: str, n: int) -> list[int]:
-    ids = torch.tensor([prompt_ids(tok, prompt)])
-    with torch.no_grad():
-        out = model.generate(
-            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False
-        )
-    return out[0, ids.shape[1] :].tolist()
 
 
 def _snapshot(model) -> tuple[dict[str, torch.Tensor], list[tuple[str, str]]]:
@@ -94,13 +85,13 @@ def test_apply_restore_contract(name, family_model):
     if editor.trainable:
         editor.fit(model, tok, [make_case(i) for i in range(2, 6)])
     n = max(len(target_ids(tok, c.target)) for c in (first, second))
-    before = {c.case_id: _greedy(model, tok, c.prompt, n) for c in (first, second)}
+    before = {c.case_id: greedy_ids(model, tok, c.prompt, n) for c in (first, second)}
 
     for case in (first, second):
         want = target_ids(tok, case.target)
         result = editor.apply(model, tok, [case])
         assert result.seconds > 0
-        got = _greedy(model, tok, case.prompt, len(want))
+        got = greedy_ids(model, tok, case.prompt, len(want))
         if name == "none":
             assert got == before[case.case_id][: len(want)]
         elif (family, name) not in TARGET_UNREACHABLE_ON_TINY:
@@ -110,4 +101,4 @@ def test_apply_restore_contract(name, family_model):
         _assert_restored(model, params, tree)
         # nothing of this edit leaks into the next case
         for other in (first, second):
-            assert _greedy(model, tok, other.prompt, n) == before[other.case_id]
+            assert greedy_ids(model, tok, other.prompt, n) == before[other.case_id]

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from clmedit.editors.base import get_editor
-from clmedit.models.text import IGNORE, edit_batch, prompt_ids, target_ids, target_nll
+from clmedit.models.text import IGNORE, edit_batch, target_ids, target_nll
 from clmedit.models.tiny import tiny_model
-from tests.conftest import make_case
+from tests.conftest import greedy_ids, make_case
 
 TARGET = "os.path"
 # looser than the study's only where a tiny model needs it; corpus statistics good enough that
@@ -42,15 +42,6 @@ def taught():
     return model.eval(), tok
 
 
-def _greedy(model, tok, prompt: str, n: int) -> list[int]:
-    ids = torch.tensor([prompt_ids(tok, prompt)])
-    with torch.no_grad():
-        out = model.generate(
-            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False
-        )
-    return out[0, ids.shape[1] :].tolist()
-
-
 @pytest.mark.parametrize("name", ["rome", "memit", "pmet"])
 def test_edit_yields_every_token_of_a_multi_token_target(name, taught, tmp_path, monkeypatch):
     monkeypatch.setenv("CLMEDIT_CACHE", str(tmp_path))  # statistics of this taught model only
@@ -62,8 +53,8 @@ def test_edit_yields_every_token_of_a_multi_token_target(name, taught, tmp_path,
     editor = get_editor(name, **SETTINGS, **layers)
     for i in range(2):
         case = make_case(i, target=TARGET)
-        assert _greedy(model, tok, case.prompt, len(want)) != want
+        assert greedy_ids(model, tok, case.prompt, len(want)) != want
         result = editor.apply(model, tok, [case])
-        assert _greedy(model, tok, case.prompt, len(want)) == want, f"{name}, case {i}"
+        assert greedy_ids(model, tok, case.prompt, len(want)) == want, f"{name}, case {i}"
         result.restore()
         assert all(torch.equal(p.detach(), before[n]) for n, p in model.named_parameters())

@@ -15,24 +15,15 @@ from clmedit.editors.base import get_editor
 from clmedit.editors.wise.editor import WiseHParams
 from clmedit.editors.wise.memory import WiseMemory, attach, ties_merge
 from clmedit.models.arch import arch_of
-from clmedit.models.text import prompt_ids, target_ids
+from clmedit.models.text import target_ids
 from clmedit.models.tiny import tiny_model
-from tests.conftest import make_case
+from tests.conftest import greedy_ids, make_case
 
 TARGETS = ("sorted(xs, reverse=True)", "json.load(f)")
 
 
 def _wise(**overrides):
     return get_editor("wise", preset=str(preset_path("wise", "tiny")), **overrides)
-
-
-def _greedy(model, tok, prompt: str, n: int) -> list[int]:
-    ids = torch.tensor([prompt_ids(tok, prompt)])
-    with torch.no_grad():
-        out = model.generate(
-            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False
-        )
-    return out[0, ids.shape[1] :].tolist()
 
 
 def _logits(model, tok, prompts: list[str]) -> torch.Tensor:
@@ -55,7 +46,7 @@ def test_edit_answers_from_side_memory_and_neighbours_from_main(family):
     before = _logits(model, tok, [case.prompt, *neighbours])
     result = _wise().apply(model, tok, [case])
     want = target_ids(tok, case.target)
-    assert _greedy(model, tok, case.prompt, len(want)) == want
+    assert greedy_ids(model, tok, case.prompt, len(want)) == want
     assert result.info["acts"][0] > max(result.info["neighbour_acts"][0])
     # one left-padded batch: the edit row goes to the side memory, every neighbour row to the main
     after = _logits(model, tok, [case.prompt, *neighbours])
@@ -96,7 +87,7 @@ def test_second_sequential_edit_keeps_the_first_and_the_state_dict_holds_both(ll
     assert r2.info["edits"] == 2 and r2.info["memories"] == 2
     for case in (first, second):
         want = target_ids(tok, case.target)
-        assert _greedy(model, tok, case.prompt, len(want)) == want
+        assert greedy_ids(model, tok, case.prompt, len(want)) == want
     edited = _logits(model, tok, prompts)
     state = _memory(model).edit_state()
     r2.restore()  # any result takes the whole memory out
