@@ -59,14 +59,15 @@ def test_batch_apply_generation_and_restore(llama_tiny, cases):
     prompts = [c.prompt for c in cases] + [other.prompt]
     outs = _greedy(model, tok, prompts, n)
     for case, out in zip(cases, outs):
-        want = target_ids(tok, case.target)
+        want = target_ids(tok, case.prompt, case.target)
         assert out[: len(want)] == want
     assert outs[-1] == before
     # a fresh prefill resets the state: the unmatched prompt alone, then without a KV cache
     assert _greedy(model, tok, [other.prompt], n)[0] == before
     assert torch.equal(model(torch.tensor([prompt_ids(tok, other.prompt)])).logits, logits_before)
     nocache = _greedy(model, tok, [cases[1].prompt, other.prompt], n, use_cache=False)
-    assert nocache[0][: len(target_ids(tok, cases[1].target))] == target_ids(tok, cases[1].target)
+    want = target_ids(tok, cases[1].prompt, cases[1].target)
+    assert nocache[0][: len(want)] == want
     assert nocache[1] == before
     result.restore()
     assert type(model.get_submodule("model.layers.3.mlp.down_proj")).__name__ == "Linear"
@@ -92,7 +93,7 @@ def test_key_override_is_used_at_insert_and_prefill(llama_tiny, cases):
     assert editor.prompt_keys(model, tok, [cases[0].prompt]).shape == (1, 8)
     outs = _greedy(model, tok, [cases[0].prompt, cases[1].prompt], 12)
     for case, out in zip(cases, outs):
-        want = target_ids(tok, case.target)
+        want = target_ids(tok, case.prompt, case.target)
         assert out[: len(want)] == want
     result.restore()
 
@@ -139,7 +140,7 @@ def test_real_model_edit_is_effective_and_specific():
     result = get_editor("grace", preset="smollm2-135m").apply(model, tok, edits)
     outs = _greedy(model, tok, [e.prompt for e in edits] + [neighbour], 16)
     for edit, out in zip(edits, outs):
-        want = target_ids(tok, edit.target)
+        want = target_ids(tok, edit.prompt, edit.target)
         assert out[: len(want)] == want
     assert outs[-1] == before
     result.restore()

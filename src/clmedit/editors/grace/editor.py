@@ -47,7 +47,7 @@ from clmedit.editors.grace.layer import GraceLayer, last_position
 from clmedit.models.arch import arch_of
 from clmedit.models.hooks import Trace
 from clmedit.models.partial import forward_from, trainable_only
-from clmedit.models.text import edit_batch, target_nll
+from clmedit.models.text import edit_batch, model_inputs, target_nll
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,8 @@ class Grace(Editor):
         """Keys (N, d_key) of formatted prompts, as the wrapper would compute them at prefill."""
         path = arch_of(model).path("down_proj", self.edit_layer(model))
         device = next(model.parameters()).device
-        enc = tok(prompts, return_tensors="pt", padding=True, padding_side="right").to(device)
+        enc = tok(prompts, return_tensors="pt", padding=True, padding_side="right", add_special_tokens=False)
+        enc = {k: v.to(device) for k, v in model_inputs(enc).items()}
         with Trace(model, path, retain_input=True, retain_output=False, detach=True, stop=True) as tr:
             model(**enc, use_cache=False)
         return self.keys(tr.input, enc["attention_mask"].bool())

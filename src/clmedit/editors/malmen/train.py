@@ -39,7 +39,7 @@ from clmedit.editors.malmen.pairs import Pairs, key_grad_pairs
 from clmedit.models.arch import arch_of
 from clmedit.models.hooks import Trace
 from clmedit.models.partial import forward_from, hidden_before
-from clmedit.models.text import IGNORE, model_name, prompt_ids, target_ids, target_nll
+from clmedit.models.text import IGNORE, model_name, prompt_ids, sequence_ids, target_ids, target_nll
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +65,12 @@ def _sequences(
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     rows: list[tuple[int, str, list[int], list[int]]] = []  # (case index, kind, ids, labels)
     for c, case in enumerate(cases):
-        t = target_ids(tok, case.target)
         for text in (case.prompt, case.rephrase):
-            p = prompt_ids(tok, text)
-            rows.append((c, "edit", p + t, [IGNORE] * len(p) + t))
+            ids, p = sequence_ids(tok, text, case.target)
+            rows.append((c, "edit", ids, [IGNORE] * p + ids[p:]))
         for n in case.neighbours[:loc_neighbours]:
             p = prompt_ids(tok, n.prompt)
-            answer = target_ids(tok, n.answers[name]) if name in n.answers else []
+            answer = target_ids(tok, n.prompt, n.answers[name]) if name in n.answers else []
             skip = len(p) - 1 if answer else 0
             rows.append((c, "loc", p + answer, [IGNORE] * skip + [0] * (len(p) + len(answer) - skip)))
     out: list[dict[str, list[_Seq]]] = [{"edit": [], "loc": []} for _ in cases]
