@@ -14,7 +14,7 @@ from clmedit.editors.grace.layer import GraceLayer
 from clmedit.models.text import prompt_ids, target_ids
 from tests.conftest import make_case
 
-TINY = {"eps": 0.01, "n_iter": 30}
+TINY = {"eps": 0.01, "n_iter": 30, "replacement": "steps", "val_init": "warm"}  # ours: steers a random model
 
 
 def test_codebook_add_expand_split():
@@ -36,6 +36,47 @@ def test_codebook_moving_average_and_cosine():
     book.insert(torch.tensor([1.0, 0.0]), "a", torch.zeros(1, 2))
     book.insert(torch.tensor([1.0, 1.0]), "a", torch.zeros(1, 2))
     assert torch.allclose(book.keys[0], torch.tensor([1.0, 0.5]))
+
+
+def _calls(model, path: str) -> tuple[list, object]:
+    """Record (input, output) of every call of module `path`; returns (records, hook handle)."""
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    handle = model.get_submodule(path).register_forward_hook(
+        lambda m, a, o: seen.append((a[0].detach(), o.detach()))
+    )
+    return seen, handle
+
+
+@pytest.mark.parametrize("eps", [1e6, 1e-6])
+def test_published_grace_one_vector_and_own_key_lookup_while_decoding(llama_tiny, eps):
+    """The study's GRACE (replace_last, cold): one value v at the key token; a decoded token's output
+    is v exactly when that token's own down_proj input is inside the nearest entry's ball."""
+    model, tok = llama_tiny
+    case = make_case(0)
+    editor = Grace(GraceHParams(eps=eps, n_iter=3))
+    assert (editor.hparams.replacement, editor.hparams.val_init) == ("last", "cold")
+    result = editor.apply(model, tok, [case])
+    book = result.info["codebook"]
+    assert book.values[0].shape[0] == 1  # one vector, not one per target token
+    v = book.values[0][0]
+    path = [n for n, m in model.named_modules() if isinstance(m, GraceLayer)][0]
+    seen, handle = _calls(model, path)
+    try:
+        cached = _greedy(model, tok, [case.prompt], 4)
+        uncached = _greedy(model, tok, [case.prompt], 4, use_cache=False)
+    finally:
+        handle.remove()
+    assert cached == uncached
+    wrapper = model.get_submodule(path)
+    prefill, decoded = seen[0], seen[1:4]
+    assert torch.equal(prefill[1][0, -1], v)  # the key token: v (the key is inside its own ball)
+    assert torch.equal(prefill[1][0, :-1], wrapper.inner(prefill[0])[0, :-1])
+    for x, out in decoded:  # KV cache: one new token per call
+        inside = bool(torch.cdist(x[0].float(), book.keys.float()).min() <= book.radii.min())
+        assert inside == (eps > 1)
+        want = v if inside else wrapper.inner(x)[0, 0]
+        assert torch.equal(out[0, 0], want)
+    result.restore()
 
 
 def _greedy(model, tok, prompts: list[str], n: int, **kw) -> list[list[int]]:
@@ -115,9 +156,15 @@ def test_from_study_yaml(tmp_path):
     path = tmp_path / "codellama-7b.yaml"
     path.write_text(yaml.safe_dump(raw))
     hp = GraceHParams.from_yaml(path, n_iter=5)
-    assert (hp.layer, hp.n_iter, hp.eps, hp.val_init, hp.replacement) == (27, 5, 1.0, "cold", "steps")
+    assert (hp.layer, hp.n_iter, hp.eps, hp.val_init, hp.replacement) == (27, 5, 1.0, "cold", "last")
     assert hp.layer_for(hp.layer, 30) == 25
-    assert get_editor("grace", preset="codellama/CodeLlama-7b-hf").hparams.layer == 27
+    for model in ("codellama/CodeLlama-7b-hf", "Qwen/CodeQwen1.5-7B", "stabilityai/stable-code-3b"):
+        study = get_editor("grace", preset=model).hparams  # our presets give the published method
+        assert (study.layer, study.val_init, study.replacement) == (27, "cold", "last")
+        assert get_editor("agrace", preset=model).hparams.replacement == "key"
+    assert get_editor("grace", preset="smollm2-135m").hparams.replacement == "steps"
+    with pytest.raises(ValueError, match="replace_all"):
+        GraceHParams.from_study({**raw, "replacement": "replace_all"})
     assert get_editor("grace", preset="smollm2-135m").hparams.layer_for(25, 30) == 25
 
 

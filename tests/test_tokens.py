@@ -78,7 +78,9 @@ def _reference(tok, prompt: str, target: str) -> tuple[list[int], int]:
     """The study's construction: add_bos_token=False, tok(prompt + " " + target), prompt masked by len(tok(prompt))."""
     ref = copy.deepcopy(tok)
     ref.add_bos_token = False
-    if ref("x")["input_ids"][:1] == [tok.bos_token_id]:  # a post-processor BOS: what add_bos_token=False removes
+    if ref("x")["input_ids"][:1] == [
+        tok.bos_token_id
+    ]:  # a post-processor BOS: what add_bos_token=False removes
         return ref(f"{prompt} {target}", add_special_tokens=False)["input_ids"], len(
             ref(prompt, add_special_tokens=False)["input_ids"]
         )
