@@ -43,12 +43,13 @@ class AGraceHParams(GraceHParams):
     margin_cnle: float = Field(1.3, gt=0, description="margin for NL->code cases")
     margin_csne: float = Field(2.5, gt=0, description="margin for code->NL cases")
     key_dim: int = Field(256, ge=1, description="encoder output width")
-    enc_batch_size: int = Field(64, ge=1, description="training cases per encoder step")
+    enc_batch_size: int = Field(64, ge=1, description="(prompt, rephrase|neighbour) pairs per encoder step")
     enc_lr: float = Field(1e-4, gt=0, description="AdamW learning rate of the encoder")
     enc_weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay of the encoder")
     enc_epochs: int = Field(100, ge=1, description="maximum encoder epochs")
     enc_patience: int = Field(10, ge=1, description="early stopping patience (epochs)")
-    enc_val_fraction: float = Field(0.1, gt=0, lt=1, description="training cases held out for selection")
+    enc_val_fraction: float = Field(0.25, gt=0, lt=1, description="training cases held out for selection")
+    enc_selection_seeds: int = Field(3, ge=1, description="validation splits each initial scale is scored on")
     enc_init_pos_fractions: list[float] = Field(
         [0.25, 0.5, 0.75, 1.0],
         description="candidate initial median (prompt, rephrase) distances as fractions of the margin; "
@@ -96,7 +97,7 @@ class AGrace(Grace):
         return hp.margin_csne if tasks == {"csne"} else hp.margin_cnle
 
     def fit(self, model, tok, train_cases, **kwargs: Any) -> dict[str, Any]:
-        """Train the key encoder on (prompt, rephrase) positives and (prompt, first neighbour) negatives.
+        """Train the key encoder on (prompt, rephrase) positives and (prompt, neighbour) negatives (all).
 
         Features come from the unedited model at the edited layer (cached on disk); a validation
         split of `train_cases` picks the epoch and the initial scale, scoring specificity on all
@@ -114,12 +115,11 @@ class AGrace(Grace):
         texts = [c.prompt for c in usable] + [c.rephrase for c in usable]
         feats = cached_prompt_features(model, tok, texts, layer, self.pool, cache=hp.feature_cache)
         anchor, positive = feats.split(len(usable))
-        # every neighbour scores specificity in model selection; the first one is the training negative
+        # every neighbour is a negative pair with its prompt (the study's five), and scores specificity
         counts = torch.tensor([len(c.neighbours) for c in usable])
         nb_texts = [n.prompt for c in usable for n in c.neighbours]
         nb_feats = cached_prompt_features(model, tok, nb_texts, layer, self.pool, cache=hp.feature_cache)
-        negative = nb_feats[counts.cumsum(0) - counts]
-        neighbours = (nb_feats, torch.repeat_interleave(torch.arange(len(usable)), counts))
+        negatives = (nb_feats, torch.repeat_interleave(torch.arange(len(usable)), counts))
         margin = self.margin_for(usable)
         settings = TrainSettings(
             margin=margin,
@@ -130,12 +130,13 @@ class AGrace(Grace):
             patience=hp.enc_patience,
             val_fraction=hp.enc_val_fraction,
             init_pos_fractions=tuple(hp.enc_init_pos_fractions),
+            selection_seeds=hp.enc_selection_seeds,
             radius=hp.eps,
             seed=hp.seed,
         )
         meta = {"model": model_name(model), "margin": margin, "train_cases": len(usable)}
         config = EncoderConfig(d_in=anchor.size(1), d_out=hp.key_dim, pool=self.pool, layer=layer, meta=meta)
-        self.encoder, history = train_encoder(anchor, positive, negative, settings, config, neighbours)
+        self.encoder, history = train_encoder(anchor, positive, negatives, settings, config)
         meta.update(init_pos_fraction=history["init_pos_fraction"], candidates=history["candidates"])
         self.encoder.to(next(model.parameters()).device)
         return history
