@@ -1,5 +1,6 @@
 """locate/: the closed forms against direct solves, keys, and the cached covariance statistics."""
 
+import pytest
 import torch
 
 from clmedit.locate.keys import compute_keys
@@ -179,3 +180,15 @@ def test_dynamic_nll_stops_a_case_whose_target_is_already_the_argmax(llama_tiny)
     plain = optimize_values(model, tok, [prompt], [target], sites, ValueParams(stop_loss=0.0))
     assert dynamic.steps == [0] and not dynamic.delta["model.layers.1.mlp"].any()
     assert plain.steps[0] > 0
+
+
+def test_kl_direction_and_decay_by_hand():
+    """p_d = (0.9, 0.1), p = (0.5, 0.5): KL(p_d || p) = 0.9 ln 1.8 + 0.1 ln 0.2; d = (3, 4), ||h|| = 2: 5 / 4."""
+    import math
+
+    from clmedit.locate.values import kl_and_decay
+
+    new, ref = torch.tensor([[0.9, 0.1]]).log(), torch.tensor([[0.5, 0.5]]).log()
+    kl, decay = kl_and_decay(new, ref, [torch.tensor([[3.0, 4.0]])], [torch.tensor([2.0])])
+    assert kl.item() == pytest.approx(0.9 * math.log(1.8) + 0.1 * math.log(0.2), abs=1e-6)
+    assert decay.item() == pytest.approx(1.25)

@@ -142,6 +142,18 @@ def _row_nll(logits: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
     return -tok_lp.sum(1) / keep.sum(1).clamp(min=1)
 
 
+def kl_and_decay(
+    kl_log: torch.Tensor, kl_ref: torch.Tensor, deltas: list[torch.Tensor], init_norms: list[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per case (N,): KL(p_d || p_ref) from log-probabilities (N, V), and sum_s ||d_s|| / ||h_s||^2.
+
+    Both as the study's code writes them (`kl_div(init, new, log_target=True)`, `||d|| / ||h||^2`).
+    """
+    kl = (kl_log.exp() * (kl_log - kl_ref)).sum(-1)
+    decay = sum(d.norm(dim=-1) / h**2 for d, h in zip(deltas, init_norms))
+    return kl, decay
+
+
 def _target_is_argmax(logits: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
     """(N,) true where every target token of the row is the most likely token at its position."""
     keep = tgt != IGNORE
@@ -216,8 +228,9 @@ def _optimize_chunk(model, tok, prompts, targets, sites, paths, hp: ValueParams)
             if bool((nll < hp.stop_loss).all()):
                 break
             kl_log = torch.log_softmax(logits[kl_rows, 0].float(), dim=-1)
-            kl = (kl_log.exp() * (kl_log - kl_ref)).sum(-1)  # KL(p_d || p_ref) per case
-            decay = sum(deltas[p].norm(dim=-1) / init_norm[p] ** 2 for p in paths)
+            kl, decay = kl_and_decay(
+                kl_log, kl_ref, [deltas[p] for p in paths], [init_norm[p] for p in paths]
+            )
             loss = (weight * nll + hp.kl_factor * kl + hp.weight_decay * decay)[~done].sum()
             if hp.dynamic_nll:
                 argmax = _target_is_argmax(logits[:n], tgt)
