@@ -79,6 +79,23 @@ def test_published_grace_one_vector_and_own_key_lookup_while_decoding(llama_tiny
     result.restore()
 
 
+def test_key_replacement_leaves_decoded_tokens_alone(llama_tiny):
+    """The study's A-GRACE (`replacement: key`): v at the key token only, even when every key matches."""
+    model, tok = llama_tiny
+    case = make_case(0)
+    result = Grace(GraceHParams(eps=1e6, n_iter=3, replacement="key")).apply(model, tok, [case])
+    path = [n for n, m in model.named_modules() if isinstance(m, GraceLayer)][0]
+    seen, handle = _calls(model, path)
+    try:
+        _greedy(model, tok, [case.prompt], 3)
+    finally:
+        handle.remove()
+    wrapper = model.get_submodule(path)
+    assert torch.equal(seen[0][1][0, -1], result.info["codebook"].values[0][0])
+    assert all(torch.equal(out, wrapper.inner(x)) for x, out in seen[1:])
+    result.restore()
+
+
 def _greedy(model, tok, prompts: list[str], n: int, **kw) -> list[list[int]]:
     tok.padding_side = "left"
     enc = tok(prompts, return_tensors="pt", padding=True)
@@ -163,6 +180,9 @@ def test_from_study_yaml(tmp_path):
         assert (study.layer, study.val_init, study.replacement) == (27, "cold", "last")
         assert get_editor("agrace", preset=model).hparams.replacement == "key"
     assert get_editor("grace", preset="smollm2-135m").hparams.replacement == "steps"
+    from clmedit.editors.agrace.editor import AGraceHParams
+
+    assert AGraceHParams.from_study(raw).replacement == "key"  # its code skips decoded tokens
     with pytest.raises(ValueError, match="replace_all"):
         GraceHParams.from_study({**raw, "replacement": "replace_all"})
     assert get_editor("grace", preset="smollm2-135m").hparams.layer_for(25, 30) == 25

@@ -32,13 +32,14 @@ from clmedit.editors.agrace.encoder import (
     train_encoder,
 )
 from clmedit.editors.agrace.features import Pool, cached_prompt_features, pool_tokens
-from clmedit.editors.grace.editor import Grace, GraceHParams
+from clmedit.editors.grace.editor import Grace, GraceHParams, Replacement
 from clmedit.models.text import model_name
 
 log = logging.getLogger(__name__)
 
 
 class AGraceHParams(GraceHParams):
+    study_replacement: ClassVar[Replacement] = "key"  # the study's A-GRACE leaves decoded tokens alone
     margin: float | None = Field(None, gt=0, description="contrastive margin; None: by task (below)")
     margin_cnle: float = Field(1.3, gt=0, description="margin for NL->code cases")
     margin_csne: float = Field(2.5, gt=0, description="margin for code->NL cases")

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -68,6 +68,8 @@ class GraceHParams(EditorHParams):
         "key: key token only (the study's A-GRACE); steps: one value per decoded token (ours)",
     )
     eps_expand: Expand = Field("coverage", description="same-label key: grow radius or move key")
+    # what the study's `replacement: replace_last` means for this editor in its code
+    study_replacement: ClassVar[Replacement] = "last"
 
     @classmethod
     def from_study(cls, raw: dict[str, Any]) -> GraceHParams:
@@ -88,7 +90,7 @@ class GraceHParams(EditorHParams):
                     f"GRACE replacement {raw['replacement']!r} is not implemented; the study uses "
                     "'replace_last' (set replacement: last, key or steps in our own YAML)"
                 )
-            kw["replacement"] = "last"
+            kw["replacement"] = cls.study_replacement
         if raw.get("eps_expand") is not None:
             kw["eps_expand"] = "moving_average" if "avg" in str(raw["eps_expand"]) else "coverage"
         ignored = sorted(set(raw) - set(kw) - {"inner_params", "replacement", "eps_expand"})
