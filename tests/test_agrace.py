@@ -179,11 +179,12 @@ def test_initial_scale_is_selected_by_mean_validation_score_over_seeds():
     assert history["init_pos_fraction"] == winner["init_pos_fraction"]
     # the returned encoder is the winner's run on the split of settings.seed (25 % held out)
     val = torch.randperm(120, generator=torch.Generator().manual_seed(settings.seed))[:30]
-    inside, outside = key_balanced_accuracy(
+    inside, outside, kept = key_balanced_accuracy(
         encoder, anchor[val], positive[val], negative[val], torch.arange(30), settings.radius
     )
-    assert (inside, outside) == (winner["val_inside"], winner["val_outside"])
-    assert inside + outside == winner["scores"][0]
+    assert (inside, outside, kept) == (winner["val_inside"], winner["val_outside"], winner["val_kept"])
+    assert kept == outside  # one neighbour per case: kept cases = neighbours outside
+    assert inside + kept == winner["scores"][0]
 
 
 def test_every_neighbour_is_a_negative_pair():
@@ -221,7 +222,8 @@ def test_key_balanced_accuracy_counts_by_hand():
         enc.net[2].bias.zero_()
     anchor = torch.tensor([[0.0, 0.0], [5.0, 5.0]])
     positive = torch.tensor([[0.5, 0.0], [5.0, 7.0]])  # inside r=1, outside
-    neighbours = torch.tensor([[3.0, 0.0], [0.0, 0.9], [5.0, 5.5]])  # outside, inside, inside
+    neighbours = torch.tensor([[3.0, 0.0], [0.0, 0.9], [5.0, 7.5]])  # outside, inside | outside
     owner = torch.tensor([0, 0, 1])
-    inside, outside = key_balanced_accuracy(enc, anchor, positive, neighbours, owner, 1.0)
-    assert inside == 0.5 and abs(outside - 1 / 3) < 1e-6
+    inside, outside, kept = key_balanced_accuracy(enc, anchor, positive, neighbours, owner, 1.0)
+    assert inside == 0.5 and abs(outside - 2 / 3) < 1e-6
+    assert kept == 0.5  # case 0 loses one of its two neighbours, case 1 keeps its one
