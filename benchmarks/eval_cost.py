@@ -25,13 +25,13 @@ from clmedit.eval.protocol import (
     evaluate_case,
 )
 from clmedit.models.load import load_model
-from clmedit.models.text import target_ids
+from clmedit.models.text import generation_budget
 from clmedit.run.prepare import ensure_base_answers, resolve_data
 
 
 def bare_generate(model, tok, case, fluency: bool, seed: int = 0) -> None:
     """Exactly the generation work evaluate_case does for `case`, nothing else."""
-    generate(model, tok, [case.prompt, case.rephrase], len(target_ids(tok, case.target)))
+    generate(model, tok, [case.prompt, case.rephrase], generation_budget(tok, case.target))
     generate(model, tok, [n.prompt for n in case.neighbours], NEIGHBOUR_TOKENS)
     if fluency:
         prompts = [case.prompt, case.rephrase]

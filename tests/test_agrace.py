@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from clmedit.editors.agrace.editor import AGrace, AGraceHParams, AGraceLast, AGraceNoCL
@@ -171,22 +172,52 @@ def test_train_cli_end_to_end_then_reload(llama_tiny, tmp_path):
     assert editor.encoder.config.meta["train_cases"] == 4  # the other fold of 8 cases
 
 
-def test_initial_scale_is_selected_by_validation_balanced_accuracy():
+def test_initial_scale_is_selected_by_mean_validation_score_over_seeds():
     from clmedit.editors.agrace.encoder import key_balanced_accuracy
 
     anchor, positive, negative = _toy(120, 32)
-    settings = EncoderTraining(enc_epochs=5, enc_lr=1e-3, enc_init_pos_fractions=[0.01, 0.75])
+    settings = EncoderTraining(enc_epochs=5, enc_lr=1e-3, enc_init_pos_fractions=[0.01, 0.75], enc_selection_seeds=2)
     encoder, history = train_encoder(anchor, positive, negative, settings, margin=1.3)
-    scores = [c["val_inside"] + c["val_outside"] for c in history["candidates"]]
-    assert len(scores) == 2 and scores[0] != scores[1]
-    winner = history["candidates"][scores.index(max(scores))]
+    cands = history["candidates"]
+    assert [len(c["scores"]) for c in cands] == [2, 2]
+    assert cands[0]["mean_score"] != cands[1]["mean_score"]
+    for c in cands:
+        assert c["mean_score"] == pytest.approx(sum(c["scores"]) / 2)
+        assert c["spread"] == pytest.approx(max(c["scores"]) - min(c["scores"]))
+    winner = max(cands, key=lambda c: c["mean_score"])
     assert history["init_pos_fraction"] == winner["init_pos_fraction"]
-    # the returned encoder is the winner: recompute its score on the same validation split
-    val = torch.randperm(120, generator=torch.Generator().manual_seed(0))[:12]  # the default seed
-    inside, outside = key_balanced_accuracy(
-        encoder, anchor[val], positive[val], negative[val], torch.arange(12), 1.0
+    # the returned encoder is the winner's run on the split of the default seed 0 (25 % held out)
+    val = torch.randperm(120, generator=torch.Generator().manual_seed(0))[:30]
+    inside, outside, kept = key_balanced_accuracy(
+        encoder, anchor[val], positive[val], negative[val], torch.arange(30), 1.0
     )
-    assert (inside, outside) == (winner["val_inside"], winner["val_outside"])
+    assert (inside, outside, kept) == (winner["val_inside"], winner["val_outside"], winner["val_kept"])
+    assert kept == outside  # one neighbour per case: kept cases = neighbours outside
+    assert inside + kept == winner["scores"][0]
+
+
+def test_every_neighbour_is_a_negative_pair():
+    """Two cases, three neighbours (two of case 0): 2 positive + 3 negative pairs, loss by hand."""
+    from clmedit.editors.agrace.encoder import EncoderConfig, KeyEncoder, _Pairs
+
+    pairs = _Pairs.of(2, torch.tensor([0, 0, 1]))
+    assert pairs.a.tolist() == [0, 1, 0, 0, 1] and pairs.b.tolist() == [0, 1, 2, 3, 4]
+    assert pairs.y.tolist() == [1, 1, 0, 0, 0]
+    enc = KeyEncoder(EncoderConfig(d_in=1, d_out=1, d_hidden=1))
+    with torch.no_grad():  # E(x) = relu(x) = x on these positive inputs
+        (
+            enc.net[0].weight.fill_(1.0),
+            enc.net[0].bias.zero_(),
+            enc.net[2].weight.fill_(1.0),
+            enc.net[2].bias.zero_(),
+        )
+    anchor, positive = torch.tensor([[1.0], [2.0]]), torch.tensor([[1.5], [2.0]])
+    nbs = torch.tensor([[1.2], [3.0], [4.0]])
+    # positives: 0.5^2, 0;  negatives (margin 1.3): (1.3-0.2)^2, (1.3-2)->0, (1.3-2)->0
+    want = (0.25 + 0.0 + 1.1**2) / 5
+    assert pair_loss(enc, anchor, positive, (nbs, torch.tensor([0, 0, 1])), 1.3) == pytest.approx(
+        want, abs=1e-5
+    )
 
 
 def test_key_balanced_accuracy_counts_by_hand():
@@ -200,7 +231,8 @@ def test_key_balanced_accuracy_counts_by_hand():
         enc.net[2].bias.zero_()
     anchor = torch.tensor([[0.0, 0.0], [5.0, 5.0]])
     positive = torch.tensor([[0.5, 0.0], [5.0, 7.0]])  # inside r=1, outside
-    neighbours = torch.tensor([[3.0, 0.0], [0.0, 0.9], [5.0, 5.5]])  # outside, inside, inside
+    neighbours = torch.tensor([[3.0, 0.0], [0.0, 0.9], [5.0, 7.5]])  # outside, inside | outside
     owner = torch.tensor([0, 0, 1])
-    inside, outside = key_balanced_accuracy(enc, anchor, positive, neighbours, owner, 1.0)
-    assert inside == 0.5 and abs(outside - 1 / 3) < 1e-6
+    inside, outside, kept = key_balanced_accuracy(enc, anchor, positive, neighbours, owner, 1.0)
+    assert inside == 0.5 and abs(outside - 2 / 3) < 1e-6
+    assert kept == 0.5  # case 0 loses one of its two neighbours, case 1 keeps its one

@@ -79,16 +79,16 @@ def test_apply_restore_contract(name, family_model):
     params, tree = _snapshot(model)
     targets = TARGETS
     if name in ONE_TOKEN_ON_TINY:  # the first token of each target, as the text that encodes to it
-        targets = tuple(tok.decode(target_ids(tok, t)[:1]).strip() for t in TARGETS)
-        assert all(len(target_ids(tok, t)) == 1 for t in targets)
+        targets = tuple(tok.decode(target_ids(tok, make_case(0).prompt, t)[:1]).strip() for t in TARGETS)
+        assert all(len(target_ids(tok, make_case(i).prompt, t)) == 1 for i, t in enumerate(targets))
     first, second = (make_case(i, target=t) for i, t in enumerate(targets))
     if editor.trainable:
         editor.fit(model, tok, [make_case(i) for i in range(2, 6)])
-    n = max(len(target_ids(tok, c.target)) for c in (first, second))
+    n = max(len(target_ids(tok, c.prompt, c.target)) for c in (first, second))
     before = {c.case_id: greedy_ids(model, tok, c.prompt, n) for c in (first, second)}
 
     for case in (first, second):
-        want = target_ids(tok, case.target)
+        want = target_ids(tok, case.prompt, case.target)
         result = editor.apply(model, tok, [case])
         assert result.seconds > 0
         got = greedy_ids(model, tok, case.prompt, len(want))

@@ -14,7 +14,7 @@ from clmedit.editors.grace.layer import GraceLayer
 from clmedit.models.text import prompt_ids, target_ids
 from tests.conftest import make_case
 
-TINY = {"eps": 0.01, "n_iter": 30}
+TINY = {"eps": 0.01, "n_iter": 30, "replacement": "steps", "val_init": "warm"}  # ours: steers a random model
 
 
 def test_codebook_add_expand_split():
@@ -38,6 +38,64 @@ def test_codebook_moving_average_and_cosine():
     assert torch.allclose(book.keys[0], torch.tensor([1.0, 0.5]))
 
 
+def _calls(model, path: str) -> tuple[list, object]:
+    """Record (input, output) of every call of module `path`; returns (records, hook handle)."""
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    handle = model.get_submodule(path).register_forward_hook(
+        lambda m, a, o: seen.append((a[0].detach(), o.detach()))
+    )
+    return seen, handle
+
+
+@pytest.mark.parametrize("eps", [1e6, 1e-6])
+def test_published_grace_one_vector_and_own_key_lookup_while_decoding(llama_tiny, eps):
+    """The study's GRACE (replace_last, cold): one value v at the key token; a decoded token's output
+    is v exactly when that token's own down_proj input is inside the nearest entry's ball."""
+    model, tok = llama_tiny
+    case = make_case(0)
+    editor = Grace(GraceHParams(eps=eps, n_iter=3))
+    assert (editor.hparams.replacement, editor.hparams.val_init) == ("last", "cold")
+    result = editor.apply(model, tok, [case])
+    book = result.info["codebook"]
+    assert book.values[0].shape[0] == 1  # one vector, not one per target token
+    v = book.values[0][0]
+    path = [n for n, m in model.named_modules() if isinstance(m, GraceLayer)][0]
+    seen, handle = _calls(model, path)
+    try:
+        cached = _greedy(model, tok, [case.prompt], 4)
+        uncached = _greedy(model, tok, [case.prompt], 4, use_cache=False)
+    finally:
+        handle.remove()
+    assert cached == uncached
+    wrapper = model.get_submodule(path)
+    prefill, decoded = seen[0], seen[1:4]
+    assert torch.equal(prefill[1][0, -1], v)  # the key token: v (the key is inside its own ball)
+    assert torch.equal(prefill[1][0, :-1], wrapper.inner(prefill[0])[0, :-1])
+    for x, out in decoded:  # KV cache: one new token per call
+        inside = bool(torch.cdist(x[0].float(), book.keys.float()).min() <= book.radii.min())
+        assert inside == (eps > 1)
+        want = v if inside else wrapper.inner(x)[0, 0]
+        assert torch.equal(out[0, 0], want)
+    result.restore()
+
+
+def test_key_replacement_leaves_decoded_tokens_alone(llama_tiny):
+    """The study's A-GRACE (`replacement: key`): v at the key token only, even when every key matches."""
+    model, tok = llama_tiny
+    case = make_case(0)
+    result = Grace(GraceHParams(eps=1e6, n_iter=3, replacement="key")).apply(model, tok, [case])
+    path = [n for n, m in model.named_modules() if isinstance(m, GraceLayer)][0]
+    seen, handle = _calls(model, path)
+    try:
+        _greedy(model, tok, [case.prompt], 3)
+    finally:
+        handle.remove()
+    wrapper = model.get_submodule(path)
+    assert torch.equal(seen[0][1][0, -1], result.info["codebook"].values[0][0])
+    assert all(torch.equal(out, wrapper.inner(x)) for x, out in seen[1:])
+    result.restore()
+
+
 def _greedy(model, tok, prompts: list[str], n: int, **kw) -> list[list[int]]:
     tok.padding_side = "left"
     enc = tok(prompts, return_tensors="pt", padding=True)
@@ -59,14 +117,15 @@ def test_batch_apply_generation_and_restore(llama_tiny, cases):
     prompts = [c.prompt for c in cases] + [other.prompt]
     outs = _greedy(model, tok, prompts, n)
     for case, out in zip(cases, outs):
-        want = target_ids(tok, case.target)
+        want = target_ids(tok, case.prompt, case.target)
         assert out[: len(want)] == want
     assert outs[-1] == before
     # a fresh prefill resets the state: the unmatched prompt alone, then without a KV cache
     assert _greedy(model, tok, [other.prompt], n)[0] == before
     assert torch.equal(model(torch.tensor([prompt_ids(tok, other.prompt)])).logits, logits_before)
     nocache = _greedy(model, tok, [cases[1].prompt, other.prompt], n, use_cache=False)
-    assert nocache[0][: len(target_ids(tok, cases[1].target))] == target_ids(tok, cases[1].target)
+    want = target_ids(tok, cases[1].prompt, cases[1].target)
+    assert nocache[0][: len(want)] == want
     assert nocache[1] == before
     result.restore()
     assert type(model.get_submodule("model.layers.3.mlp.down_proj")).__name__ == "Linear"
@@ -92,7 +151,7 @@ def test_key_override_is_used_at_insert_and_prefill(llama_tiny, cases):
     assert editor.prompt_keys(model, tok, [cases[0].prompt]).shape == (1, 8)
     outs = _greedy(model, tok, [cases[0].prompt, cases[1].prompt], 12)
     for case, out in zip(cases, outs):
-        want = target_ids(tok, case.target)
+        want = target_ids(tok, case.prompt, case.target)
         assert out[: len(want)] == want
     result.restore()
 
@@ -114,9 +173,18 @@ def test_from_study_yaml(tmp_path):
     path = tmp_path / "codellama-7b.yaml"
     path.write_text(yaml.safe_dump(raw))
     hp = GraceHParams.from_yaml(path, n_iter=5)
-    assert (hp.layer, hp.n_iter, hp.eps, hp.val_init, hp.replacement) == (27, 5, 1.0, "cold", "steps")
+    assert (hp.layer, hp.n_iter, hp.eps, hp.val_init, hp.replacement) == (27, 5, 1.0, "cold", "last")
     assert hp.layer_for(hp.layer, 30) == 25
-    assert get_editor("grace", preset="codellama/CodeLlama-7b-hf").hparams.layer == 27
+    for model in ("codellama/CodeLlama-7b-hf", "Qwen/CodeQwen1.5-7B", "stabilityai/stable-code-3b"):
+        study = get_editor("grace", preset=model).hparams  # our presets give the published method
+        assert (study.layer, study.val_init, study.replacement) == (27, "cold", "last")
+        assert get_editor("agrace", preset=model).hparams.replacement == "key"
+    assert get_editor("grace", preset="smollm2-135m").hparams.replacement == "steps"
+    from clmedit.editors.agrace.editor import AGraceHParams
+
+    assert AGraceHParams.from_study(raw).replacement == "key"  # its code skips decoded tokens
+    with pytest.raises(ValueError, match="replace_all"):
+        GraceHParams.from_study({**raw, "replacement": "replace_all"})
     assert get_editor("grace", preset="smollm2-135m").hparams.layer_for(25, 30) == 25
 
 
@@ -139,7 +207,7 @@ def test_real_model_edit_is_effective_and_specific():
     result = get_editor("grace", preset="smollm2-135m").apply(model, tok, edits)
     outs = _greedy(model, tok, [e.prompt for e in edits] + [neighbour], 16)
     for edit, out in zip(edits, outs):
-        want = target_ids(tok, edit.target)
+        want = target_ids(tok, edit.prompt, edit.target)
         assert out[: len(want)] == want
     assert outs[-1] == before
     result.restore()

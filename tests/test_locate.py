@@ -1,5 +1,6 @@
 """locate/: the closed forms against direct solves, keys, and the cached covariance statistics."""
 
+import pytest
 import torch
 
 from clmedit.locate.keys import compute_keys
@@ -96,3 +97,99 @@ def test_stats_are_the_second_moment_and_cached(llama_tiny, tmp_path, monkeypatc
     fixed = layer_stats(model, tok, [1, 2], corpus, samples=3, seq_len=16, batch_size=2)
     assert calls and torch.allclose(fixed[2], first[2], atol=1e-7)
     handle.remove()
+
+
+def test_rank_one_update_with_an_averaged_direction_by_hand():
+    """k = (1, 0), k_bar = (1, 1), r = (2,): dW = r k_bar^T / (k . k_bar) = [[2, 2]]; (W + dW) k = W k + r."""
+    k, k_bar, r = torch.tensor([1.0, 0.0]), torch.tensor([1.0, 1.0]), torch.tensor([2.0])
+    dw = rank_one_update(k, r, direction=k_bar)
+    assert torch.equal(dw, torch.tensor([[2.0, 2.0]], dtype=torch.float64))
+    assert torch.equal(dw @ k.double(), r.double())
+
+
+def test_context_prefixes_are_greedy_and_deterministic_and_keys_average_over_them(llama_tiny):
+    import unicodedata
+
+    from clmedit.locate.keys import averaged_keys, context_prefixes
+    from clmedit.models.text import prompt_ids
+
+    model, tok = llama_tiny
+    prefixes = context_prefixes(model, tok, seeds=("The", "I"), length=6)
+    assert prefixes == context_prefixes(model, tok, seeds=("The", "I"), length=6)
+    ids = torch.tensor([prompt_ids(tok, "The")])
+    for _ in range(6 - ids.shape[1]):  # greedy continuation to 6 tokens in all, then ". "
+        with torch.no_grad():
+            ids = torch.cat([ids, model(ids).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert prefixes[0] == unicodedata.normalize("NFKD", tok.decode(ids[0])) + ". "
+    prompt = "Intent: sort a list\nCode:"
+    texts = [prompt, prefixes[0] + prompt, prefixes[1] + prompt]
+    want = compute_keys(model, tok, texts, [1])[1].mean(0)
+    assert torch.allclose(averaged_keys(model, tok, [prompt], 1, prefixes)[0], want, atol=1e-6)
+
+
+def test_kl_rows_are_the_prompt_itself(llama_tiny):
+    from clmedit.locate.values import ValueParams, _batch
+    from clmedit.models.text import prompt_ids
+
+    _, tok = llama_tiny
+    prompt = "Intent: sort a list\nCode:"
+    assert ValueParams().kl_suffix == ""
+    b = _batch(tok, [prompt], ["sorted(xs)"], ValueParams().kl_suffix, "cpu")
+    p = prompt_ids(tok, prompt)
+    assert b["ids"][1, : len(p)].tolist() == p and b["mask"][1].sum() == len(p)
+    assert int(b["kl_last"][0]) == int(b["lookup"][1]) == len(p) - 1  # KL read at the edit token
+
+
+def test_residual_split_linear_and_sqrt_by_hand(llama_tiny):
+    """Two layers, C = I: the first layer's update is the least-squares one for resid / 2 or resid / sqrt(2)."""
+    import math
+
+    from clmedit.locate.keys import keys_and_outputs
+    from clmedit.locate.solve import spread_over_layers
+
+    model, tok = llama_tiny
+    prompts = ["Intent: sort a list\nCode:"]
+    site = "model.layers.1.mlp"
+    keys, out = keys_and_outputs(model, tok, prompts, 0, site)
+    target = out + 0.05
+    weight = model.model.layers[0].mlp.down_proj.weight
+    w0 = weight.detach().clone()
+    for split, share in (("linear", 2.0), ("sqrt", math.sqrt(2.0))):
+        w1 = model.model.layers[1].mlp.down_proj.weight.detach().clone()
+        spread_over_layers(model, tok, prompts, [0, 1], site, target, {}, 1.0, split)
+        want = least_squares_update(keys, (target - out) / share, None, 1.0)
+        assert torch.allclose(weight.detach() - w0, want.float(), atol=1e-6)
+        with torch.no_grad():
+            weight.copy_(w0)
+            model.model.layers[1].mlp.down_proj.weight.copy_(w1)
+
+
+def test_dynamic_nll_stops_a_case_whose_target_is_already_the_argmax(llama_tiny):
+    """PMET's rule: target = the model's own greedy tokens and KL = 0 at d = 0 -> no step, d stays 0."""
+    from clmedit.locate.values import ValueParams, optimize_values
+    from clmedit.models.text import sequence_ids
+
+    model, tok = llama_tiny
+    prompt, target = "return", "y"  # the tiny model's own greedy continuation of "return" is " y"
+    ids = torch.tensor([tok(prompt)["input_ids"]])
+    with torch.no_grad():
+        own = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=1, do_sample=False)
+    full, p = sequence_ids(tok, prompt, target)
+    assert full[p:] == own[0, ids.shape[1] :].tolist()  # the training target is the argmax token
+    sites = [("mlp", 1)]
+    dynamic = optimize_values(model, tok, [prompt], [target], sites, ValueParams(dynamic_nll=True))
+    plain = optimize_values(model, tok, [prompt], [target], sites, ValueParams(stop_loss=0.0))
+    assert dynamic.steps == [0] and not dynamic.delta["model.layers.1.mlp"].any()
+    assert plain.steps[0] > 0
+
+
+def test_kl_direction_and_decay_by_hand():
+    """p_d = (0.9, 0.1), p = (0.5, 0.5): KL(p_d || p) = 0.9 ln 1.8 + 0.1 ln 0.2; d = (3, 4), ||h|| = 2: 5 / 4."""
+    import math
+
+    from clmedit.locate.values import kl_and_decay
+
+    new, ref = torch.tensor([[0.9, 0.1]]).log(), torch.tensor([[0.5, 0.5]]).log()
+    kl, decay = kl_and_decay(new, ref, [torch.tensor([[3.0, 4.0]])], [torch.tensor([2.0])])
+    assert kl.item() == pytest.approx(0.9 * math.log(1.8) + 0.1 * math.log(0.2), abs=1e-6)
+    assert decay.item() == pytest.approx(1.25)

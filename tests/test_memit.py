@@ -34,8 +34,8 @@ def test_memit_one_layer_one_edit_points_where_rome_does(llama_tiny, tmp_path, m
     w0 = weight.detach().clone()
     stats = dict(stats_corpus=str(tmp_path / "c.py"), stats_samples=4, stats_seq_len=32, mom2_adjustment=True)
     deltas = {}
-    for name in ("rome", "memit"):
-        result = get_editor(name, **TINY, **stats, layers=[1], reference_layers=4).apply(
+    for name, extra in (("rome", {"context_keys": False}), ("memit", {})):  # ROME's key: the prompt's own
+        result = get_editor(name, **TINY, **stats, **extra, layers=[1], reference_layers=4).apply(
             model, tok, [make_case(0, target="os")]
         )
         deltas[name] = (weight.detach() - w0).flatten().double()

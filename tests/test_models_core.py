@@ -96,10 +96,11 @@ def test_trace_stop_cuts_the_forward_pass(llama_tiny):
 
 def test_edit_batch_masks_everything_but_the_target(llama_tiny):
     _, tok = llama_tiny
-    batch = edit_batch(tok, ["Intent: a\nCode:", "Intent: longer prompt here\nCode:"], ["x", "sorted(xs)"])
+    prompts = ["Intent: a\nCode:", "Intent: longer prompt here\nCode:"]
+    batch = edit_batch(tok, prompts, ["x", "sorted(xs)"])
     labels, mask = batch["labels"], batch["attention_mask"]
     for row, plen in enumerate(batch["prompt_lens"]):
-        t = target_ids(tok, ["x", "sorted(xs)"][row])
+        t = target_ids(tok, prompts[row], ["x", "sorted(xs)"][row])
         assert labels[row, :plen].eq(IGNORE).all()
         assert labels[row, plen : plen + len(t)].tolist() == t
         assert mask[row].sum() == plen + len(t)

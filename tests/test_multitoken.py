@@ -46,15 +46,22 @@ def taught():
 def test_edit_yields_every_token_of_a_multi_token_target(name, taught, tmp_path, monkeypatch):
     monkeypatch.setenv("CLMEDIT_CACHE", str(tmp_path))  # statistics of this taught model only
     model, tok = taught
-    want = target_ids(tok, TARGET)
+    want = target_ids(tok, make_case(0).prompt, TARGET)
     assert len(want) == 4
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    layers = {} if name == "rome" else {"layers": [0, 1], "reference_layers": 4}  # below the top layer
-    editor = get_editor(name, **SETTINGS, **layers)
+    # more value steps than the study's (the prompt's own KL pulls against the edit at its last token);
+    # MEMIT/PMET below the top layer with a tighter clamp, or their delta reaches every position
+    extra = {"steps": 120}
+    if name != "rome":
+        extra.update(layers=[0, 1], reference_layers=4, clamp_factor=6.0)
+    editor = get_editor(name, **{**SETTINGS, **extra})
     for i in range(2):
         case = make_case(i, target=TARGET)
         assert greedy_ids(model, tok, case.prompt, len(want)) != want
         result = editor.apply(model, tok, [case])
-        assert greedy_ids(model, tok, case.prompt, len(want)) == want, f"{name}, case {i}"
-        result.restore()
+        try:
+            got = greedy_ids(model, tok, case.prompt, len(want))
+        finally:
+            result.restore()  # the taught model is shared by the module's tests
+        assert got == want, f"{name}, case {i}"
         assert all(torch.equal(p.detach(), before[n]) for n, p in model.named_parameters())

@@ -28,3 +28,28 @@ def test_pmet_edits_only_ffn_weights(llama_tiny, tmp_path, monkeypatch):
     memit = get_editor("memit", **TINY, **stats, mom2_weight=1e-3).apply(model, tok, cases)
     assert any(not torch.allclose(model.state_dict()[k] - before[k], d) for k, d in pmet_delta.items())
     memit.restore()
+
+
+def test_pmet_spreads_by_sqrt_with_the_dynamic_nll_values(llama_tiny):
+    """PMET = its value optimisation (attn + mlp deltas, dynamic NLL) then resid / sqrt(L - i) per layer."""
+    from clmedit.locate.solve import spread_over_layers
+    from clmedit.locate.values import optimize_values
+
+    model, tok = llama_tiny
+    editor = get_editor("pmet", **TINY, mom2_adjustment=False, layers=[0, 1], reference_layers=4)
+    assert editor.hparams.dynamic_nll and editor.resid_split == "sqrt"
+    assert get_editor("memit").resid_split == "linear" and not get_editor("memit").hparams.dynamic_nll
+    case = make_case(0, target="os")
+    weights = [model.model.layers[i].mlp.down_proj.weight for i in (0, 1)]
+    result = editor.apply(model, tok, [case])
+    got = [w.detach().clone() for w in weights]
+    result.restore()
+    values = optimize_values(
+        model, tok, [case.prompt], [case.target], [("attn", 1), ("mlp", 1)], editor.hparams.value_params()
+    )
+    site = "model.layers.1.mlp"
+    spread_over_layers(
+        model, tok, [case.prompt], [0, 1], site, values.target(site), {}, editor.hparams.mom2_weight, "sqrt"
+    )
+    assert all(torch.equal(g, w.detach()) for g, w in zip(got, weights))
+    result.restore()

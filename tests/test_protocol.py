@@ -7,7 +7,7 @@ import torch
 
 from clmedit.eval.generate import generate
 from clmedit.eval.protocol import CaseScores, evaluate_case, fill_base_answers, summarise
-from clmedit.models.text import target_ids
+from clmedit.models.text import generation_budget
 from clmedit.models.tiny import tiny_model
 from tests.conftest import make_case
 
@@ -48,7 +48,7 @@ def test_own_greedy_output_as_target_is_effective():
     model, tok = _word_only_model()
     case = make_case(0)
     case.target = generate(model, tok, [case.prompt], 4)[0].strip()
-    assert len(target_ids(tok, case.target)) == 4  # the protocol will ask for exactly 4 tokens
+    assert generation_budget(tok, case.target) == 4  # the protocol will ask for exactly 4 tokens
     fill_base_answers(model, tok, [case])
     scores = evaluate_case(model, tok, case, fluency=False)
     assert scores.effectiveness.em == 1.0

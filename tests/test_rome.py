@@ -39,3 +39,27 @@ def test_rome_refuses_several_layers(llama_tiny):
     model, tok = llama_tiny
     with pytest.raises(ValueError, match="one layer"):
         get_editor("rome", layers=[4, 5]).apply(model, tok, [make_case(0)])
+
+
+def test_rome_direction_is_the_key_averaged_over_context_prefixes(llama_tiny):
+    """dW = r k_bar^T / (k . k_bar): its row space is k_bar (prompt + 5 generated contexts), or k when off."""
+    from clmedit.locate.keys import averaged_keys, compute_keys
+
+    model, tok = llama_tiny
+    case = make_case(0, target="os")
+    weight = model.model.layers[1].mlp.down_proj.weight
+    w0 = weight.detach().clone()
+    k = compute_keys(model, tok, [case.prompt], [1])[1][0].double()
+    k_bar = averaged_keys(model, tok, [case.prompt], 1, get_editor("rome").prefixes(model, tok))[0].double()
+    assert torch.nn.functional.cosine_similarity(k, k_bar, dim=0) < 0.999  # the two directions differ
+    for context_keys in (True, False):
+        editor = get_editor("rome", **TINY, context_keys=context_keys)
+        result = editor.apply(model, tok, [case])
+        dw = (weight.detach() - w0).double()
+        result.restore()
+        prefixes = editor.prefixes(model, tok)
+        assert len(prefixes) == (5 if context_keys else 0)
+        direction = k_bar if context_keys else k
+        u = dw[dw.norm(dim=1).argmax()]  # any nonzero row of a rank-one r u^T is parallel to u
+        assert torch.nn.functional.cosine_similarity(u, direction, dim=0).abs() > 0.9999
+        assert torch.linalg.matrix_rank(dw.float()) == 1

@@ -45,7 +45,7 @@ def test_edit_answers_from_side_memory_and_neighbours_from_main(family):
     neighbours = [n.prompt for n in case.neighbours]
     before = _logits(model, tok, [case.prompt, *neighbours])
     result = _wise().apply(model, tok, [case])
-    want = target_ids(tok, case.target)
+    want = target_ids(tok, case.prompt, case.target)
     assert greedy_ids(model, tok, case.prompt, len(want)) == want
     assert result.info["acts"][0] > max(result.info["neighbour_acts"][0])
     # one left-padded batch: the edit row goes to the side memory, every neighbour row to the main
@@ -86,7 +86,7 @@ def test_second_sequential_edit_keeps_the_first_and_the_state_dict_holds_both(ll
     assert not r1.info["continued"] and r2.info["continued"]
     assert r2.info["edits"] == 2 and r2.info["memories"] == 2
     for case in (first, second):
-        want = target_ids(tok, case.target)
+        want = target_ids(tok, case.prompt, case.target)
         assert greedy_ids(model, tok, case.prompt, len(want)) == want
     edited = _logits(model, tok, prompts)
     state = _memory(model).edit_state()

@@ -16,7 +16,7 @@ from pydantic import Field
 
 from clmedit.editors.base import Editor, EditResult, backup_weights
 from clmedit.locate.params import LocateHParams
-from clmedit.locate.solve import spread_over_layers
+from clmedit.locate.solve import Split, spread_over_layers
 from clmedit.locate.stats import layer_stats
 from clmedit.locate.values import Site, optimize_values, site_path
 from clmedit.models.arch import arch_of
@@ -31,6 +31,7 @@ class MemitHParams(LocateHParams):
 class Memit(Editor):
     name = "memit"
     HParams = MemitHParams
+    resid_split: Split = "linear"  # R_i = resid / (L - i); PMET: / sqrt(L - i)
 
     def __init__(self, hparams: MemitHParams | None = None):
         super().__init__(hparams)
@@ -76,7 +77,7 @@ class Memit(Editor):
         spread = site_path(arch, self.spread_site(layers))
         norms = spread_over_layers(
             model, tok, prompts, layers, spread, values.target(spread), covs, hp.mom2_weight,
-            update=self.layer_update(model),
+            self.resid_split, update=self.layer_update(model),
         )  # fmt: skip
         result.info = {"layers": layers, "value_nll": values.nll, "value_steps": values.steps,
                        "resid_norms": norms}  # fmt: skip

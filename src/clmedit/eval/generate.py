@@ -1,6 +1,6 @@
 """Batched generation with left padding: the only way evaluation runs a model.
 
-Prompts are tokenized exactly as `models.text.prompt_ids` does, left-padded so every row's prompt
+Prompts are tokenized exactly as `models.text.prompt_ids` does (no special tokens), left-padded so every row's prompt
 ends at the same column, and decoded from there: only new tokens, cut at the row's first eos,
 special tokens skipped. Invariant (tested): batched greedy output == one-prompt-at-a-time greedy
 output. Rows are sorted by length before batching so a batch pads as little as possible.
@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
-from clmedit.models.text import pad_token_id
+from clmedit.models.text import model_inputs, pad_token_id
 
 log = logging.getLogger(__name__)
 
@@ -88,15 +88,15 @@ def generate(
     device = next(model.parameters()).device
     config = _generation_config(model, tok, max_new_tokens, do_sample, top_k)
     eos = _eos_ids(model, tok)
-    lengths = [len(ids) for ids in tok(prompts, add_special_tokens=True)["input_ids"]]
+    lengths = [len(ids) for ids in tok(prompts, add_special_tokens=False)["input_ids"]]
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])  # longest first: OOM shows early
     size = batch_size or len(prompts)
     batches = [order[i : i + size] for i in range(0, len(order), size)]
     out: list[str] = [""] * len(prompts)
     with _rng(seed if do_sample else None, device), _left_padding(tok), torch.no_grad():
         for idx in tqdm(batches, desc=desc, disable=desc is None, leave=False):
-            enc = tok([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=True)
-            enc = {k: v.to(device) for k, v in enc.items()}
+            enc = tok([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = {k: v.to(device) for k, v in model_inputs(enc).items()}
             seqs = model.generate(**enc, generation_config=config)
             texts = _decode_new(tok, seqs[:, enc["input_ids"].shape[1] :], eos)
             for i, text in zip(idx, texts):

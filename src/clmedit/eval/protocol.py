@@ -1,7 +1,7 @@
 """The study's evaluation protocol for one edit case (DESIGN.md, "Evaluation protocol").
 
 - Effectiveness / generalization: greedy decoding of the prompt / rephrase with max_new_tokens =
-  len(target_ids(target)); the stripped output vs the target: EM, BLEU, ROUGE-L.
+  len(tok.encode(target)) without special tokens (models.text.generation_budget); the stripped output vs the target: EM, BLEU, ROUGE-L.
 - Specificity: greedy 16 tokens for each neighbour; reference = the unedited model's own 16-token
   output (cached in the case per model name). EM = 1 iff all match; BLEU = corpus BLEU over the
   pairs; ROUGE-L = their mean.
@@ -22,8 +22,8 @@ from pydantic import BaseModel, Field
 from clmedit.data.schema import EditCase
 from clmedit.eval.generate import generate
 from clmedit.eval.metrics import bleu, exact_match, ngram_entropy, rouge_l
+from clmedit.models.text import generation_budget
 from clmedit.models.text import model_name as name_of
-from clmedit.models.text import target_ids
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def evaluate_case(
     name = model_name or name_of(model)
     refs = neighbour_refs(case, name)  # fail before spending any generation time
     target = case.target.strip()
-    edit_out = generate(model, tok, [case.prompt, case.rephrase], len(target_ids(tok, case.target)))
+    edit_out = generate(model, tok, [case.prompt, case.rephrase], generation_budget(tok, case.target))
     edit_out = [o.strip() for o in edit_out]
     neigh_out = [
         o.strip() for o in generate(model, tok, [n.prompt for n in case.neighbours], NEIGHBOUR_TOKENS)

@@ -4,10 +4,14 @@ The study (after ROME) edits at the last token of the prompt's last word. Our pr
 `Code:` / `Description:`, so that token is the prompt's last token: position `len(prompt) - 1`.
 Batches are right-padded, so a row's positions up to its own length see exactly the tokens
 they would see alone (causal attention), and the key does not depend on the batch.
+
+ROME's key is averaged over the prompt and the prompt behind a few short generated contexts
+(`context_prefixes`, `averaged_keys`), as in the study's code.
 """
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Literal
 
 import torch
@@ -90,3 +94,37 @@ def keys_and_outputs(
         keys.append(gather_rows(td[key_path].input, batch["last"]).float())
         outs.append(gather_rows(td[path].output, batch["last"]).float())
     return torch.cat(keys), torch.cat(outs)
+
+
+CONTEXT_SEEDS = ("The", "Therefore", "Because", "I", "You")  # the study's ROME context starts
+
+
+@torch.no_grad()
+def context_prefixes(
+    model: nn.Module, tok, seeds: tuple[str, ...] = CONTEXT_SEEDS, length: int = 10
+) -> list[str]:
+    """ROME's context templates, made deterministic: each seed continued greedily to `length` tokens.
+
+    The study's code samples (top-k 5) each seed to 10 tokens and writes `text + ". " + prompt`;
+    greedy decoding gives the same kind of prefix and the same prefixes on every run. Returns
+    the `text + ". "` strings (NFKD-normalised, blank lines folded, as the study's code does).
+    """
+    device = next(model.parameters()).device
+    out = []
+    for seed in seeds:
+        ids = torch.tensor([prompt_ids(tok, seed)], device=device)
+        while ids.shape[1] < length:
+            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits
+            ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+        text = unicodedata.normalize("NFKD", tok.decode(ids[0], skip_special_tokens=True)).replace(
+            "\n\n", " "
+        )
+        out.append(text + ". ")
+    return out
+
+
+def averaged_keys(model: nn.Module, tok, prompts: list[str], layer: int, prefixes: list[str]) -> torch.Tensor:
+    """Per prompt, the mean of k_layer over the prompt alone and `prefix + prompt` for each prefix: (N, d)."""
+    texts = [pre + p for p in prompts for pre in ["", *prefixes]]
+    keys = compute_keys(model, tok, texts, [layer])[layer]
+    return keys.view(len(prompts), len(prefixes) + 1, -1).mean(1)

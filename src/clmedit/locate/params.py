@@ -25,6 +25,7 @@ STUDY_KEYS = {
     "mom2_adjustment": "mom2_adjustment",
     "mom2_update_weight": "mom2_weight",
     "mom2_n_samples": "stats_samples",
+    "nll_loss_factor": "nll_factor",
 }
 
 

@@ -6,7 +6,9 @@ Weights are always handled as (out, in) through ArchAdapter.weight_out_in (GPT-2
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 from torch import nn
@@ -14,17 +16,27 @@ from torch import nn
 from clmedit.locate.keys import keys_and_outputs
 from clmedit.models.arch import arch_of
 
+Split = Literal["linear", "sqrt"]  # how the remaining residual is shared by the layers left
 
-def rank_one_update(key: torch.Tensor, resid: torch.Tensor, cov: torch.Tensor | None = None) -> torch.Tensor:
+
+def rank_one_update(
+    key: torch.Tensor,
+    resid: torch.Tensor,
+    cov: torch.Tensor | None = None,
+    direction: torch.Tensor | None = None,
+) -> torch.Tensor:
     """ROME: dW = r (C^-1 k)^T / (k^T C^-1 k),  key k (d_in,), resid r = v* - W k (d_out,) -> (d_out, d_in).
 
     It solves  min ||dW K0||_F^2  s.t. (W + dW) k = v*,  with K0 K0^T = C: the new weight maps
     k to v* exactly and, among all such weights, moves the outputs of the keys summarised by C
     the least. C = None means C = I (the study's ROME: no covariance adjustment), the
-    minimum-Frobenius-norm update.
+    minimum-Frobenius-norm update. `direction` k_bar (the study's key averaged over context
+    prefixes) replaces k in the direction only: dW = r (C^-1 k_bar)^T / (k^T C^-1 k_bar), which
+    still maps k to v* exactly.
     """
     k, r = key.double(), resid.double()
-    u = k if cov is None else torch.linalg.solve(cov.double(), k)
+    d = k if direction is None else direction.double()
+    u = d if cov is None else torch.linalg.solve(cov.double(), d)
     return torch.outer(r, u) / (k @ u)
 
 
@@ -82,15 +94,16 @@ def add_to_down_proj(model: nn.Module, layer: int, delta: torch.Tensor) -> None:
 
 def spread_over_layers(
     model: nn.Module, tok, prompts: list[str], layers: list[int], site: str, target: torch.Tensor,
-    covs: dict[int, torch.Tensor | None], weight: float,
+    covs: dict[int, torch.Tensor | None], weight: float, split: Split = "linear",
     update: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> list[float]:  # fmt: skip
     """MEMIT's update of down_proj in `layers` (ascending) so module `site` outputs `target` (N, d).
 
     For layer l_i (i = 0..L-1): keys K_i at the edit token under the current weights,
-    R_i = (target - out_site) / (L - i) (the remaining residual shared by the layers left),
-    dW_i = least_squares_update(K_i, R_i, C_i, weight), applied before the next layer's keys
-    are read. `update(layer, K_i, R_i) -> dW_i` replaces MEMIT's solve (AlphaEdit projects it).
+    R_i = (target - out_site) / (L - i) (the remaining residual shared by the layers left;
+    split="sqrt": / sqrt(L - i), PMET's), dW_i = least_squares_update(K_i, R_i, C_i, weight),
+    applied before the next layer's keys are read. `update(layer, K_i, R_i) -> dW_i` replaces
+    MEMIT's solve (AlphaEdit projects it).
     Returns the mean residual norm ||target - out_site|| seen at each layer.
     The caller backs the weights up; they are modified in place.
     """
@@ -99,7 +112,7 @@ def spread_over_layers(
         keys, out = keys_and_outputs(model, tok, prompts, layer, site)  # (N, d_in), (N, d_out)
         resid = target.to(out.device) - out
         norms.append(float(resid.norm(dim=-1).mean()))
-        share = resid / (len(layers) - i)
+        share = resid / (len(layers) - i if split == "linear" else math.sqrt(len(layers) - i))
         if update is None:
             delta = least_squares_update(keys, share, covs.get(layer), weight)
         else:

@@ -4,14 +4,17 @@ For each case i and each edit site s (a module whose output is a hidden vector: 
 attention block, a whole decoder block) we find a delta d_{s,i} added to that output at the
 prompt's last token, minimising
 
-    L(d) = NLL(target | prompt, d)                                   (prompt + " " + target)
-         + kl_factor * KL( p(. | prompt + kl_suffix) || p_d(. | prompt + kl_suffix) )
-         + weight_decay * sum_s ||d_s||^2 / ||h_s||^2
+    L(d) = w * NLL(target | prompt, d)                               (prompt + " " + target)
+         + kl_factor * KL( p_d(. | prompt) || p(. | prompt) )           at the edit token
+         + weight_decay * sum_s ||d_s|| / ||h_s||^2
 
-where h_s is the site's original output at that token and the KL term (ROME's "essence"
-prompt, as in the study's EasyEdit runs) keeps what the model says right after the edited
-representation from drifting. After each Adam step ||d_s|| is clamped to clamp_factor * ||h_s||.
-The target value of a site is v_s = h_s + d_s.
+as the study's code writes it (its ROME/MEMIT/PMET `compute_v`/`compute_z`): the KL term is read
+on the prompt itself (`kl_suffix` appends text, e.g. ROME's original " is a") and keeps what the
+model says right after the edited representation from drifting; h_s is the site's original
+output at that token. After each Adam step ||d_s|| is clamped to clamp_factor * ||h_s||.
+w = nll_factor, except with `dynamic_nll` (PMET): once a case's every target token is already
+the argmax, w drops to 0.1 * nll_factor for the next step, and the case stops once its KL is
+<= 0.01 as well. The target value of a site is v_s = h_s + d_s.
 
 The layers below the lowest site do not change, so their output is computed once and each step
 runs only the upper stack (models.partial.UpperStack). Cases are independent (each delta only
@@ -48,7 +51,11 @@ class ValueParams(BaseModel):
     weight_decay: float = Field(1e-3, ge=0, description="penalty on ||d||^2/||h||^2 [v_weight_decay]")
     clamp_factor: float = Field(4.0, gt=0, description="||d|| <= clamp_factor * ||h|| [clamp_norm_factor]")
     kl_factor: float = Field(0.0625, ge=0, description="weight of the KL term [kl_factor]")
-    kl_suffix: str = Field(" is a", description="appended to the prompt for the KL term (ROME's '{} is a')")
+    kl_suffix: str = Field(
+        "", description="appended to the prompt for the KL term ('': the prompt, as the study)"
+    )
+    nll_factor: float = Field(1.0, gt=0, description="weight of the target NLL [nll_loss_factor]")
+    dynamic_nll: bool = Field(False, description="PMET: NLL weight 0.1x once the target is the argmax")
     stop_loss: float = Field(5e-2, ge=0, description="stop once every case's target NLL is below this")
     value_batch_size: int = Field(8, ge=1, description="cases whose values are optimised together")
 
@@ -113,6 +120,24 @@ def _row_nll(logits: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
     return -tok_lp.sum(1) / keep.sum(1).clamp(min=1)
 
 
+def kl_and_decay(
+    kl_log: torch.Tensor, kl_ref: torch.Tensor, deltas: list[torch.Tensor], init_norms: list[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per case (N,): KL(p_d || p_ref) from log-probabilities (N, V), and sum_s ||d_s|| / ||h_s||^2.
+
+    Both as the study's code writes them (`kl_div(init, new, log_target=True)`, `||d|| / ||h||^2`).
+    """
+    kl = (kl_log.exp() * (kl_log - kl_ref)).sum(-1)
+    decay = sum(d.norm(dim=-1) / h**2 for d, h in zip(deltas, init_norms))
+    return kl, decay
+
+
+def _target_is_argmax(logits: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+    """(N,) true where every target token of the row is the most likely token at its position."""
+    keep = tgt != IGNORE
+    return ((logits.argmax(-1) == tgt) | ~keep).all(1)
+
+
 def optimize_values(
     model: nn.Module, tok, prompts: list[str], targets: list[str], sites: list[Site], hp: ValueParams
 ) -> Values:
@@ -167,6 +192,8 @@ def _optimize_chunk(model, tok, prompts, targets, sites, paths, hp: ValueParams)
         opt = torch.optim.Adam(list(deltas.values()), lr=hp.lr)
         edits = {p: {"edit_output": add_delta(p)} for p in paths}
         nll = torch.full((n,), float("inf"))
+        weight = torch.full((n,), hp.nll_factor, device=device)  # per-case NLL weight (dynamic_nll)
+        done = torch.zeros(n, dtype=torch.bool, device=device)  # dynamic_nll: cases that stopped
         steps_run = 0
         for _ in range(hp.steps):
             traces = [Trace(model, p, retain_output=False, **edits[p]) for p in paths]
@@ -179,15 +206,24 @@ def _optimize_chunk(model, tok, prompts, targets, sites, paths, hp: ValueParams)
             if bool((nll < hp.stop_loss).all()):
                 break
             kl_log = torch.log_softmax(logits[kl_rows, 0].float(), dim=-1)
-            kl = (kl_ref.exp() * (kl_ref - kl_log)).sum(-1)  # KL(p_ref || p_d) per case
-            decay = sum((deltas[p].norm(dim=-1) / init_norm[p]) ** 2 for p in paths)
-            loss = (nll + hp.kl_factor * kl + hp.weight_decay * decay).sum()
+            kl, decay = kl_and_decay(
+                kl_log, kl_ref, [deltas[p] for p in paths], [init_norm[p] for p in paths]
+            )
+            loss = (weight * nll + hp.kl_factor * kl + hp.weight_decay * decay)[~done].sum()
+            if hp.dynamic_nll:
+                argmax = _target_is_argmax(logits[:n], tgt)
+                done |= argmax & (kl.detach() <= 0.01)
+                weight = torch.where(argmax, 0.1 * hp.nll_factor, hp.nll_factor)
+                if bool(done.all()):
+                    break
+            kept = {p: deltas[p].detach()[done].clone() for p in paths}
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             steps_run += 1
             with torch.no_grad():
                 for p in paths:
+                    deltas[p][done] = kept[p]  # a stopped case keeps its delta (Adam would move it)
                     cap = (hp.clamp_factor * init_norm[p]).unsqueeze(-1)
                     norm = deltas[p].norm(dim=-1, keepdim=True)
                     deltas[p].mul_(torch.where(norm > cap, cap / norm.clamp(min=1e-12), 1.0))

@@ -1,29 +1,68 @@
 """Tokenization shared by editors and evaluation, so both see the exact same token sequences.
 
-The study's training sequence is `prompt + " " + target` with the loss on target tokens only.
-We build it as prompt ids followed by the ids of `" " + target`, so the target's tokens are
-exactly what greedy decoding after the prompt must produce, and `len(target_ids)` is the
-`max_new_tokens` of the effectiveness check.
+As the study's code builds them (it sets `add_bos_token=False` for every model):
+- no special token anywhere: every text is encoded with `add_special_tokens=False`, whatever
+  the tokenizer's default (no BOS, no EOS);
+- a training sequence is `prompt + " " + target` tokenized *together*; the target's tokens are
+  what follows the prompt's own tokens (so SentencePiece tokenizers get no stray lone "▁");
+- the generation budget of the effectiveness check is `len(encode(target))`;
+- `token_type_ids` (CodeQwen's tokenizer returns them) never reach a model: `model_inputs`.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
+log = logging.getLogger(__name__)
+
 IGNORE = -100  # label value the loss skips
 
 
+def encode(tok, text: str) -> list[int]:
+    """Token ids of `text` without special tokens (the study's `add_bos_token=False`)."""
+    return list(tok(text, add_special_tokens=False)["input_ids"])
+
+
 def prompt_ids(tok, prompt: str) -> list[int]:
-    return tok(prompt, add_special_tokens=True)["input_ids"]
+    """The prompt's ids, exactly as generation and key extraction feed them (no BOS)."""
+    return encode(tok, prompt)
 
 
-def target_ids(tok, target: str) -> list[int]:
-    """Token ids of the target as it follows the prompt (with its leading space)."""
-    return tok(" " + target, add_special_tokens=False)["input_ids"]
+def sequence_ids(tok, prompt: str, target: str) -> tuple[list[int], int]:
+    """(ids of `prompt + " " + target` tokenized together, number of prompt tokens).
+
+    The target is what follows the prompt's own ids. When the joint tokenization does not
+    start with them (a merge across the boundary), the split falls at their common prefix, so
+    every token that differs from the prompt is a target token.
+    """
+    ids, p = encode(tok, f"{prompt} {target}"), prompt_ids(tok, prompt)
+    split = len(p)
+    if ids[:split] != p:
+        split = next((i for i, (a, b) in enumerate(zip(ids, p)) if a != b), min(len(ids), len(p)))
+        log.warning("prompt %r: its ids are not a prefix of prompt + target's; target starts at token %d",
+                    prompt[-40:], split)  # fmt: skip
+    return ids, split
+
+
+def target_ids(tok, prompt: str, target: str) -> list[int]:
+    """The target's ids as they follow the prompt in `prompt + " " + target`."""
+    ids, split = sequence_ids(tok, prompt, target)
+    return ids[split:]
+
+
+def generation_budget(tok, target: str) -> int:
+    """max_new_tokens of the effectiveness check: `len(tok.encode(target))` without special tokens."""
+    return len(encode(tok, target))
+
+
+def model_inputs(enc) -> dict:
+    """A tokenizer's output as model keyword arguments, without `token_type_ids`."""
+    return {k: v for k, v in dict(enc).items() if k != "token_type_ids"}
 
 
 def model_name(model: nn.Module) -> str:
@@ -89,10 +128,10 @@ def edit_rows(
         raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
     rows, labels, prompt_lens = [], [], []
     for prompt, target in zip(prompts, targets):
-        p, t = prompt_ids(tok, prompt), target_ids(tok, target)
-        rows.append(p + t)
-        labels.append([IGNORE] * len(p) + t)
-        prompt_lens.append(len(p))
+        ids, p = sequence_ids(tok, prompt, target)
+        rows.append(ids)
+        labels.append([IGNORE] * p + ids[p:])
+        prompt_lens.append(p)
     return rows, labels, prompt_lens
 
 

@@ -83,7 +83,7 @@ def case_problem(case: EditCase, tok, window: int | None, fluency: bool) -> str 
             return f"case {case.case_id!r}: the {name} is empty"
     if window is None:
         return None
-    n_target = len(target_ids(tok, case.target))
+    n_target = len(target_ids(tok, case.prompt, case.target))
     gen = max(n_target, FLUENCY_TOKENS if fluency else 0)
     needs = [
         ("prompt", len(prompt_ids(tok, case.prompt)) + gen),

@@ -32,7 +32,7 @@ from clmedit.editors.agrace.encoder import (
     train_encoder,
 )
 from clmedit.editors.agrace.features import Pool, cached_prompt_features, pool_tokens
-from clmedit.editors.grace.editor import Grace, GraceHParams
+from clmedit.editors.grace.editor import Grace, GraceHParams, Replacement
 from clmedit.errors import NotSavableError
 from clmedit.models.text import model_name
 
@@ -43,6 +43,7 @@ class AGraceHParams(GraceHParams, EncoderTraining):
     """GRACE's hparams, the encoder's training (EncoderTraining: enc_*), and these."""
 
     STUDY_KEYS = GraceHParams.STUDY_KEYS | {"encoder_state_path"}
+    study_replacement: ClassVar[Replacement] = "key"  # the study's A-GRACE leaves decoded tokens alone
 
     margin: float | None = Field(None, gt=0, description="contrastive margin; None: by task (below)")
     margin_cnle: float = Field(1.3, gt=0, description="margin for NL->code cases")
@@ -90,7 +91,7 @@ class AGrace(Grace):
         return hp.margin_csne if tasks == {"csne"} else hp.margin_cnle
 
     def fit(self, model, tok, train_cases, **kwargs: Any) -> dict[str, Any]:
-        """Train the key encoder on (prompt, rephrase) positives and (prompt, first neighbour) negatives.
+        """Train the key encoder on (prompt, rephrase) positives and (prompt, neighbour) negatives (all).
 
         Features come from the unedited model at the edited layer (cached on disk); a validation
         split of `train_cases` picks the epoch and the initial scale, scoring specificity on all
@@ -107,25 +108,23 @@ class AGrace(Grace):
         texts = [c.prompt for c in usable] + [c.rephrase for c in usable]
         feats = cached_prompt_features(model, tok, texts, layer, self.pool, cache=hp.feature_cache)
         anchor, positive = feats.split(len(usable))
-        # every neighbour scores specificity in model selection; the first one is the training negative
+        # every neighbour is a negative pair with its prompt (the study's five), and scores specificity
         counts = torch.tensor([len(c.neighbours) for c in usable])
         nb_texts = [n.prompt for c in usable for n in c.neighbours]
         nb_feats = cached_prompt_features(model, tok, nb_texts, layer, self.pool, cache=hp.feature_cache)
-        negative = nb_feats[counts.cumsum(0) - counts]
-        neighbours = (nb_feats, torch.repeat_interleave(torch.arange(len(usable)), counts))
+        negatives = (nb_feats, torch.repeat_interleave(torch.arange(len(usable)), counts))
         margin = self.margin_for(usable)
         meta = {"model": model_name(model), "margin": margin, "train_cases": len(usable)}
         config = EncoderConfig(d_in=anchor.size(1), d_out=hp.key_dim, pool=self.pool, layer=layer, meta=meta)
         self.encoder, history = train_encoder(
             anchor,
             positive,
-            negative,
+            negatives,
             hp,
             margin=margin,
             radius=hp.eps,
             seed=hp.seed,
             config=config,
-            neighbours=neighbours,
         )
         meta.update(init_pos_fraction=history["init_pos_fraction"], candidates=history["candidates"])
         self.encoder.to(next(model.parameters()).device)

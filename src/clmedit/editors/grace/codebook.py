@@ -76,9 +76,10 @@ class Codebook:
         self.radii[i] = dist / 2
         return Insertion(self._append(key, dist / 2, label, value), "split", dist)
 
-    def lookup(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def lookup(self, queries: torch.Tensor, nearest_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """For queries (B, d_key): (index (B,) of the nearest entry whose radius covers it, else -1;
-        distance (B,) to the nearest key, inf when the codebook is empty)."""
+        distance (B,) to the nearest key, inf when the codebook is empty). `nearest_only`: only
+        the nearest key counts (EasyEdit's GRACE: no match when it does not cover the query)."""
         b = queries.shape[0]
         if self.keys is None:
             return (
@@ -87,6 +88,8 @@ class Codebook:
             )
         d = key_distance(queries, self.keys.to(queries.device), self.dist_fn)  # (B, N)
         inside = d <= self.radii.to(queries.device)
+        if nearest_only:
+            inside &= d == d.min(dim=1, keepdim=True).values
         masked = torch.where(inside, d, torch.full_like(d, float("inf")))
         best = masked.argmin(dim=1)
         index = torch.where(inside.any(dim=1), best, torch.full_like(best, -1))

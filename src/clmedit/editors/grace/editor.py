@@ -6,16 +6,19 @@ and looks it up in the codebook; a row whose key lies within an entry's radius i
 and its output is replaced by that entry's value; every other row is untouched (output
 bitwise equal to the unedited layer's), which is what makes GRACE specific.
 
-What a value is: under the study's protocol (greedy decoding with a KV cache after one prefill)
-a single vector at the key token steers only the first generated token. So with
-`replacement="steps"` (default) a value is a sequence V = (v_0, .., v_{S-1}), S = len(target
-tokens): v_0 replaces the output at the key token and v_k the output at the k-th generated token
-of a matched row; after S steps the row runs free. V is trained as it is used, under teacher
-forcing on prompt + " " + target:
-    min_V  -sum_k log p(y_k | prompt, y_<k ; out[P-1+k] := v_k)       (Adam, n_iter steps)
-`replacement="last"` is the literal single vector at the key token (S = 1). EasyEdit's
-"replace_last" under a KV cache also rewrites each decoded token's output, so the study's YAML
-maps to "steps". (Measurements behind this choice: the README's measured section.)
+What a value is and where it applies (`replacement`). The protocol greedily decodes
+len(target) tokens with a KV cache after one prefill.
+- "last" (default; the study's GRACE = EasyEdit's `replace_last`, `val_init: cold`): one value
+  vector v, written at the key token; at each decoded token the layer computes that token's
+  own key and writes v only when it lies inside its nearest entry's ball. v is trained under
+  teacher forcing on prompt + " " + target with the output replaced at the key token only:
+  min_v -sum_k log p(y_k | prompt, y_<k ; out[P-1] := v), 30 Adam steps, lr 1.0, from U[0, 1).
+- "key": v at the key token only, decoded tokens untouched (the study's A-GRACE).
+- "steps" (ours, for small models): a value is a sequence V = (v_0, .., v_{S-1}), S = the
+  number of target tokens; v_0 replaces the output at the key token and v_k the output at the
+  k-th decoded token of a matched row; after S steps the row runs free. Trained as above with
+  out[P-1+k] := v_k, usually from the unedited outputs ("warm"). On smollm2-135m one vector
+  steers the first token alone; "steps" reaches effectiveness EM 100 (README table).
 
 Per-row state is reset at every new prefill: a call with a KV cache of length 0 (or no cache
 and not a recomputation of the last prefill) is a new prompt. Batches may be left-padded:
@@ -30,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -49,6 +52,9 @@ from clmedit.models.text import edit_batch, gather_rows, last_position, pad_batc
 
 log = logging.getLogger(__name__)
 
+Replacement = Literal["last", "key", "steps"]
+DECODE = {"last": "lookup", "key": "none", "steps": "steps"}  # GraceLayer's mode at decoded tokens
+
 
 class GraceHParams(EditorHParams):
     STUDY_KEYS = study_keys(
@@ -61,11 +67,15 @@ class GraceHParams(EditorHParams):
     n_iter: int = Field(30, ge=1, description="optimisation steps per value")
     eps: float = Field(1.0, gt=0, description="radius of a new codebook entry")
     dist_fn: Distance = Field("euc", description="key distance: euc (L2) or cos (1 - cosine)")
-    val_init: Literal["warm", "cold"] = Field("warm", description="warm: unedited outputs; cold: U[0,1)")
-    replacement: Literal["steps", "last"] = Field(
-        "steps", description="steps: one value per decoded token; last: key token only"
+    val_init: Literal["warm", "cold"] = Field("cold", description="warm: unedited outputs; cold: U[0,1)")
+    replacement: Replacement = Field(
+        "last",
+        description="last: the study's GRACE (key token + decoded tokens whose own key matches); "
+        "key: key token only (the study's A-GRACE); steps: one value per decoded token (ours)",
     )
     eps_expand: Expand = Field("coverage", description="same-label key: grow radius or move key")
+    # what the study's `replacement: replace_last` means for this editor in its code
+    study_replacement: ClassVar[Replacement] = "last"
 
     @classmethod
     def from_study(cls, raw: dict[str, Any]) -> GraceHParams:
@@ -80,8 +90,13 @@ class GraceHParams(EditorHParams):
         for key in ("edit_lr", "n_iter", "eps", "dist_fn", "val_init"):
             if raw.get(key) is not None:
                 kw[key] = raw[key]
-        if raw.get("replacement") is not None:  # replace_last/_all/_prompt all rewrite decoded tokens
-            kw["replacement"] = "steps"
+        if raw.get("replacement") is not None:
+            if raw["replacement"] != "replace_last":
+                raise ValueError(
+                    f"GRACE replacement {raw['replacement']!r} is not implemented; the study uses "
+                    "'replace_last' (set replacement: last, key or steps in our own YAML)"
+                )
+            kw["replacement"] = cls.study_replacement
         if raw.get("eps_expand") is not None:
             kw["eps_expand"] = "moving_average" if "avg" in str(raw["eps_expand"]) else "coverage"
         ignored = sorted(set(raw) - set(kw) - {"inner_params", "replacement", "eps_expand"})
@@ -139,7 +154,7 @@ class Grace(Editor):
         layer = self.edit_layer(model)
         path = arch.path("down_proj", layer)
         book = Codebook(eps_init=hp.eps, dist_fn=hp.dist_fn, expand=hp.eps_expand)
-        wrapper = GraceLayer(model.get_submodule(path), book, self.keys)
+        wrapper = GraceLayer(model.get_submodule(path), book, self.keys, DECODE[hp.replacement])
         result.undo.append(replace_module(model, path, wrapper))
         result.undo.append(model.register_forward_pre_hook(wrapper.observe, with_kwargs=True).remove)
         info: dict[str, list] = {"keys": [], "ops": [], "nearest": [], "losses": []}

@@ -82,7 +82,7 @@ def _sequences(
         rows = [("edit", r, lab) for r, lab in zip(ids, labels)]
         for n in case.neighbours[:loc_neighbours]:
             p = prompt_ids(tok, n.prompt)
-            answer = target_ids(tok, n.answers[name]) if name in n.answers else []
+            answer = target_ids(tok, n.prompt, n.answers[name]) if name in n.answers else []
             skip = len(p) - 1 if answer else 0
             rows.append(("loc", p + answer, [IGNORE] * skip + [0] * (len(p) + len(answer) - skip)))
         per_case.append(rows)
