@@ -121,12 +121,7 @@ class GraceLayer(nn.Module):
                 entry = int(entries[row])
                 if entry >= 0 and (after is None or position > int(after[row])):
                     edits.append((row, position, self.codebook.values[entry][0]))
-        if not edits:
-            return out
-        out = out.clone()
-        for row, position, value in edits:
-            out[row, position] = value.to(out.dtype)
-        return out
+        return _replaced(out, edits)
 
     def _same_prefix(self, x: torch.Tensor) -> bool:
         if x.shape[1] <= int(self._pos.max()):
@@ -141,9 +136,14 @@ class GraceLayer(nn.Module):
             entry = int(self._rows[row])
             if entry >= 0 and step < self.codebook.values[entry].shape[0]:
                 edits.append((row, position, self.codebook.values[entry][step]))
-        if not edits:
-            return out
-        out = out.clone()
-        for row, position, value in edits:
-            out[row, position] = value.to(out.dtype)
+        return _replaced(out, edits)
+
+
+def _replaced(out: torch.Tensor, edits: list[tuple[int, int, torch.Tensor]]) -> torch.Tensor:
+    """`out` with out[row, position] := value for each edit (a copy; `out` itself when there is none)."""
+    if not edits:
         return out
+    out = out.clone()
+    for row, position, value in edits:
+        out[row, position] = value.to(out.dtype)
+    return out
