@@ -213,34 +213,21 @@ def test_every_user_error_is_one_message_with_exit_2(args, message, files, data,
     assert "no model" not in result.output  # found before any model was loaded
 
 
+def _run_args(tiny_dir, data, out) -> list[str]:
+    """`clmedit run` on the tiny model and case file, without fluency, into `out`."""
+    return ["run", "--model", str(tiny_dir), "--data", str(data), "--out", str(out), "--no-fluency"]
+
+
 def test_failed_cases_exit_nonzero_and_say_why(tiny_dir, data, tmp_path, monkeypatch):
     monkeypatch.setitem(EDITORS, "broken", f"{__name__}:Broken")
-    args = [
-        "run",
-        "--model",
-        str(tiny_dir),
-        "--data",
-        str(data),
-        "--out",
-        str(tmp_path / "o"),
-        "--no-fluency",
-    ]
+    args = _run_args(tiny_dir, data, tmp_path / "o")
     result = cli.invoke(app, [*args, "--editor", "broken"])
     assert result.exit_code == 1
     assert "2 of 2 case(s) failed (ValueError: 2)" in result.output
 
 
 def test_rerun_into_a_folder_of_another_configuration(tiny_dir, data, tmp_path):
-    args = [
-        "run",
-        "--model",
-        str(tiny_dir),
-        "--data",
-        str(data),
-        "--out",
-        str(tmp_path / "o"),
-        "--no-fluency",
-    ]
+    args = _run_args(tiny_dir, data, tmp_path / "o")
     assert cli.invoke(app, args).exit_code == 0
     result = cli.invoke(app, [*args, "--editor", "grace"])
     assert (
@@ -256,16 +243,7 @@ def test_rerun_into_a_folder_of_another_configuration(tiny_dir, data, tmp_path):
 def test_skipped_lines_are_shown_at_the_end(tiny_dir, data, tmp_path):
     with open(data, "a") as fh:
         fh.write("{torn\n")
-    args = [
-        "run",
-        "--model",
-        str(tiny_dir),
-        "--data",
-        str(data),
-        "--out",
-        str(tmp_path / "o"),
-        "--no-fluency",
-    ]
+    args = _run_args(tiny_dir, data, tmp_path / "o")
     result = cli.invoke(app, args)
     assert (
         result.exit_code == 0

@@ -110,6 +110,16 @@ def pad_batch(tok, rows: Sequence[Sequence[int]], device: torch.device | str | N
     return {"input_ids": ids, "attention_mask": mask}
 
 
+def call_mask(mask: torch.Tensor | None, b: int, t: int, device: torch.device) -> torch.Tensor:
+    """(B, T) bool mask of a forward call's T newest positions, from the model's attention mask.
+
+    A missing mask, or one that does not cover the call (another batch), counts every position.
+    """
+    if mask is None or mask.shape[0] != b or mask.shape[1] < t:
+        return torch.ones(b, t, dtype=torch.bool, device=device)
+    return mask[:, -t:].bool()
+
+
 def last_position(mask: torch.Tensor) -> torch.Tensor:
     """Index (B,) of the last true position of each row of a (B, T) mask (left- or right-padded)."""
     return mask.size(1) - 1 - mask.long().flip(1).argmax(1)

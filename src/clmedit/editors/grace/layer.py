@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from clmedit.editors.grace.codebook import Codebook
-from clmedit.models.text import gather_rows, last_position
+from clmedit.models.text import call_mask, gather_rows, last_position
 
 KeyFn = Any  # Callable[[Tensor (B, T, d_in), Tensor (B, T) bool], Tensor (B, d_key)]
 Decode = Literal["steps", "lookup", "none"]
@@ -75,11 +75,7 @@ class GraceLayer(nn.Module):
     @torch.no_grad()
     def _prefill(self, x: torch.Tensor, out: torch.Tensor, call: dict | None) -> torch.Tensor:
         b, t = x.shape[:2]
-        mask = call.get("mask") if call else None
-        if mask is None or mask.shape[0] != b or mask.shape[1] < t:
-            prompt_mask = torch.ones(b, t, dtype=torch.bool, device=x.device)
-        else:
-            prompt_mask = mask[:, -t:].bool()
+        prompt_mask = call_mask(call.get("mask") if call else None, b, t, x.device)
         rows, _ = self.codebook.lookup(self.key_fn(x, prompt_mask))
         pos = last_position(prompt_mask)
         self._rows, self._pos, self._steps, self._length = rows, pos, 0, t

@@ -30,6 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from clmedit.editors.base import Undo, replace_module
+from clmedit.models.text import call_mask
 
 EDITS, MERGES, WORK_EDITS = 0, 1, 2  # indices into `counts`
 
@@ -108,11 +109,7 @@ class WiseMemory(nn.Module):
     def _decide(self, x: torch.Tensor, memories: list, call: dict | None) -> torch.Tensor:
         """Route (B,) of a new prompt: argmax_m Δ_act over memories with Δ_act >= ε_m, else -1."""
         b, t = x.shape[:2]
-        mask = call.get("mask") if call else None
-        if mask is None or mask.shape[0] != b or mask.shape[1] < t:
-            mask = torch.ones(b, t, dtype=torch.bool, device=x.device)
-        else:
-            mask = mask[:, -t:].bool()
+        mask = call_mask(call.get("mask") if call else None, b, t, x.device)
         main = self.main_weight
         scores = torch.stack([activation(x, w - main.to(w.dtype), mask) for w, _ in memories])  # (M, B)
         eps = torch.tensor([e for _, e in memories], device=scores.device)
