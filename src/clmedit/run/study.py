@@ -42,12 +42,16 @@ STUDY_EDITORS = (
     "agrace",
 )
 TRAINED = {"malmen", "agrace", "agrace-last"}
-# Seconds per case (apply + evaluation with fluency) and per training fold on smollm2-135m, 2 CPU cores
-# (README "Measured"; benchmarks/edit_cost.py, trained_cost.py). Used for the estimate and the ETA only.
-CASE_SECONDS = {"none": 1.5, "ft": 4.0, "rome": 15.0, "memit": 25.0, "pmet": 30.0, "malmen": 3.0,
-                "grace": 3.0, "agrace-no-cl": 3.0, "agrace-last": 3.0, "agrace": 3.0}  # fmt: skip
+# Measured on smollm2-135m, 2 CPU cores, idle (a `--quick` study's cases.jsonl): the evaluation of one
+# case (greedy outputs + 64 sampled fluency tokens for two texts) and each editor's apply, by task.
+# Used for the estimate and the ETA only.
+EVAL_SECONDS = {"cnle": 4.1, "csne": 4.9}
+APPLY_SECONDS = {
+    "cnle": {"ft": 2.1, "rome": 4.8, "memit": 4.6, "pmet": 5.6, "malmen": 0.2, "grace": 1.5},
+    "csne": {"ft": 4.8, "rome": 12.9, "memit": 11.7, "pmet": 13.8, "malmen": 0.4, "grace": 2.3},
+}
 MALMEN_STEP_SECONDS = 2.0
-ENCODER_FOLD_SECONDS = 20.0
+ENCODER_FOLD_SECONDS = 30.0
 STATS_SECONDS = 120.0  # MEMIT/PMET covariance statistics, once per model (cached on disk)
 
 
@@ -73,15 +77,15 @@ def size_preset(name: str, limit: int | None = None) -> Size:
     if name == "full":
         return Size("full", dict.fromkeys(STUDY_EDITORS), note="Every built case, presets' training.")
     if name == "default":
-        cases = {e: (15 if e in _LOCATE else 50) for e in STUDY_EDITORS}
+        cases = {e: (10 if e in _LOCATE else 30) for e in STUDY_EDITORS}
         return Size("default", cases, {"malmen": {"steps": 100}},
-                    note="50 cases per run (ROME, MEMIT, PMET: 15); MALMEN 100 meta-steps per fold.")  # fmt: skip
+                    note="30 cases per run (ROME, MEMIT, PMET: 10); MALMEN 100 meta-steps per fold.")  # fmt: skip
     if name == "quick":
-        cases = {e: (2 if e in _LOCATE else 6) for e in STUDY_EDITORS}
+        cases = {e: (2 if e in _LOCATE else 4) for e in STUDY_EDITORS}
         enc = {"enc_epochs": 10, "enc_patience": 3}
         hp = {"malmen": {"steps": 10, "val_every": 5}, "agrace": enc, "agrace-last": enc,
               "memit": {"stats_samples": 200}, "pmet": {"stats_samples": 200}}  # fmt: skip
-        note = ("QUICK: 6 cases per run (ROME, MEMIT, PMET: 2), MALMEN 10 meta-steps, A-GRACE encoders "
+        note = ("QUICK: 4 cases per run (ROME, MEMIT, PMET: 2), MALMEN 10 meta-steps, A-GRACE encoders "
                 "10 epochs, MEMIT/PMET statistics from 200 windows: a smoke test of the pipeline, not the study's numbers.")  # fmt: skip
         return Size("quick", cases, hp, note)
     raise InputError(f"unknown study size {name!r}; use quick, default, full or a --limit")
@@ -103,12 +107,22 @@ def plan(model: str, tasks: list[str], size: Size, out: Path, data: dict[str, st
 
 def estimate_seconds(config: RunConfig, n_cases: int) -> float:
     """Rough wall seconds of one cell on smollm2-135m / 2 CPU cores (for the estimate and the ETA)."""
-    secs = n_cases * CASE_SECONDS.get(config.editor, 5.0)
+    task = "csne" if "csne" in config.data else "cnle"
+    apply = APPLY_SECONDS[task].get(config.editor, APPLY_SECONDS[task]["grace"] if "grace" in config.editor else 0.0)
+    secs = n_cases * (EVAL_SECONDS[task] + apply)
     if config.editor == "malmen":
         secs += config.folds * MALMEN_STEP_SECONDS * int(config.hparams.get("steps", 300))
-    elif config.editor in TRAINED:
-        secs += config.folds * ENCODER_FOLD_SECONDS
+    elif config.editor in TRAINED:  # the encoder's epochs dominate (the default: 100)
+        secs += config.folds * ENCODER_FOLD_SECONDS * int(config.hparams.get("enc_epochs", 100)) / 100
     return secs
+
+
+def stats_seconds(configs: list[RunConfig]) -> float:
+    """Rough seconds of MEMIT/PMET's covariance statistics (once per model; 0 when cached or not run)."""
+    from clmedit.locate.params import DEFAULT_SAMPLES
+
+    samples = [int(c.hparams.get("stats_samples", DEFAULT_SAMPLES)) for c in configs if c.editor in _LOCATE[1:]]
+    return STATS_SECONDS * max(samples) / DEFAULT_SAMPLES if samples else 0.0
 
 
 def _dataset_info(model, tok, task: str, spec: str, n: int | None, out: Path, seed: int) -> dict[str, Any]:
@@ -178,9 +192,7 @@ def study(
     mine = list(zip(cells, configs))[i::n]
     todo = {id(c): max(0, min(built[t], c.limit or built[t]) - len(done_ids(c.out))) for (t, _), c in mine}
     est = {id(c): estimate_seconds(c, todo[id(c)]) if todo[id(c)] else 0.0 for _, c in mine}
-    total = sum(est.values()) + (
-        STATS_SECONDS if any(c.editor in ("memit", "pmet") and est[id(c)] for _, c in mine) else 0
-    )
+    total = sum(est.values()) + stats_seconds([c for _, c in mine if est[id(c)]])
     log.info("study: %d of %d runs (shard %s), %d cases to do; estimated %.0f min (smollm2-135m, 2 CPU cores)",
              len(mine), len(configs), shard, sum(todo.values()), total / 60)  # fmt: skip
     if lm is None:
