@@ -108,7 +108,9 @@ def plan(model: str, tasks: list[str], size: Size, out: Path, data: dict[str, st
 def estimate_seconds(config: RunConfig, n_cases: int) -> float:
     """Rough wall seconds of one cell on smollm2-135m / 2 CPU cores (for the estimate and the ETA)."""
     task = "csne" if "csne" in config.data else "cnle"
-    apply = APPLY_SECONDS[task].get(config.editor, APPLY_SECONDS[task]["grace"] if "grace" in config.editor else 0.0)
+    apply = APPLY_SECONDS[task].get(
+        config.editor, APPLY_SECONDS[task]["grace"] if "grace" in config.editor else 0.0
+    )
     secs = n_cases * (EVAL_SECONDS[task] + apply)
     if config.editor == "malmen":
         secs += config.folds * MALMEN_STEP_SECONDS * int(config.hparams.get("steps", 300))
@@ -121,7 +123,9 @@ def stats_seconds(configs: list[RunConfig]) -> float:
     """Rough seconds of MEMIT/PMET's covariance statistics (once per model; 0 when cached or not run)."""
     from clmedit.locate.params import DEFAULT_SAMPLES
 
-    samples = [int(c.hparams.get("stats_samples", DEFAULT_SAMPLES)) for c in configs if c.editor in _LOCATE[1:]]
+    samples = [
+        int(c.hparams.get("stats_samples", DEFAULT_SAMPLES)) for c in configs if c.editor in _LOCATE[1:]
+    ]
     return STATS_SECONDS * max(samples) / DEFAULT_SAMPLES if samples else 0.0
 
 
@@ -217,7 +221,9 @@ def study(
     for k, ((task, editor), config) in enumerate(mine, 1):
         t_run = time.perf_counter()
         try:
-            summary = json.loads((run(config, model=lm, tok=tok) / "summary.json").read_text(encoding="utf-8"))
+            summary = json.loads(
+                (run(config, model=lm, tok=tok) / "summary.json").read_text(encoding="utf-8")
+            )
         except Exception as err:  # one broken cell must not cost the rest of the grid
             failed.append(f"{editor} on {task}: {type(err).__name__}: {err}")
             log.error("run %d/%d FAILED: %s", k, len(mine), failed[-1])
