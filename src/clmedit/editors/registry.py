@@ -26,13 +26,14 @@ EDITORS: dict[str, str] = {
     "agrace-last": "clmedit.editors.agrace.editor:AGraceLast",
     "agrace": "clmedit.editors.agrace.editor:AGrace",
     "wise": "clmedit.editors.wise.editor:Wise",
+    "scope": "clmedit.editors.scope.editor:ScopeEditor",
 }
 ALIASES: dict[str, str] = {"ft-l": "ft", "ftl": "ft", "a-grace": "agrace"}
 # name -> how tables and figures show it (the study's names)
 LABELS: dict[str, str] = {
     "none": "Unedited", "ft": "FT-L", "rome": "ROME", "memit": "MEMIT", "pmet": "PMET", "alphaedit": "AlphaEdit", "malmen": "MALMEN",
     "grace": "GRACE", "agrace": "A-GRACE", "agrace-no-cl": "A-GRACE w/o CL", "agrace-last": "A-GRACE w/o mean",
-    "wise": "WISE",
+    "wise": "WISE", "scope": "SCOPE (ours)",
 }  # fmt: skip
 
 

@@ -17,6 +17,7 @@ Ablations (the study's Table VI):
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -37,6 +38,17 @@ from clmedit.errors import NotSavableError
 from clmedit.models.text import model_name
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingFeatures:
+    """What an encoder trains on: per case its prompt and rephrase, and its neighbours (any number)."""
+
+    anchor: torch.Tensor  # (N, d_in) prompts
+    positive: torch.Tensor  # (N, d_in) their rephrases
+    neighbours: torch.Tensor  # (M, d_in) every neighbour ...
+    owner: torch.Tensor  # (M,) ... and the case it belongs to
+    config: EncoderConfig  # the encoder to train (width, layer, pooling; margin in meta)
 
 
 class AGraceHParams(GraceHParams, EncoderTraining):
@@ -101,6 +113,26 @@ class AGrace(Grace):
         if not self.use_encoder:
             return {}
         hp = self.hparams
+        data = self.training_features(model, tok, train_cases)
+        self.encoder, history = train_encoder(
+            data.anchor,
+            data.positive,
+            (data.neighbours, data.owner),
+            hp,
+            margin=data.config.meta["margin"],
+            radius=hp.eps,
+            seed=hp.seed,
+            config=data.config,
+        )
+        data.config.meta.update(
+            init_pos_fraction=history["init_pos_fraction"], candidates=history["candidates"]
+        )
+        self.encoder.to(next(model.parameters()).device)
+        return history
+
+    def training_features(self, model, tok, train_cases: list) -> TrainingFeatures:
+        """Pooled features of the training prompts, rephrases and every neighbour (cached on disk)."""
+        hp = self.hparams
         usable = [c for c in train_cases if c.neighbours]
         if len(usable) < 2:
             raise ValueError(f"{self.name}: need >= 2 training cases with neighbours, got {len(usable)}")
@@ -108,27 +140,13 @@ class AGrace(Grace):
         texts = [c.prompt for c in usable] + [c.rephrase for c in usable]
         feats = cached_prompt_features(model, tok, texts, layer, self.pool, cache=hp.feature_cache)
         anchor, positive = feats.split(len(usable))
-        # every neighbour is a negative pair with its prompt (the study's five), and scores specificity
         counts = torch.tensor([len(c.neighbours) for c in usable])
         nb_texts = [n.prompt for c in usable for n in c.neighbours]
         nb_feats = cached_prompt_features(model, tok, nb_texts, layer, self.pool, cache=hp.feature_cache)
-        negatives = (nb_feats, torch.repeat_interleave(torch.arange(len(usable)), counts))
-        margin = self.margin_for(usable)
-        meta = {"model": model_name(model), "margin": margin, "train_cases": len(usable)}
+        meta = {"model": model_name(model), "margin": self.margin_for(usable), "train_cases": len(usable)}
         config = EncoderConfig(d_in=anchor.size(1), d_out=hp.key_dim, pool=self.pool, layer=layer, meta=meta)
-        self.encoder, history = train_encoder(
-            anchor,
-            positive,
-            negatives,
-            hp,
-            margin=margin,
-            radius=hp.eps,
-            seed=hp.seed,
-            config=config,
-        )
-        meta.update(init_pos_fraction=history["init_pos_fraction"], candidates=history["candidates"])
-        self.encoder.to(next(model.parameters()).device)
-        return history
+        owner = torch.repeat_interleave(torch.arange(len(usable)), counts)
+        return TrainingFeatures(anchor, positive, nb_feats, owner, config)
 
     def save(self, directory: str | Path) -> None:
         if not self.use_encoder:

@@ -179,7 +179,9 @@ def key_balanced_accuracy(
     return float(inside.float().mean()), float(outside.float().mean()), kept
 
 
-def _train_one(encoder, anchor, bank, train: _Pairs, val: _Pairs, settings: EncoderTraining, margin, gen) -> dict:
+def _train_one(
+    encoder, anchor, bank, train: _Pairs, val: _Pairs, settings: EncoderTraining, margin, gen
+) -> dict:
     """Train in place with early stopping on the validation loss; keeps the best weights."""
     opt = torch.optim.AdamW(encoder.parameters(), lr=settings.enc_lr, weight_decay=settings.enc_weight_decay)
 
@@ -197,9 +199,7 @@ def _train_one(encoder, anchor, bank, train: _Pairs, val: _Pairs, settings: Enco
         for start in range(0, len(order), settings.enc_batch_size):
             idx = order[start : start + settings.enc_batch_size]
             y = train.y[idx]
-            loss = contrastive_loss(
-                encoder(anchor[train.a[idx]]), encoder(bank[train.b[idx]]), y, margin
-            )
+            loss = contrastive_loss(encoder(anchor[train.a[idx]]), encoder(bank[train.b[idx]]), y, margin)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -218,12 +218,22 @@ def _train_one(encoder, anchor, bank, train: _Pairs, val: _Pairs, settings: Enco
     return history
 
 
-def _candidate(anchor, positive, negatives: Negatives, fraction, seed: int, settings, margin, radius, config):
-    """Train one encoder for an initial scale on the split of `seed`; returns (encoder, history, scores)."""
+def holdout(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(validation, training) case indices: a seeded shuffle of range(n), `fraction` held out (>= 1)."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_val = max(1, int(round(fraction * n)))
+    return perm[:n_val], perm[n_val:]
+
+
+def train_candidate(
+    anchor, positive, negatives: Negatives, fraction, seed: int, settings, margin, radius, config
+):
+    """Train one encoder for an initial scale on the split of `seed` (`holdout`).
+
+    Returns (encoder, history, scores at `radius` on the validation cases, with their indices "val").
+    """
     feats, owner = negatives
-    perm = torch.randperm(len(anchor), generator=torch.Generator().manual_seed(seed))
-    n_val = max(1, int(round(settings.enc_val_fraction * len(anchor))))
-    val, train = perm[:n_val], perm[n_val:]
+    val, train = holdout(len(anchor), settings.enc_val_fraction, seed)
     pairs, bank = _Pairs.of(len(anchor), owner), torch.cat([positive, feats])
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -240,7 +250,7 @@ def _candidate(anchor, positive, negatives: Negatives, fraction, seed: int, sett
         encoder, anchor[val], positive[val], feats[in_val], position[owner[in_val]], radius
     )
     return encoder, history, {"inside": inside, "outside": outside, "kept": kept, "val_loss": min(history["val"]),
-                              "epochs": len(history["train"])}  # fmt: skip
+                              "epochs": len(history["train"]), "val": val}  # fmt: skip
 
 
 def train_encoder(
@@ -276,7 +286,10 @@ def train_encoder(
     candidates: list[dict] = []
     best: tuple[float, KeyEncoder, dict, float | None] | None = None
     for fraction in settings.enc_init_pos_fractions or (None,):
-        runs = [_candidate(anchor, positive, negatives, fraction, s, settings, margin, radius, config) for s in seeds]
+        runs = [
+            train_candidate(anchor, positive, negatives, fraction, s, settings, margin, radius, config)
+            for s in seeds
+        ]
         scores = [r[2]["inside"] + r[2]["kept"] for r in runs]
         mean = sum(scores) / len(scores)
         candidates.append(

@@ -58,15 +58,22 @@ class Codebook:
         self.values.append(value.detach())
         return len(self) - 1
 
-    def insert(self, key: torch.Tensor, label: str, value: torch.Tensor) -> Insertion:
-        """Insert key (d_key,) for `label`; `value` initialises a new entry (expansion keeps the old)."""
+    def insert(
+        self, key: torch.Tensor, label: str, value: torch.Tensor, radius: float | None = None
+    ) -> Insertion:
+        """Insert key (d_key,) for `label`; `value` initialises a new entry (expansion keeps the old).
+
+        `radius`: a new entry's own radius (default `eps_init`), e.g. one fitted to what is known
+        to lie near the key; a split still halves it to the conflicting key's distance.
+        """
+        eps = self.eps_init if radius is None else radius
         if self.keys is None:
-            return Insertion(self._append(key, self.eps_init, label, value), "added", None)
+            return Insertion(self._append(key, eps, label, value), "added", None)
         d = key_distance(key.reshape(1, -1), self.keys, self.dist_fn)[0]
         i = int(d.argmin())
         dist = float(d[i])
         if dist > float(self.radii[i]) + self.eps_init:
-            return Insertion(self._append(key, self.eps_init, label, value), "added", dist)
+            return Insertion(self._append(key, eps, label, value), "added", dist)
         if label == self.labels[i]:
             if self.expand == "coverage":
                 self.radii[i] = max(float(self.radii[i]), dist)
@@ -74,7 +81,8 @@ class Codebook:
                 self.keys[i] = (self.keys[i] + key.to(self.keys.dtype)) / 2
             return Insertion(i, "expanded", dist)
         self.radii[i] = dist / 2
-        return Insertion(self._append(key, dist / 2, label, value), "split", dist)
+        half = dist / 2 if radius is None else min(radius, dist / 2)
+        return Insertion(self._append(key, half, label, value), "split", dist)
 
     def lookup(self, queries: torch.Tensor, nearest_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """For queries (B, d_key): (index (B,) of the nearest entry whose radius covers it, else -1;

@@ -119,6 +119,10 @@ class Grace(Editor):
         """
         return gather_rows(inputs, last_position(prompt_mask))
 
+    def entry_radius(self, key: torch.Tensor) -> float | None:
+        """The radius of a new codebook entry at `key`; None: the codebook's `eps` (GRACE)."""
+        return None
+
     def edit_layer(self, model: nn.Module) -> int:
         return self.hparams.layer_for(self.hparams.layer, arch_of(model).num_layers(model))
 
@@ -196,7 +200,7 @@ class Grace(Editor):
         else:
             gen = torch.Generator().manual_seed(hp.seed)
             init = torch.rand(steps, dp.output.shape[-1], generator=gen).to(device)
-        ins = wrapper.codebook.insert(key, case.target, init)
+        ins = wrapper.codebook.insert(key, case.target, init, radius=self.entry_radius(key))
         value, loss = self._train_value(
             model, layer, path, blk.input, batch, wrapper.codebook.values[ins.index]
         )

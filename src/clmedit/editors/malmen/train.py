@@ -246,7 +246,9 @@ def meta_train(
             )
             scales = [net.log_lr, net.log_lambda]
             rest = [p for p in net.parameters() if all(p is not q for q in scales)]
-            opt = torch.optim.Adam([{"params": rest, "lr": hp.meta_lr}, {"params": scales, "lr": hp.scale_lr}])
+            opt = torch.optim.Adam(
+                [{"params": rest, "lr": hp.meta_lr}, {"params": scales, "lr": hp.scale_lr}]
+            )
 
             def evaluate(idx: list[int]) -> float:
                 total = 0.0
@@ -274,7 +276,9 @@ def meta_train(
                     history["val"].append(score)
                     if score < best:
                         best, best_state, history["best_step"] = score, copy.deepcopy(net.state_dict()), step
-                    log.info("malmen step %d: train %.4f (%s) val %.4f", step, float(loss.detach()), parts, score)
+                    log.info(
+                        "malmen step %d: train %.4f (%s) val %.4f", step, float(loss.detach()), parts, score
+                    )
             if val:
                 net.load_state_dict(best_state)
             history["val_best"] = best

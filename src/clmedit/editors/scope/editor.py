@@ -1,0 +1,158 @@
+"""SCOPE (ours): A-GRACE's keys, hard negatives, and a radius per entry fitted to what is known near it.
+
+A-GRACE generalises to rephrases but lets neighbours in: one radius serves every entry, and the
+study's neighbours are, by construction, the inputs nearest to the edit. SCOPE keeps A-GRACE's key
+(a contrastive encoder of the mean prompt activation) and changes two things, each measurable alone:
+
+1. Hard negatives: the encoder also learns to push every training prompt away from its
+   `hard_negatives` most similar other training prompts, not only from its five neighbours.
+2. Scoped entries: a new entry answers within min(R, gamma * b), b being the distance from its key
+   to the nearest known non-matching key (the encoded training prompts, rephrases and neighbours,
+   kept with the encoder). R and gamma are chosen on held-out training cases: the widest scopes
+   that keep every neighbour out for `kept_target` of them (fit.py).
+
+Values, lookup and replacement are GRACE's. Ablations are hparams: hard_negatives=0, use_bank=false
+(one radius R for every entry), fixed_radius=1.0 (GRACE's radius instead of a chosen R).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import Field
+from safetensors.torch import load_file, save_file
+
+from clmedit.editors.agrace.editor import AGrace, AGraceHParams, TrainingFeatures
+from clmedit.editors.agrace.encoder import holdout, save_encoder, train_candidate
+from clmedit.editors.scope.fit import GAMMAS, Scope, choose_scope, hard_negatives, nearest_known
+
+log = logging.getLogger(__name__)
+BANK, SCOPE = "bank.safetensors", "scope.json"
+MIN_SCOPE = 1e-3  # a prompt must match its own entry despite padded vs unpadded numerics
+
+
+class ScopeHParams(AGraceHParams):
+    """A-GRACE's hparams and SCOPE's own."""
+
+    hard_negatives: int = Field(
+        5, ge=0, description="most similar other training prompts per prompt as negatives"
+    )
+    use_bank: bool = Field(True, description="scope each entry by its distance to known non-matching keys")
+    kept_target: float = Field(
+        0.92, gt=0, le=1, description="validation cases that must keep all neighbours out"
+    )
+    fixed_radius: float | None = Field(
+        None, gt=0, description="R fixed (ablation) instead of chosen on validation"
+    )
+
+
+class ScopeEditor(AGrace):
+    """GRACE keyed by a contrastive encoder, with hard negatives and per-entry scopes."""
+
+    name = "scope"
+    HParams = ScopeHParams
+
+    def __init__(self, hparams: ScopeHParams | None = None):
+        self.bank: torch.Tensor | None = None
+        self.scope: Scope | None = None
+        super().__init__(hparams)
+
+    # --- training -------------------------------------------------------------------------------
+    def fit(self, model, tok, train_cases, **kwargs: Any) -> dict[str, Any]:
+        """Train the encoder (every initial scale x selection seed) and choose the scope on validation."""
+        self.hparams = hp = self.hparams.override("fit arguments", **kwargs)
+        data = self.training_features(model, tok, train_cases)
+        margin = data.config.meta["margin"]
+        seeds = [hp.seed + k for k in range(hp.enc_selection_seeds)]
+        gammas = GAMMAS if hp.use_bank else (math.inf,)
+        best: tuple[tuple, Any, Scope] | None = None
+        candidates = []
+        for fraction in hp.enc_init_pos_fractions or (None,):
+            runs, parts = [], []
+            for seed in seeds:
+                val, train = holdout(len(data.anchor), hp.enc_val_fraction, seed)
+                negatives = self._negatives(data, train)
+                encoder, _, _ = train_candidate(
+                    data.anchor, data.positive, negatives, fraction, seed, hp, margin, hp.eps, data.config
+                )
+                runs.append(encoder)
+                parts.append(_validation_distances(encoder, data, val, train))
+            pos, nbs, bank = (torch.cat([p[i] for p in parts]) for i in range(3))
+            scope = choose_scope(pos, nbs, bank, hp.kept_target, gammas, hp.fixed_radius)
+            candidates.append({"init_pos_fraction": fraction, **asdict(scope)})
+            log.info("scope init %s: R %.3g gamma %s -> inside %.2f kept %.2f (%d validation cases)",
+                     fraction, scope.radius, scope.gamma, scope.inside, scope.kept, scope.cases)  # fmt: skip
+            rank = (
+                scope.kept >= hp.kept_target,
+                scope.inside if scope.kept >= hp.kept_target else 0,
+                scope.kept,
+            )
+            if best is None or rank > best[0]:
+                best = (rank, runs[0], scope)
+        assert best is not None
+        _, self.encoder, self.scope = best
+        with torch.no_grad():
+            self.bank = self.encoder(torch.cat([data.anchor, data.positive, data.neighbours])).detach()
+        self.encoder.to(next(model.parameters()).device)
+        data.config.meta.update(scope=asdict(self.scope), candidates=candidates)
+        return {"scope": asdict(self.scope), "candidates": candidates, "bank": len(self.bank)}
+
+    def _negatives(self, data: TrainingFeatures, train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every neighbour, plus each prompt's most similar training-split prompts (hard negatives)."""
+        index, owner = hard_negatives(data.anchor, train, self.hparams.hard_negatives)
+        return torch.cat([data.neighbours, data.anchor[index]]), torch.cat([data.owner, owner])
+
+    # --- the scope of a new entry ---------------------------------------------------------------------
+    def entry_radius(self, key: torch.Tensor) -> float:
+        if self.scope is None or self.bank is None:
+            raise RuntimeError(f"{self.name} has no scope: call fit(model, tok, train_cases) or load(dir)")
+        b = nearest_known(key.detach().float().reshape(1, -1).cpu(), self.bank)
+        return max(MIN_SCOPE, float(self.scope.of(b)[0]))
+
+    def key_record(self, model, tok, case) -> dict[str, Any]:
+        record = super().key_record(model, tok, case)
+        record["distances"]["radius"] = self.entry_radius(self.prompt_keys(model, tok, [case.prompt])[0])
+        return record
+
+    # --- the trained part: encoder, bank, scope ---------------------------------------------------------
+    def save(self, directory: str | Path) -> None:
+        if self.encoder is None or self.bank is None or self.scope is None:
+            raise RuntimeError(f"{self.name}: nothing to save; call fit() first")
+        save_encoder(self.encoder, directory)
+        save_file({"bank": self.bank.contiguous()}, str(Path(directory) / BANK))
+        (Path(directory) / SCOPE).write_text(json.dumps(asdict(self.scope), indent=2))
+
+    def load(self, directory: str | Path) -> None:
+        super().load(directory)
+        directory = Path(directory)
+        if not (directory / BANK).is_file() or not (directory / SCOPE).is_file():
+            raise FileNotFoundError(
+                f"{directory} holds no {BANK}/{SCOPE}; train one with `clmedit train --editor scope`"
+            )
+        bank = load_file(str(directory / BANK))["bank"]
+        if bank.ndim != 2 or bank.shape[1] != self.encoder.config.d_out:
+            raise ValueError(f"{directory / BANK}: keys of width {tuple(bank.shape)} do not fit the encoder")
+        self.bank = bank.float()
+        self.scope = Scope(**json.loads((directory / SCOPE).read_text()))
+
+
+@torch.no_grad()
+def _validation_distances(encoder, data: TrainingFeatures, val: torch.Tensor, train: torch.Tensor):
+    """For the validation cases: (prompt->rephrase (V,), prompt->neighbours (V, K) inf-padded,
+    prompt->nearest key of the training split's prompts, rephrases and neighbours (V,))."""
+    za = encoder(data.anchor[val])
+    positive = (za - encoder(data.positive[val])).norm(dim=-1)
+    width = int(torch.bincount(data.owner).max())
+    neighbours = torch.full((len(val), width), math.inf)
+    for row, case in enumerate(val.tolist()):
+        mine = data.neighbours[data.owner == case]
+        neighbours[row, : len(mine)] = (encoder(mine) - za[row]).norm(dim=-1)
+    in_train = torch.isin(data.owner, train)
+    bank = encoder(torch.cat([data.anchor[train], data.positive[train], data.neighbours[in_train]]))
+    return positive, neighbours, nearest_known(za, bank)
