@@ -72,12 +72,9 @@ def choose_scope(
     rephrase (d <= scope, as the codebook matches) and leave every neighbour outside (d > scope).
     `radius`: R fixed instead of chosen.
     """
-    finite = torch.cat([positive, neighbours[neighbours.isfinite()]])
-    radii = (
-        torch.unique(torch.cat([finite, torch.tensor([math.inf])]))
-        if radius is None
-        else torch.tensor([radius])
-    )
+    # the widest useful radii: each rephrase distance (matching is d <= scope), and 0 / unbounded
+    ends = torch.tensor([0.0, math.inf])
+    radii = torch.unique(torch.cat([positive, ends])) if radius is None else torch.tensor([radius])
     nb_min = neighbours.min(dim=1).values
     best: tuple[tuple, Scope] | None = None
     for gamma in gammas:

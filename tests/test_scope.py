@@ -1,0 +1,105 @@
+"""SCOPE: the scope choice, hard negatives, per-entry radii, and its trained part on disk."""
+
+import math
+
+import pytest
+import torch
+
+from clmedit.editors.base import get_editor
+from clmedit.editors.scope.fit import Scope, choose_scope, hard_negatives, nearest_known
+from tests.conftest import greedy_ids, make_case
+from clmedit.models.text import target_ids
+
+
+def test_choose_scope_by_hand():
+    # three validation cases; each one's nearest neighbour is also the nearest known key (the bank)
+    positive = torch.tensor([0.5, 0.5, 2.0])
+    neighbours = torch.tensor([[1.0, 3.0], [0.8, 3.0], [2.5, math.inf]])
+    bank = torch.tensor([1.0, 0.8, 2.5])
+    # one radius for all: R must stay below 0.8 to keep case 1's neighbour out, so case 2's
+    # rephrase (2.0) cannot be covered: the smallest R covering cases 0 and 1 is 0.5
+    one = choose_scope(positive, neighbours, bank, kept_target=1.0, gammas=(math.inf,))
+    assert (one.radius, one.inside, one.kept) == (0.5, pytest.approx(2 / 3), 1.0)
+    # scoped: gamma 0.8 gives scopes (0.8, 0.64, 2.0): every rephrase in, every neighbour out;
+    # gammas are tried in increasing order and R in increasing order, the first perfect pair wins
+    scoped = choose_scope(positive, neighbours, bank, kept_target=1.0)
+    assert (scoped.gamma, scoped.radius, scoped.inside, scoped.kept) == (0.8, 2.0, 1.0, 1.0)
+    assert scoped.of(bank).tolist() == pytest.approx([0.8, 0.64, 2.0])
+    # a fixed R: the best gamma under it
+    fixed = choose_scope(positive, neighbours, bank, kept_target=1.0, radius=1.0)
+    assert fixed.radius == 1.0 and fixed.kept == 1.0 and fixed.inside == pytest.approx(2 / 3)
+    # an unreachable target: the most cases kept wins
+    far = choose_scope(torch.tensor([5.0]), torch.tensor([[1.0]]), torch.tensor([9.0]), kept_target=1.0)
+    assert far.kept == 1.0 and far.inside == 0.0
+
+
+def test_hard_negatives_are_the_most_similar_other_prompts():
+    x = torch.tensor([[1.0, 0.0, 0.1], [0.9, 0.1, 0.0], [0.0, 1.0, 0.0], [0.1, 0.9, 0.1]])
+    index, owner = hard_negatives(x, torch.arange(4), k=1)
+    assert owner.tolist() == [0, 1, 2, 3] and index.tolist() == [1, 0, 3, 2]
+    # only the training split is a pool: prompt 1 (held out) gets prompt 0, nobody gets prompt 1
+    index, owner = hard_negatives(x, torch.tensor([0, 2, 3]), k=1)
+    assert index.tolist()[1:] == [0, 3, 2] and 1 not in index.tolist()
+    assert hard_negatives(x, torch.arange(4), k=0)[0].numel() == 0
+
+
+def test_nearest_known_ignores_the_query_itself():
+    bank = torch.tensor([[0.0, 0.0], [3.0, 4.0]])
+    d = nearest_known(torch.tensor([[0.0, 0.0], [3.0, 0.0]]), bank)
+    assert d.tolist() == [5.0, 3.0]  # the first query's own copy in the bank does not count
+
+
+@pytest.fixture
+def fitted(llama_tiny):
+    model, tok = llama_tiny
+    editor = get_editor("scope", preset="tiny")
+    history = editor.fit(model, tok, [make_case(i) for i in range(2, 10)])
+    return model, tok, editor, history
+
+
+def test_scope_fit_edit_restore_and_reload(fitted, tmp_path):
+    model, tok, editor, history = fitted
+    assert history["bank"] == 8 * 2 + sum(len(make_case(i).neighbours) for i in range(2, 10))
+    assert {"radius", "gamma", "inside", "kept"} <= set(history["scope"])
+    case = make_case(0, target="sorted(xs, reverse=True)")
+    before = greedy_ids(model, tok, case.prompt, 6)
+    result = editor.apply(model, tok, [case])
+    want = target_ids(tok, case.prompt, case.target)
+    edited = greedy_ids(model, tok, case.prompt, len(want))
+    assert edited == want
+    book = result.info["codebook"]
+    assert float(book.radii[0]) == pytest.approx(editor.entry_radius(result.info["keys"][0]))
+    result.restore()
+    assert greedy_ids(model, tok, case.prompt, 6) == before
+
+    editor.save(tmp_path)
+    again = get_editor("scope", preset="tiny")
+    again.load(tmp_path)
+    assert torch.equal(again.bank, editor.bank) and again.scope == editor.scope
+    key = result.info["keys"][0]
+    assert again.entry_radius(key) == editor.entry_radius(key)
+    result = again.apply(model, tok, [case])
+    assert greedy_ids(model, tok, case.prompt, len(want)) == edited
+    result.restore()
+
+
+def test_entry_scope_shrinks_near_a_known_key(fitted):
+    _, _, editor, _ = fitted
+    editor.scope = Scope(radius=10.0, gamma=0.5, inside=1.0, kept=1.0, cases=1)
+    known = editor.bank[0]
+    near = known + 0.02 * torch.randn_like(known) / known.norm()
+    far = known + 1e3
+    assert editor.entry_radius(near) == pytest.approx(max(1e-3, 0.5 * float((near - known).norm())), rel=1e-4)
+    assert editor.entry_radius(far) == 10.0  # nothing known nearby: R
+    editor.scope = Scope(radius=10.0, gamma=math.inf, inside=1.0, kept=1.0, cases=1)  # the no-bank ablation
+    assert editor.entry_radius(near) == 10.0
+
+
+def test_scope_refuses_a_folder_without_its_bank(fitted, tmp_path):
+    _, _, editor, _ = fitted
+    editor.save(tmp_path)
+    (tmp_path / "bank.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="bank"):
+        get_editor("scope", preset="tiny").load(tmp_path)
+    with pytest.raises(RuntimeError, match="fit"):
+        get_editor("scope", preset="tiny").entry_radius(torch.zeros(4))
