@@ -27,6 +27,9 @@ the prompt mask comes from the attention mask seen by a forward pre-hook on the 
 Keys come from `Grace.keys(inputs, prompt_mask)`; subclasses (A-GRACE) override it to map
 the prefill's down_proj inputs to any key space, and the wrapper always calls that method.
 Restore removes the wrapper and the hook: the model is then bitwise what it was.
+
+Lifelong editing: applying again without restoring extends the one wrapper's codebook (no nested
+wrappers); each result undoes its own inserts, last-in-first-out (`_apply`).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from clmedit.data.schema import EditCase
 from clmedit.editors.base import Editor, EditResult, replace_module
 from clmedit.editors.grace.codebook import Codebook, Distance, Expand
 from clmedit.editors.grace.layer import GraceLayer
+from clmedit.errors import InputError
 from clmedit.locate.keys import key_distance
 from clmedit.models.arch import arch_of
 from clmedit.models.hooks import Trace
@@ -153,21 +157,36 @@ class Grace(Editor):
 
     # --- apply ----------------------------------------------------------------------------------
     def _apply(self, model: nn.Module, tok: Any, cases: list[EditCase], result: EditResult) -> None:
+        """Insert each case into the codebook of this editor's wrapper at the edit layer.
+
+        The first apply wraps the down_proj; its restore() takes the wrapper (and the hook) out.
+        An apply on a model whose layer already carries this editor's wrapper (an earlier apply
+        not restored: lifelong editing) extends that codebook instead of nesting a second
+        wrapper, and its restore() undoes exactly what it did (entries added, radii grown or
+        split, keys moved, values retrained). Restore such results last-in-first-out (a restore
+        out of that order raises); restoring the first one removes the wrapper and every later edit.
+        """
         hp = self.hparams
-        arch = arch_of(model)
         layer = self.edit_layer(model)
-        path = arch.path("down_proj", layer)
-        book = Codebook(eps_init=hp.eps, dist_fn=hp.dist_fn, expand=hp.eps_expand)
-        wrapper = GraceLayer(model.get_submodule(path), book, self.keys, DECODE[hp.replacement])
-        result.undo.append(replace_module(model, path, wrapper))
-        result.undo.append(model.register_forward_pre_hook(wrapper.observe, with_kwargs=True).remove)
+        path = arch_of(model).path("down_proj", layer)
+        wrapper = self._own_wrapper(model, path)
+        change = None
+        if wrapper is None:
+            book = Codebook(eps_init=hp.eps, dist_fn=hp.dist_fn, expand=hp.eps_expand)
+            wrapper = self._attach(model, path, book, result)
+        else:
+            change = wrapper.codebook.checkpoint()
+            book = wrapper.codebook
+            result.undo.append(lambda: book.rollback(change))
         info: dict[str, list] = {"keys": [], "ops": [], "nearest": [], "losses": []}
         wrapper.enabled = False  # inserts see (and train against) the unedited layer output
-        for case in cases:
-            key, op, nearest, loss = self._insert(model, tok, wrapper, layer, path, case)
-            for name, v in zip(("keys", "ops", "nearest", "losses"), (key, op, nearest, loss)):
-                info[name].append(v)
-        wrapper.enabled = True
+        try:
+            for case in cases:
+                key, op, nearest, loss = self._insert(model, tok, wrapper, layer, path, case, change)
+                for name, v in zip(("keys", "ops", "nearest", "losses"), (key, op, nearest, loss)):
+                    info[name].append(v)
+        finally:
+            wrapper.enabled = True
         result.info = {
             "layer": layer,
             "keys": torch.stack(info["keys"]).cpu(),  # (N, d_key) keys as inserted
@@ -175,10 +194,40 @@ class Grace(Editor):
             "nearest": info["nearest"],
             "losses": info["losses"],
             "codebook": book,
+            "continued": change is not None,
         }
 
-    def _insert(self, model, tok, wrapper: GraceLayer, layer: int, path: str, case: EditCase):
-        """Insert one case's key, then train the value of the entry it landed in."""
+    def _own_wrapper(self, model: nn.Module, path: str) -> GraceLayer | None:
+        """The wrapper this editor put at `path`, or None when the plain layer is there.
+
+        A GRACE-family wrapper of another editor instance (another key space, e.g. another
+        encoder) or of other codebook settings is refused rather than nested or extended.
+        """
+        module = model.get_submodule(path)
+        if not isinstance(module, GraceLayer):
+            return None
+        hp, book = self.hparams, module.codebook
+        ours = getattr(module.key_fn, "__self__", None) is self
+        same = (module.decode, book.eps_init, book.dist_fn, book.expand) == (
+            DECODE[hp.replacement], hp.eps, hp.dist_fn, hp.eps_expand,
+        )  # fmt: skip
+        if not (ours and same):
+            why = "another editor instance" if not ours else "other codebook settings"
+            raise InputError(
+                f"{path} already carries a GRACE-family edit made by {why}; restore that edit first, or "
+                f"keep applying with the editor (and hparams) that made it"
+            )
+        return module
+
+    def _attach(self, model: nn.Module, path: str, book: Codebook, result: EditResult) -> GraceLayer:
+        """Wrap the down_proj at `path` around `book`; `result` gets the undo that takes it out."""
+        wrapper = GraceLayer(model.get_submodule(path), book, self.keys, DECODE[self.hparams.replacement])
+        result.undo.append(replace_module(model, path, wrapper))
+        result.undo.append(model.register_forward_pre_hook(wrapper.observe, with_kwargs=True).remove)
+        return wrapper
+
+    def _insert(self, model, tok, wrapper: GraceLayer, layer: int, path: str, case: EditCase, change=None):
+        """Insert one case's key, then train the value of the entry it landed in (recorded in `change`)."""
         hp = self.hparams
         device = next(model.parameters()).device
         batch = edit_batch(tok, [case.prompt], [case.target], device=device)
@@ -200,11 +249,10 @@ class Grace(Editor):
         else:
             gen = torch.Generator().manual_seed(hp.seed)
             init = torch.rand(steps, dp.output.shape[-1], generator=gen).to(device)
-        ins = wrapper.codebook.insert(key, case.target, init, radius=self.entry_radius(key))
-        value, loss = self._train_value(
-            model, layer, path, blk.input, batch, wrapper.codebook.values[ins.index]
-        )
-        wrapper.codebook.set_value(ins.index, value)
+        book = wrapper.codebook
+        ins = book.insert(key, case.target, init, radius=self.entry_radius(key), change=change)
+        value, loss = self._train_value(model, layer, path, blk.input, batch, book.values[ins.index])
+        book.set_value(ins.index, value, change)
         log.debug("GRACE %s: %s (nearest %.3g), loss %.4f", case.case_id, ins.op, ins.distance or -1, loss)
         return key.detach(), ins.op, ins.distance, loss
 
