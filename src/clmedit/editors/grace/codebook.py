@@ -16,12 +16,16 @@ Lifelong use: `checkpoint()` opens a record of one apply's changes; `insert` and
 it note each existing entry's (key, radius, value) before its first change, and `rollback` puts
 those back and drops the entries added since. Checkpoints must be rolled back last-in-first-out
 (checked by size); each costs what its apply touched, never a copy of the whole codebook.
+
+As data (`state` / `from_state`, what a fix file stores): tensors keys (N, d_key), radii (N,),
+values (N, S_max, d_out) zero-padded past each entry's own step count steps (N,); JSON labels
+and settings. `from_state(*book.state())` is the same codebook, bitwise.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, get_args
 
 import torch
 
@@ -166,3 +170,55 @@ class Codebook:
     def set_value(self, index: int, value: torch.Tensor, change: Checkpoint | None = None) -> None:
         self._note(index, change)
         self.values[index] = value.detach()
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """(tensors on the CPU, JSON-able settings and labels): the whole codebook as data."""
+        meta: dict[str, Any] = {
+            "eps_init": self.eps_init, "dist_fn": self.dist_fn, "expand": self.expand, "labels": list(self.labels),
+        }  # fmt: skip
+        if len(self) == 0:
+            return {}, meta
+        steps = torch.tensor([v.shape[0] for v in self.values], dtype=torch.long)
+        first = self.values[0]
+        values = torch.zeros(len(self), int(steps.max()), first.shape[-1], dtype=first.dtype)
+        for i, v in enumerate(self.values):
+            values[i, : v.shape[0]] = v.cpu()
+        tensors = {"keys": self.keys, "radii": self.radii, "values": values, "steps": steps}
+        return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}, meta
+
+    @classmethod
+    def from_state(
+        cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any], device: torch.device | str = "cpu"
+    ) -> Codebook:
+        """The codebook `state` described, on `device`; ValueError says what does not fit."""
+        labels = meta.get("labels")
+        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+            raise ValueError("its labels are not a list of strings")
+        eps, dist_fn, expand = meta.get("eps_init"), meta.get("dist_fn"), meta.get("expand")
+        if not isinstance(eps, (int, float)) or eps <= 0:
+            raise ValueError(f"eps_init {eps!r} is not a positive number")
+        if dist_fn not in get_args(Distance) or expand not in get_args(Expand):
+            raise ValueError(f"unknown distance {dist_fn!r} or expansion {expand!r}")
+        book = cls(eps_init=float(eps), dist_fn=dist_fn, expand=expand)
+        n = len(labels)
+        want = {"keys", "radii", "values", "steps"} if n else set()
+        if set(tensors) != want:
+            raise ValueError(f"it holds tensors {sorted(tensors)} where {n} entries need {sorted(want)}")
+        if n == 0:
+            return book
+        keys, radii, values, steps = (tensors[k] for k in ("keys", "radii", "values", "steps"))
+        if (
+            keys.ndim != 2 or keys.shape[0] != n or radii.shape != (n,) or values.ndim != 3
+            or values.shape[0] != n or steps.shape != (n,) or steps.dtype != torch.long
+            or not keys.is_floating_point() or not radii.is_floating_point() or not values.is_floating_point()
+        ):  # fmt: skip
+            raise ValueError(
+                f"shapes do not fit {n} entries: keys {tuple(keys.shape)}, radii {tuple(radii.shape)}, "
+                f"values {tuple(values.shape)}, steps {tuple(steps.shape)} {steps.dtype}"
+            )
+        if int(steps.min()) < 1 or int(steps.max()) > values.shape[1]:
+            raise ValueError(f"step counts {steps.tolist()[:5]}... fall outside 1..{values.shape[1]}")
+        book.keys, book.radii = keys.to(device).clone(), radii.to(device).clone()
+        book.labels = list(labels)
+        book.values = [values[i, : int(s)].to(device).clone() for i, s in enumerate(steps)]
+        return book
