@@ -328,7 +328,7 @@ def encoder_from_state(tensors: dict[str, torch.Tensor], config: dict) -> KeyEnc
         encoder.load_state_dict(tensors)
     except (TypeError, RuntimeError) as err:
         raise ValueError(f"the encoder's weights or config do not fit ({err})") from None
-    return encoder.eval()
+    return encoder.eval().requires_grad_(False)  # a loaded encoder is frozen; fit trains a new one
 
 
 def save_encoder(encoder: KeyEncoder, directory: str | Path) -> Path:

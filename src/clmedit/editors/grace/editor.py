@@ -190,7 +190,8 @@ class Grace(Editor):
         ):
             model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
         prompt_mask = torch.arange(batch["input_ids"].shape[1], device=device)[None] < p
-        key = self.keys(dp.input, prompt_mask)[0]
+        with torch.no_grad():  # a trained key encoder is not trained here
+            key = self.keys(dp.input, prompt_mask)[0]
         if hp.val_init == "warm":
             init = dp.output[0, p - 1 : p - 1 + steps].float()
         else:
