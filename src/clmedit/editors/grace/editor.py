@@ -29,7 +29,8 @@ the prefill's down_proj inputs to any key space, and the wrapper always calls th
 Restore removes the wrapper and the hook: the model is then bitwise what it was.
 
 Lifelong editing: applying again without restoring extends the one wrapper's codebook (no nested
-wrappers); each result undoes its own inserts, last-in-first-out (`_apply`).
+wrappers); each result undoes its own inserts, last-in-first-out (`_apply`). As data (fix files),
+`edit_state` holds the codebook and `_load_edit` rebuilds the wrapper from it, never training.
 """
 
 from __future__ import annotations
