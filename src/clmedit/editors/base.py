@@ -5,6 +5,11 @@ peak memory around `_apply` and returns an EditResult whose `restore()` makes ev
 parameter bitwise equal to what it was (and removes any module the editor wrapped in).
 Editors keep copies of only the tensors they touch, never of the whole model.
 
+An edit is also data (`EditState`): `edit_state(model)` captures the edit an editor has made,
+`load_edit(model, tok, state)` rebuilds it on the unedited model without any training. That is
+what fix files store (run/artifact.py). The default is a weight editor's: the new values of the
+parameters it may change (`edited_parameters`); editors that wrap modules override both.
+
 The registry (a lazy name -> "module:Class" map with labels) lives in the torch-free
 `editors.registry` and is re-exported here.
 """
@@ -12,7 +17,8 @@ The registry (a lazy name -> "module:Class" map with labels) lives in the torch-
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -32,7 +38,8 @@ from clmedit.editors.registry import (  # noqa: F401  (re-exported: the registry
     editor_names,
     register_editor,
 )
-from clmedit.errors import InputError, NotSavableError
+from clmedit.errors import InputError, IntegrityError, NotSavableError
+from clmedit.models.arch import arch_of
 from clmedit.models.cost import CostMeter
 
 Undo = Callable[[], None]
@@ -56,6 +63,29 @@ class EditResult:
         for fn in reversed(self.undo):
             fn()
         self.restored = True
+
+
+@dataclass
+class EditState:
+    """An edit as data, what a fix file stores: named tensors and JSON-able `meta`.
+
+    Made by `Editor.edit_state(model)`; `Editor.load_edit(model, tok, state)` rebuilds the edit
+    from it alone. Tensor names and meta keys are the editor's own (the weight default: full
+    parameter names, no meta).
+    """
+
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@contextmanager
+def undone_on_error(result: EditResult) -> Iterator[None]:
+    """If the body raises, run every undo `result` holds so far (in reverse), then re-raise."""
+    try:
+        yield
+    except BaseException:
+        result.restore()
+        raise
 
 
 def backup_weights(params: dict[str, torch.Tensor]) -> Undo:
@@ -91,6 +121,8 @@ class Editor(ABC):
       - `key_record(model, tok, case)`: keys and key distances for the report, or None.
       - trainable editors (`trainable = True`) implement `fit`, `save`, `load`; the others raise
         NotSavableError from `save`/`load`.
+      - `edit_state(model)` / `load_edit(model, tok, state)`: the edit as data and back, bitwise,
+        never training; editors that wrap modules override `edit_state` and `_load_edit`.
     """
 
     name: ClassVar[str]
@@ -111,12 +143,8 @@ class Editor(ABC):
         self.prepare(model, tok)
         device = next(model.parameters()).device
         result = EditResult()
-        try:
-            with CostMeter(device) as meter:
-                self._apply(model, tok, cases, result)
-        except BaseException:
-            result.restore()
-            raise
+        with undone_on_error(result), CostMeter(device) as meter:
+            self._apply(model, tok, cases, result)
         result.seconds, result.peak_bytes = meter.seconds, meter.peak_bytes
         result.resident_peak_bytes = meter.resident_peak_bytes
         return result
@@ -125,6 +153,59 @@ class Editor(ABC):
     def _apply(self, model: nn.Module, tok: Any, cases: list[EditCase], result: EditResult) -> None:
         """Edit in place. Append an undo to `result.undo` *before* each change it covers (so a
         failure later in `_apply` is undone too) and put editor-specific facts in `result.info`."""
+
+    # --- the edit as data (fix files) ---------------------------------------------------------
+    def edited_parameters(self, model: nn.Module) -> list[str]:
+        """Full names of the parameters an edit may change: those of the down projections of the
+        layers the hparams name (`layers` or `layer`; none when they name neither). A saved edit
+        may set these and nothing else."""
+        hp, arch = self.hparams, arch_of(model)
+        n = arch.num_layers(model)
+        if isinstance(getattr(hp, "layers", None), list):
+            layers = hp.layers_for(hp.layers, n)
+        elif isinstance(getattr(hp, "layer", None), int):
+            layers = [hp.layer_for(hp.layer, n)]
+        else:
+            layers = []
+        paths = [arch.path("down_proj", layer) for layer in layers]
+        return [f"{p}.{k}" for p in paths for k, _ in model.get_submodule(p).named_parameters()]
+
+    def edit_state(self, model: nn.Module) -> EditState:
+        """The edit this editor has made in `model` (every apply not restored) as data.
+
+        Default (weight editors): the current values (not deltas) of `edited_parameters`.
+        """
+        params = dict(model.named_parameters())
+        return EditState(
+            {k: params[k].detach().to("cpu", copy=True).contiguous() for k in self.edited_parameters(model)}
+        )
+
+    def load_edit(self, model: nn.Module, tok: Any, state: EditState) -> EditResult:
+        """Put a saved edit into the unedited `model` without training; `restore()` takes it out.
+
+        A state that does not fit this editor and model (a name it does not edit, a shape)
+        raises IntegrityError, and then the model is bitwise what it was.
+        """
+        result = EditResult()
+        with undone_on_error(result):
+            self._load_edit(model, tok, state, result)
+        return result
+
+    def _load_edit(self, model: nn.Module, tok: Any, state: EditState, result: EditResult) -> None:
+        """Default (weight editors): write the saved parameter values in (backed up first)."""
+        params = dict(model.named_parameters())
+        allowed = set(self.edited_parameters(model))
+        for name, value in state.tensors.items():
+            if name not in allowed:
+                raise IntegrityError(f"the saved edit would set {name!r}, which {self.name} does not edit")
+            if params[name].shape != value.shape:
+                raise IntegrityError(
+                    f"the saved {name} is {tuple(value.shape)}, the model's is {tuple(params[name].shape)}"
+                )
+        result.undo.append(backup_weights({k: params[k] for k in state.tensors}))
+        with torch.no_grad():
+            for name, value in state.tensors.items():
+                params[name].copy_(value.to(params[name].device, params[name].dtype))
 
     def key_record(self, model: nn.Module, tok: Any, case: EditCase) -> dict[str, Any] | None:
         """Keys and key distances of a case's prompt, rephrase and neighbours (None: no keys)."""
