@@ -38,7 +38,15 @@ def runs(tmp_path):
     ft = tmp_path / "ft"
     ft.mkdir()
     edits = [
-        {"apply": 0, "case_ids": ["a"], "edits": 1, "seconds": 0.5, "rss_bytes": 100 * MIB, "error": None},
+        {
+            "apply": 0,
+            "case_ids": ["a"],
+            "edits": 1,
+            "seconds": 0.5,
+            "rss_before_bytes": 99 * MIB,
+            "rss_bytes": 100 * MIB,
+            "error": None,
+        },
         {
             "apply": 1,
             "case_ids": ["b", "c"],
@@ -82,11 +90,12 @@ def test_checkpoint_table_matches_hand_written(runs):
 
 
 def test_cost_curves_come_from_the_apply_records(runs, tmp_path):
-    series = cost_series(tmp_path / "ft")  # the failed call is left out; a batch of 2 halves the seconds
+    series = cost_series(tmp_path / "ft")  # a failed call has no seconds; a batch of 2 halves them
     assert series == {
         "edits": [1, 3],
         "seconds_per_edit": [0.5, 0.25],
-        "rss_mib": [100.0, 101.0],
+        "rss_edits": [0, 1, 3, 4],  # from the RSS before the first edit on
+        "rss_mib": [99.0, 100.0, 101.0, 101.0],
         "device_mib": [],
     }
     np.testing.assert_allclose(rolling_median([1, 5, 3, 2], 2), [1, 3, 4, 2.5])

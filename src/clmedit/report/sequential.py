@@ -7,8 +7,9 @@ their `edits.jsonl`:
   specificity covers and how many neighbours were excluded, median seconds per edit since the
   previous checkpoint, resident memory.
 - `sequential_figures`: `sequential_quality.png` (retention, generalization, specificity EM against
-  the number of edits, one line per run, complete checkpoints only) and `sequential_cost.png`
-  (seconds per edit and resident memory after each apply call against the number of edits).
+  the number of edits, one line per run, complete checkpoints only; x logarithmic when the
+  checkpoints span two decades) and `sequential_cost.png` (seconds per edit and resident memory
+  after each apply call against the number of edits, x linear).
 
 Reads results files only (`clmedit.results`): no torch, no runner.
 """
@@ -96,15 +97,23 @@ def quality_series(summary: dict[str, Any], group: str) -> tuple[list[int], list
 
 
 def cost_series(run_dir: str | Path) -> dict[str, list[float]]:
-    """Per successful apply call: edits so far, seconds per edit, resident MiB (and device MiB on a GPU)."""
-    out: dict[str, list[float]] = {"edits": [], "seconds_per_edit": [], "rss_mib": [], "device_mib": []}
-    for rec in read_edits(run_dir):
+    """Per successful apply call: edits so far and seconds per edit; resident MiB after every call
+    (at `rss_edits`, starting at 0 edits with the RSS before the first call) and device MiB on a GPU."""
+    out: dict[str, list[float]] = {"edits": [], "seconds_per_edit": [], "rss_edits": [], "rss_mib": [],
+                                   "device_mib": []}  # fmt: skip
+    calls = read_edits(run_dir)
+    if calls and calls[0].get("rss_before_bytes") is not None:
+        out["rss_edits"].append(0)
+        out["rss_mib"].append(calls[0]["rss_before_bytes"] / MIB)
+    for rec in calls:
+        if rec.get("rss_bytes") is not None:
+            out["rss_edits"].append(int(rec["edits"]))
+            out["rss_mib"].append(rec["rss_bytes"] / MIB)
         secs = per_edit_seconds(rec)
-        if secs is None or rec.get("rss_bytes") is None:
+        if secs is None:
             continue
         out["edits"].append(int(rec["edits"]))
         out["seconds_per_edit"].append(secs)
-        out["rss_mib"].append(rec["rss_bytes"] / MIB)
         if rec.get("device_bytes") is not None:
             out["device_mib"].append(rec["device_bytes"] / MIB)
     return out
@@ -142,7 +151,7 @@ def sequential_figures(summaries: list[dict[str, Any]], out_dir: str | Path) -> 
         fig.tight_layout()
         written.append(_save(fig, out_dir / "sequential_quality.png"))
     costs = [(run_label(s, with_task), cost_series(s["run_dir"])) for s in runs if s.get("run_dir")]
-    costs = [(label, c) for label, c in costs if c["edits"]]
+    costs = [(label, c) for label, c in costs if c["edits"] or c["rss_edits"]]
     if costs:
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), squeeze=False)
         sec_ax, mem_ax = axes[0]
@@ -151,14 +160,14 @@ def sequential_figures(summaries: list[dict[str, Any]], out_dir: str | Path) -> 
             sec_ax.plot(data["edits"], data["seconds_per_edit"], color=f"C{c}", alpha=0.3, lw=0.8)
             sec_ax.plot(data["edits"], rolling_median(data["seconds_per_edit"], window), color=f"C{c}",
                         label=label + (f" (median of {window})" if window > 1 else ""))  # fmt: skip
-            mem_ax.plot(data["edits"], data["rss_mib"], color=f"C{c}", label=f"{label}: resident")
+            mem_ax.plot(data["rss_edits"], data["rss_mib"], color=f"C{c}", label=f"{label}: resident")
             if len(data["device_mib"]) == len(data["edits"]):
                 mem_ax.plot(data["edits"], data["device_mib"], color=f"C{c}", ls="--", label=f"{label}: GPU")
         for ax, title, unit in (
             (sec_ax, "seconds per edit", "seconds"),
             (mem_ax, "memory after each edit", "MiB"),
         ):
-            _edits_axis(ax, [x for _, d in costs for x in d["edits"]])
+            ax.set_xlabel("number of edits")  # linear: growth per edit reads as it is
             ax.set_title(title, fontsize=10)
             ax.set_ylabel(unit)
             ax.legend(fontsize=8)
