@@ -1,4 +1,4 @@
-"""`apply --load` trusts nothing: every tensor declared and hashed, the base model checked, scope enforced."""
+"""Fix files trust nothing: every tensor declared and hashed, the base model checked, scope enforced."""
 
 from __future__ import annotations
 
@@ -8,19 +8,21 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from clmedit.config import preset_path
 from clmedit.editors.base import get_editor
 from clmedit.errors import IntegrityError
 from clmedit.models.tiny import tiny_model
-from clmedit.run.artifact import load_artifact, save_artifact, tensor_sha256
+from clmedit.run.artifact import EDIT_FILE, load_artifact, load_edited, save_artifact, tensor_sha256
 from clmedit.run.records import fingerprint
-from tests.conftest import make_case
+from tests.conftest import greedy_ids, make_case
 
 NORM = "model.norm.weight"
 
 
 @pytest.fixture(scope="module")
-def ft_artifact(tmp_path_factory):
-    """An FT-L artifact (edits parameters) and a GRACE one (wraps a module) of the tiny llama."""
+def fix_files(tmp_path_factory):
+    """An FT-L fix file (edits parameters) and a GRACE one (wraps a module) of the tiny llama, with
+    what each edited model generated for the fix's prompt."""
     root = tmp_path_factory.mktemp("art")
     fix = [make_case(0, target="sorted(xs)")]
     model, tok = tiny_model("llama")
@@ -28,8 +30,10 @@ def ft_artifact(tmp_path_factory):
     save_artifact(model, tok, ft, fix, root / "ft", "tiny")
     edited_ft = fingerprint(model)
     model, tok = tiny_model("llama")
-    save_artifact(model, tok, get_editor("grace", n_iter=3), fix, root / "grace", "tiny")
-    return root, edited_ft, fingerprint(model)
+    save_artifact(
+        model, tok, get_editor("grace", preset=str(preset_path("grace", "tiny"))), fix, root / "grace", "tiny"
+    )
+    return root, edited_ft, greedy_ids(model, tok, fix[0].prompt, 6)
 
 
 def _copy(src, dst):
@@ -47,96 +51,108 @@ def _write_manifest(d, m):
     (d / "manifest.json").write_text(json.dumps(m))
 
 
-def _declare(m, file, name, t):
-    m["tensors"][file][name] = {"shape": list(t.shape), "dtype": "float32", "sha256": tensor_sha256(t)}
+def _declare(m, name, t):
+    m["edit"]["tensors"][name] = {"shape": list(t.shape), "dtype": "float32", "sha256": tensor_sha256(t)}
 
 
-def test_round_trip_loads_the_exact_edit(ft_artifact):
-    root, edited_ft, edited_grace = ft_artifact
-    assert _manifest(root / "ft")["tensors"]["weights.safetensors"]  # FT-L changed some parameters
-    for name, want in (("ft", edited_ft), ("grace", edited_grace)):
-        model, tok = tiny_model("llama")
-        load_artifact(model, tok, root / name)
-        assert fingerprint(model) == want
-
-
-def test_undeclared_tensor_is_refused(ft_artifact, tmp_path):
-    art = _copy(ft_artifact[0] / "ft", tmp_path / "a")
-    weights = load_file(str(art / "weights.safetensors"))
-    weights[NORM] = torch.full((64,), 1000.0)
-    save_file(weights, str(art / "weights.safetensors"))
+def _refused(art, match):
+    """Loading `art` into a fresh tiny llama raises IntegrityError matching `match`; the model is untouched."""
     model, tok = tiny_model("llama")
     before = fingerprint(model)
-    with pytest.raises(IntegrityError, match="not declared"):
+    tree = [type(m).__name__ for m in model.modules()]
+    with pytest.raises(IntegrityError, match=match):
         load_artifact(model, tok, art)
-    assert fingerprint(model) == before
+    assert fingerprint(model) == before and [type(m).__name__ for m in model.modules()] == tree
 
 
-def test_hash_mismatch_is_refused(ft_artifact, tmp_path):
-    art = _copy(ft_artifact[0] / "ft", tmp_path / "a")
-    weights = load_file(str(art / "weights.safetensors"))
+def test_round_trip_loads_the_exact_edit(fix_files):
+    root, edited_ft, grace_ids = fix_files
+    assert set(_manifest(root / "ft")["edit"]["tensors"]) == {"model.layers.3.mlp.down_proj.weight"}
+    model, tok = tiny_model("llama")
+    load_artifact(model, tok, root / "ft")
+    assert fingerprint(model) == edited_ft
+    model, tok = tiny_model("llama")
+    result = load_edited(model, root / "grace")  # no tokenizer: the weights-only fingerprint is checked
+    assert greedy_ids(model, tok, make_case(0).prompt, 6) == grace_ids
+    assert result.info["manifest"]["editor"] == "grace"
+    result.restore()
+    assert fingerprint(model) == fingerprint(tiny_model("llama")[0])
+
+
+def test_undeclared_tensor_is_refused(fix_files, tmp_path):
+    art = _copy(fix_files[0] / "ft", tmp_path / "a")
+    weights = load_file(str(art / EDIT_FILE))
+    weights[NORM] = torch.full((64,), 1000.0)
+    save_file(weights, str(art / EDIT_FILE))
+    _refused(art, "not declared")
+
+
+def test_hash_mismatch_is_refused(fix_files, tmp_path):
+    art = _copy(fix_files[0] / "ft", tmp_path / "a")
+    weights = load_file(str(art / EDIT_FILE))
     name = next(iter(weights))
     weights[name] = weights[name] + 1.0
-    save_file(weights, str(art / "weights.safetensors"))
-    model, tok = tiny_model("llama")
-    with pytest.raises(IntegrityError, match="altered"):
-        load_artifact(model, tok, art)
+    save_file(weights, str(art / EDIT_FILE))
+    _refused(art, "altered")
 
 
-def test_missing_fingerprint_is_refused_even_with_consistent_hashes(ft_artifact, tmp_path):
-    art = _copy(ft_artifact[0] / "ft", tmp_path / "a")
+def test_missing_fingerprint_is_refused_even_with_consistent_hashes(fix_files, tmp_path):
+    art = _copy(fix_files[0] / "ft", tmp_path / "a")
     m = _manifest(art)
     del m["base_fingerprint"]
     _write_manifest(art, m)
-    model, tok = tiny_model("llama")
-    with pytest.raises(IntegrityError, match="fingerprint"):
-        load_artifact(model, tok, art)
+    _refused(art, "fingerprint")
 
 
-def test_fix_for_another_base_model_is_refused(ft_artifact):
-    model, tok = tiny_model("llama", seed=1)  # same shapes, other weights
-    before = fingerprint(model)
-    with pytest.raises(IntegrityError, match="another base model"):
-        load_artifact(model, tok, ft_artifact[0] / "ft")
-    assert fingerprint(model) == before
+@pytest.mark.parametrize("name", ["ft", "grace"])
+def test_fix_for_another_base_model_is_refused(fix_files, name):
+    for tok_given in (True, False):
+        model, tok = tiny_model("llama", seed=1)  # same shapes, other weights
+        before = fingerprint(model)
+        with pytest.raises(IntegrityError, match="another base model"):
+            load_edited(model, fix_files[0] / name, tok if tok_given else None)
+        assert fingerprint(model) == before
 
 
-def test_declared_parameter_outside_the_editors_scope_is_refused(ft_artifact, tmp_path):
+def test_declared_parameter_outside_the_editors_scope_is_refused(fix_files, tmp_path):
     """Even declared with a correct hash, a parameter the editor does not edit (the final norm) is refused."""
-    art = _copy(ft_artifact[0] / "ft", tmp_path / "a")
-    weights = load_file(str(art / "weights.safetensors"))
+    art = _copy(fix_files[0] / "ft", tmp_path / "a")
+    weights = load_file(str(art / EDIT_FILE))
     weights[NORM] = torch.full((64,), 1000.0)
-    save_file(weights, str(art / "weights.safetensors"))
+    save_file(weights, str(art / EDIT_FILE))
     m = _manifest(art)
-    _declare(m, "weights.safetensors", NORM, weights[NORM])
+    _declare(m, NORM, weights[NORM])
     _write_manifest(art, m)
-    model, tok = tiny_model("llama")
-    with pytest.raises(IntegrityError, match="does not edit"):
-        load_artifact(model, tok, art)
+    _refused(art, "does not edit")
 
 
-def test_module_state_outside_the_wrapped_modules_is_refused(ft_artifact, tmp_path):
-    """modules.safetensors setting the final norm, declared and hashed, is refused; the model stays clean."""
-    art = _copy(ft_artifact[0] / "grace", tmp_path / "a")
-    state = load_file(str(art / "modules.safetensors"))
-    bad = torch.full((64,), 1000.0)
-    state["model.norm::weight"] = bad
-    save_file(state, str(art / "modules.safetensors"))
+def test_tensor_outside_the_wrapped_edit_is_refused(fix_files, tmp_path):
+    """A GRACE fix file setting the final norm, declared and hashed, is refused; the model stays clean."""
+    art = _copy(fix_files[0] / "grace", tmp_path / "a")
+    state = load_file(str(art / EDIT_FILE))
+    state[NORM] = torch.full((64,), 1000.0)
+    save_file(state, str(art / EDIT_FILE))
     m = _manifest(art)
-    _declare(m, "modules.safetensors", "model.norm::weight", bad)
+    _declare(m, NORM, state[NORM])
     _write_manifest(art, m)
-    model, tok = tiny_model("llama")
-    before = fingerprint(model)
-    with pytest.raises(IntegrityError, match="not state of a module"):
-        load_artifact(model, tok, art)
-    assert fingerprint(model) == before
+    _refused(art, "not part of a grace edit")
 
 
-def test_format_1_artifact_is_refused_with_a_way_out(ft_artifact, tmp_path):
-    art = _copy(ft_artifact[0] / "ft", tmp_path / "a")
+def test_codebook_of_another_width_is_refused(fix_files, tmp_path):
+    art = _copy(fix_files[0] / "grace", tmp_path / "a")
+    state = load_file(str(art / EDIT_FILE))
+    state["codebook.keys"] = torch.zeros(state["codebook.keys"].shape[0], 7)
+    save_file(state, str(art / EDIT_FILE))
     m = _manifest(art)
-    m["format"] = 1
+    _declare(m, "codebook.keys", state["codebook.keys"])
     _write_manifest(art, m)
-    model, tok = tiny_model("llama")
-    with pytest.raises(IntegrityError, match="re-create it"):
-        load_artifact(model, tok, art)
+    _refused(art, "wide")
+
+
+@pytest.mark.parametrize("old", [1, 2])
+def test_older_formats_are_refused_with_a_way_out(fix_files, tmp_path, old):
+    art = _copy(fix_files[0] / "grace", tmp_path / "a")
+    m = _manifest(art)
+    m["format"] = old
+    _write_manifest(art, m)
+    _refused(art, "re-create it with `clmedit apply --editor grace --fixes")

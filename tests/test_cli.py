@@ -11,10 +11,11 @@ from typer.testing import CliRunner
 
 from clmedit.cli import app
 from clmedit.data.schema import write_cases
-from clmedit.editors.base import EDITORS, Editor, EditResult, replace_module
-from clmedit.models.arch import arch_of
+from clmedit.editors.base import EDITORS, Editor, EditResult, EditState, replace_module
+from clmedit.errors import NotSavableError
 from clmedit.models.tiny import tiny_model
-from clmedit.run.artifact import load_artifact, read_fixes, save_artifact
+from clmedit.run.artifact import load_artifact, save_artifact
+from clmedit.run.fixes import read_fixes
 from clmedit.run.records import fingerprint, read_records
 from tests.conftest import make_case
 
@@ -34,14 +35,30 @@ class Scaled(nn.Module):
 
 
 class WrapEdit(Editor):
-    """A module-wrapping test editor; the scale depends on the cases, so a replay must get it right."""
+    """A module-wrapping test editor (scale from the cases) with its edit as data: the scale."""
 
     name = "wrap"
+    PATH = "model.layers.1.mlp.down_proj"
 
     def _apply(self, model, tok, cases, result: EditResult) -> None:
-        path = arch_of(model).path("down_proj", 1)
-        wrapper = Scaled(model.get_submodule(path), 1.0 + 0.1 * len(cases))
-        result.undo.append(replace_module(model, path, wrapper))
+        self._wrap(model, 1.0 + 0.1 * len(cases), result)
+
+    def _wrap(self, model, scale: float, result: EditResult) -> None:
+        wrapper = Scaled(model.get_submodule(self.PATH), scale)
+        result.undo.append(replace_module(model, self.PATH, wrapper))
+
+    def edit_state(self, model) -> EditState:
+        return EditState({"scale": model.get_submodule(self.PATH).scale.detach().clone()})
+
+    def _load_edit(self, model, tok, state: EditState, result: EditResult) -> None:
+        self._wrap(model, float(state.tensors["scale"]), result)
+
+
+class WrapWithoutState(WrapEdit):
+    """Wraps a module but keeps the weight editors' edit_state: its edit cannot be saved whole."""
+
+    name = "wrap-no-state"
+    edit_state = Editor.edit_state
 
 
 @pytest.fixture
@@ -111,11 +128,15 @@ def test_artifact_round_trip_for_wrapping_editor(tmp_path, monkeypatch):
     edited, tok = tiny_model("llama")
     save_artifact(edited, tok, WrapEdit(), fixes, tmp_path / "art", "tiny")
     manifest = json.loads((tmp_path / "art" / "manifest.json").read_text())
-    assert list(manifest["wrapped_modules"]) == ["model.layers.1.mlp.down_proj"]
+    assert list(manifest["edit"]["tensors"]) == ["scale"]
     fresh, _ = tiny_model("llama")
     load_artifact(fresh, tok, tmp_path / "art")
     assert fingerprint(fresh) == fingerprint(edited)
     assert fresh.get_submodule("model.layers.1.mlp.down_proj").scale.item() == pytest.approx(1.2)
+    other, _ = tiny_model("llama")
+    with pytest.raises(NotSavableError, match="implement edit_state"):
+        save_artifact(other, tok, WrapWithoutState(), fixes, tmp_path / "bad", "tiny")
+    assert type(other.get_submodule(WrapEdit.PATH)).__name__ == "Linear"  # the refused edit is undone
 
 
 def test_apply_command_saves_and_loads(tiny_dir, tmp_path, monkeypatch):
@@ -189,7 +210,13 @@ USER_ERRORS = [
     (["stats", "--model", "{tiny}", "--layers", "99"], "has layers 0..3"),
     (["report", "rep"], "is malformed"),
     (["apply", "--model", NO_MODEL, "--load", "x", "-p", "a", "--task", "java"], "--task 'java'"),
-    (["apply", "--model", NO_MODEL, "--load", "nowhere", "-p", "a"], "not a clmedit artifact"),
+    (["apply", "--model", NO_MODEL, "--load", "nowhere", "-p", "a"], "not a clmedit fix file"),
+    (["apply", "--model", NO_MODEL, "-e", "agrace", "--fixes", "{data}", "--out", "f"], "--trained DIR"),
+    (
+        ["apply", "--model", NO_MODEL, "-e", "grace", "--fixes", "{data}", "--out", "f", "--trained", "t"],
+        "grace has no trained part",
+    ),
+    (["export", "--model", NO_MODEL, "--load", "nowhere", "--out", "e"], "not a clmedit fix file"),
     (["apply", "--model", NO_MODEL, "--fixes", "null.jsonl", "--out", "art"], "non-empty string 'target'"),
     (["train", "--model", NO_MODEL, "-e", "grace", "--data", "{data}", "--out", "t"], "nothing to train"),
     (

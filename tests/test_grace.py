@@ -3,6 +3,8 @@ state reset), key override, study YAML, and one check on the real default model.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import yaml
@@ -36,6 +38,26 @@ def test_codebook_moving_average_and_cosine():
     book.insert(torch.tensor([1.0, 0.0]), "a", torch.zeros(1, 2))
     book.insert(torch.tensor([1.0, 1.0]), "a", torch.zeros(1, 2))
     assert torch.allclose(book.keys[0], torch.tensor([1.0, 0.5]))
+
+
+def test_codebook_state_round_trip_is_bitwise_and_checked():
+    """Values of different step counts come back exactly; a state that does not fit is refused."""
+    book = Codebook(eps_init=0.5, dist_fn="cos")
+    book.insert(torch.tensor([0.0, 1.0]), "a", torch.randn(3, 4))
+    book.insert(torch.tensor([1.0, 0.0]), "b", torch.randn(1, 4))
+    tensors, meta = book.state()
+    assert tensors["values"].shape == (2, 3, 4) and tensors["steps"].tolist() == [3, 1]
+    again = Codebook.from_state(tensors, json.loads(json.dumps(meta)))
+    assert (again.eps_init, again.dist_fn, again.labels) == (0.5, "cos", ["a", "b"])
+    assert torch.equal(again.keys, book.keys) and torch.equal(again.radii, book.radii)
+    assert all(torch.equal(x, y) for x, y in zip(again.values, book.values))
+    assert len(Codebook.from_state(*Codebook().state())) == 0
+    with pytest.raises(ValueError, match="step counts"):
+        Codebook.from_state({**tensors, "steps": torch.tensor([4, 1])}, meta)
+    with pytest.raises(ValueError, match="holds tensors"):
+        Codebook.from_state({**tensors, "extra": torch.zeros(1)}, meta)
+    with pytest.raises(ValueError, match="do not fit 3 entries"):
+        Codebook.from_state(tensors, {**meta, "labels": ["a"] * 3})
 
 
 def _calls(model, path: str) -> tuple[list, object]:

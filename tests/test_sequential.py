@@ -13,7 +13,8 @@ import torch
 
 from clmedit.config import preset_path
 from clmedit.data.schema import Neighbour, write_cases
-from clmedit.editors.base import Editor, EditResult, EditSession, backup_weights
+from clmedit.editors.base import Editor, EditResult
+from clmedit.editors.session import EditSession, backup_weights
 from clmedit.errors import InputError, IntegrityError
 from clmedit.models.arch import arch_of
 from clmedit.results import read_edits

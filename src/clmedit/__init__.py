@@ -1,11 +1,13 @@
 """clmedit: edit the knowledge of code LLMs and measure how well that works.
 
-    from clmedit import load_model, get_editor, evaluate_case, read_cases
+    from clmedit import load_model, get_editor, evaluate_case, read_cases, load_edited
     model, tok = load_model("smollm2-135m")
     cases = read_cases("cnle.jsonl")
     result = get_editor("grace", preset="smollm2-135m").apply(model, tok, cases[:1])
     scores = evaluate_case(model, tok, cases[0])
     result.restore()
+
+    result = load_edited(model, "my-fix")   # a saved fix file or exported adapter, on any loaded base model
 
 Names are imported lazily so that `import clmedit` (and the CLI's help) stays fast.
 """
@@ -32,6 +34,7 @@ _API: dict[str, str] = {
     "EditResult": "clmedit.editors.base",
     "evaluate_case": "clmedit.eval.protocol",
     "CaseScores": "clmedit.eval.protocol",
+    "load_edited": "clmedit.run.artifact",
 }
 
 __all__ = sorted(_API) + ["__version__"]

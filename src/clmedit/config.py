@@ -55,6 +55,9 @@ class EditorHParams(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     # keys of the study's YAML for this editor (beyond STUDY_COMMON) that from_study reads or ignores
     STUDY_KEYS: ClassVar[frozenset[str]] = frozenset()
+    # the field naming a folder whose trained part the editor loads when built (A-GRACE's encoder_dir,
+    # MALMEN's hypernet_dir): a path of this machine, which `portable` leaves out
+    TRAINED_FROM: ClassVar[str | None] = None
 
     reference_layers: int = Field(32, gt=0, description="depth the layer indices were chosen for")
     seed: int = Field(0, description="seed for any randomness inside the editor")
@@ -98,6 +101,14 @@ class EditorHParams(BaseModel):
         if not overrides:
             return self
         return self.build({**self.model_dump(), **overrides}, source)
+
+    def portable(self) -> dict[str, Any]:
+        """The hparams as JSON without `TRAINED_FROM`: what a fix file stores (it carries the trained
+        part it needs itself, so an editor built from these on another machine reads no folder)."""
+        dumped = self.model_dump(mode="json")
+        if self.TRAINED_FROM is not None:
+            dumped[self.TRAINED_FROM] = None
+        return dumped
 
     @classmethod
     def from_study(cls: type[H], raw: dict[str, Any]) -> H:

@@ -19,8 +19,9 @@ from typing import Any
 import torch
 from pydantic import Field
 
-from clmedit.editors.base import EditResult, Snapshot
+from clmedit.editors.base import EditResult
 from clmedit.editors.memit import Memit, MemitHParams
+from clmedit.editors.session import Snapshot
 from clmedit.locate.solve import null_space_projector, projected_update
 from clmedit.models.text import model_name
 

@@ -5,10 +5,14 @@ peak memory around `_apply` and returns an EditResult whose `restore()` makes ev
 parameter bitwise equal to what it was (and removes any module the editor wrapped in).
 Editors keep copies of only the tensors they touch, never of the whole model.
 
-Sequential (lifelong) editing applies many edits without restoring in between; an `EditSession`
-absorbs each apply's EditResult and keeps, per saved tensor or state entry, only the earliest
-copy (a `Snapshot` of what it was before the first edit), so memory does not grow by a weight
-copy per edit; `EditSession.restore()` undoes every edit at once, bitwise.
+Weight backups (`backup_weights`) are keyed `Snapshot`s, so a sequential (lifelong) run's
+`EditSession` keeps one copy of each touched tensor however many applies touch it
+(editors/session.py).
+
+An edit is also data (`EditState`): `edit_state(model)` captures the edit an editor has made,
+`load_edit(model, tok, state)` rebuilds it on the unedited model without any training. That is
+what fix files store (run/artifact.py). The default is a weight editor's: the new values of the
+parameters it may change (`edited_parameters`); editors that wrap modules override both.
 
 The registry (a lazy name -> "module:Class" map with labels) lives in the torch-free
 `editors.registry` and is re-exported here.
@@ -17,7 +21,8 @@ The registry (a lazy name -> "module:Class" map with labels) lives in the torch-
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -37,7 +42,9 @@ from clmedit.editors.registry import (  # noqa: F401  (re-exported: the registry
     editor_names,
     register_editor,
 )
-from clmedit.errors import InputError, NotSavableError
+from clmedit.editors.session import EditSession, Snapshot, backup_weights  # noqa: F401 (re-exported)
+from clmedit.errors import InputError, IntegrityError, NotSavableError
+from clmedit.models.arch import arch_of
 from clmedit.models.cost import CostMeter
 
 Undo = Callable[[], None]
@@ -66,93 +73,27 @@ class EditResult:
         self.restored = True
 
 
-class Snapshot:
-    """An undo that puts saved values back: `saved[key]` is written back by `put(key, value)`.
+@dataclass
+class EditState:
+    """An edit as data, what a fix file stores: named tensors and JSON-able `meta`.
 
-    Keys name what was saved (a tensor, an entry of an editor's state) and are comparable across
-    snapshots, so an `EditSession` can tell that a later snapshot saves something an earlier one
-    already holds. Invariant: calling it restores exactly the saved values, whatever happened since.
+    Made by `Editor.edit_state(model)`; `Editor.load_edit(model, tok, state)` rebuilds the edit
+    from it alone. Tensor names and meta keys are the editor's own (the weight default: full
+    parameter names, no meta).
     """
 
-    def __init__(self, saved: dict[Hashable, Any], put: Callable[[Hashable, Any], None]):
-        self.saved = saved
-        self._put = put
-
-    def __call__(self) -> None:
-        for key, value in self.saved.items():
-            self._put(key, value)
-
-    def without(self, keys: Iterable[Hashable]) -> Snapshot | None:
-        """This snapshot less the entries under `keys` (None when nothing is left)."""
-        drop = set(keys)
-        kept = {k: v for k, v in self.saved.items() if k not in drop}
-        return Snapshot(kept, self._put) if kept else None
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
-def _put_tensor(key: Hashable, value: tuple[torch.Tensor, torch.Tensor]) -> None:
-    param, copy = value
-    with torch.no_grad():
-        param.copy_(copy)
-
-
-def backup_weights(params: dict[str, torch.Tensor]) -> Snapshot:
-    """Copy the given parameters now; calling the result writes the copies back in place.
-
-    Keyed by the identity of each tensor (not by the name given here), so two editors' or two
-    applies' backups of the same weight are recognised as the same thing. `saved` maps each key
-    to (the live tensor, its copy).
-    """
-    return Snapshot({("tensor", id(p)): (p, p.detach().clone()) for p in params.values()}, _put_tensor)
-
-
-class EditSession:
-    """Edits applied one after another without restoring (lifelong editing), undone together.
-
-    `absorb(result)` takes over an apply's undos: a `Snapshot` entry whose key an earlier absorbed
-    result already saved is dropped (the earlier copy is the state before the first edit, the one
-    a full restore needs), so N applies that touch the same weights hold one copy of each, not N;
-    every other undo (module wrappers, hooks, editor state) is kept in order. `restore()` runs the
-    kept undos last-in, first-out; afterwards the model (and the editors' state) is bitwise what
-    it was before the first absorbed apply.
-
-    Why dropping is exact: a snapshot restores absolute values, and the earliest one runs after
-    every later undo; the undos that are not snapshots must not depend on the saved values (true
-    of `replace_module`, hook removal and editor bookkeeping).
-    """
-
-    def __init__(self) -> None:
-        self.undo: list[Undo] = []
-        self._saved: set[Hashable] = set()
-        self.restored = False
-
-    @property
-    def saved(self) -> frozenset[Hashable]:
-        """The keys of the tensors / state entries the session holds one copy of (`Snapshot` keys)."""
-        return frozenset(self._saved)
-
-    def absorb(self, result: EditResult) -> None:
-        """Own `result`'s undos (dropping copies already held); `result.restore()` is then a no-op."""
-        if result.restored:
-            raise ValueError("this EditResult was restored already: there is nothing to absorb")
-        if self.restored:
-            raise ValueError("this EditSession was restored: start a new session for new edits")
-        for fn in result.undo:
-            if isinstance(fn, Snapshot):
-                fn = fn.without(self._saved)
-                if fn is None:
-                    continue
-                self._saved.update(fn.saved)
-            self.undo.append(fn)
-        result.undo, result.restored = [], True
-
-    def restore(self) -> None:
-        """Undo every absorbed edit, last first. Idempotent."""
-        if self.restored:
-            return
-        while self.undo:
-            self.undo.pop()()
-        self._saved.clear()
-        self.restored = True
+@contextmanager
+def undone_on_error(result: EditResult) -> Iterator[None]:
+    """If the body raises, run every undo `result` holds so far (in reverse), then re-raise."""
+    try:
+        yield
+    except BaseException:
+        result.restore()
+        raise
 
 
 def replace_module(model: nn.Module, path: str, new: nn.Module) -> Undo:
@@ -176,6 +117,8 @@ class Editor(ABC):
       - `key_record(model, tok, case)`: keys and key distances for the report, or None.
       - trainable editors (`trainable = True`) implement `fit`, `save`, `load`; the others raise
         NotSavableError from `save`/`load`.
+      - `edit_state(model)` / `load_edit(model, tok, state)`: the edit as data and back, bitwise,
+        never training; editors that wrap modules override `edit_state` and `_load_edit`.
     """
 
     name: ClassVar[str]
@@ -196,12 +139,8 @@ class Editor(ABC):
         self.prepare(model, tok)
         device = next(model.parameters()).device
         result = EditResult()
-        try:
-            with CostMeter(device) as meter:
-                self._apply(model, tok, cases, result)
-        except BaseException:
-            result.restore()
-            raise
+        with undone_on_error(result), CostMeter(device) as meter:
+            self._apply(model, tok, cases, result)
         result.seconds, result.peak_bytes = meter.seconds, meter.peak_bytes
         result.resident_peak_bytes = meter.resident_peak_bytes
         return result
@@ -210,6 +149,59 @@ class Editor(ABC):
     def _apply(self, model: nn.Module, tok: Any, cases: list[EditCase], result: EditResult) -> None:
         """Edit in place. Append an undo to `result.undo` *before* each change it covers (so a
         failure later in `_apply` is undone too) and put editor-specific facts in `result.info`."""
+
+    # --- the edit as data (fix files) ---------------------------------------------------------
+    def edited_parameters(self, model: nn.Module) -> list[str]:
+        """Full names of the parameters an edit may change: those of the down projections of the
+        layers the hparams name (`layers` or `layer`; none when they name neither). A saved edit
+        may set these and nothing else."""
+        hp, arch = self.hparams, arch_of(model)
+        n = arch.num_layers(model)
+        if isinstance(getattr(hp, "layers", None), list):
+            layers = hp.layers_for(hp.layers, n)
+        elif isinstance(getattr(hp, "layer", None), int):
+            layers = [hp.layer_for(hp.layer, n)]
+        else:
+            layers = []
+        paths = [arch.path("down_proj", layer) for layer in layers]
+        return [f"{p}.{k}" for p in paths for k, _ in model.get_submodule(p).named_parameters()]
+
+    def edit_state(self, model: nn.Module) -> EditState:
+        """The edit this editor has made in `model` (every apply not restored) as data.
+
+        Default (weight editors): the current values (not deltas) of `edited_parameters`.
+        """
+        params = dict(model.named_parameters())
+        return EditState(
+            {k: params[k].detach().to("cpu", copy=True).contiguous() for k in self.edited_parameters(model)}
+        )
+
+    def load_edit(self, model: nn.Module, tok: Any, state: EditState) -> EditResult:
+        """Put a saved edit into the unedited `model` without training; `restore()` takes it out.
+
+        A state that does not fit this editor and model (a name it does not edit, a shape)
+        raises IntegrityError, and then the model is bitwise what it was.
+        """
+        result = EditResult()
+        with undone_on_error(result):
+            self._load_edit(model, tok, state, result)
+        return result
+
+    def _load_edit(self, model: nn.Module, tok: Any, state: EditState, result: EditResult) -> None:
+        """Default (weight editors): write the saved parameter values in (backed up first)."""
+        params = dict(model.named_parameters())
+        allowed = set(self.edited_parameters(model))
+        for name, value in state.tensors.items():
+            if name not in allowed:
+                raise IntegrityError(f"the saved edit would set {name!r}, which {self.name} does not edit")
+            if params[name].shape != value.shape:
+                raise IntegrityError(
+                    f"the saved {name} is {tuple(value.shape)}, the model's is {tuple(params[name].shape)}"
+                )
+        result.undo.append(backup_weights({k: params[k] for k in state.tensors}))
+        with torch.no_grad():
+            for name, value in state.tensors.items():
+                params[name].copy_(value.to(params[name].device, params[name].dtype))
 
     def key_record(self, model: nn.Module, tok: Any, case: EditCase) -> dict[str, Any] | None:
         """Keys and key distances of a case's prompt, rephrase and neighbours (None: no keys)."""

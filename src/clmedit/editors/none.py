@@ -10,3 +10,6 @@ class NoEdit(Editor):
 
     def _apply(self, model, tok, cases, result: EditResult) -> None:
         pass
+
+    def edited_parameters(self, model) -> list[str]:
+        return []

@@ -114,6 +114,24 @@ def _detach_gguf_quantizer(model) -> None:
             delattr(model, attr)
 
 
+def save_model(model, tok, folder: str | Path) -> Path:
+    """Write `model` and `tok` as a standard Hugging Face folder (safetensors) that plain
+    `AutoModelForCausalLM.from_pretrained(folder)` loads; a GGUF quantizer marker is dropped first
+    (the weights are de-quantized), and clmedit's own name for the model is left out."""
+    folder = Path(folder)
+    quant = getattr(model.config, "quantization_config", None)
+    if "gguf" in str(getattr(quant, "quant_method", quant)).lower():
+        _detach_gguf_quantizer(model)
+    name = vars(model.config).pop("clmedit_name", None)
+    try:
+        model.save_pretrained(folder, safe_serialization=True)
+    finally:
+        if name is not None:
+            model.config.clmedit_name = name
+    tok.save_pretrained(folder)
+    return folder
+
+
 def _build_default_cache(target: Path) -> None:
     """Convert the default GGUF to a float32 safetensors folder at `target`, atomically."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -126,8 +144,7 @@ def _build_default_cache(target: Path) -> None:
         staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
         staging.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary folder
         try:
-            model.save_pretrained(staging, safe_serialization=True)
-            tok.save_pretrained(staging)
+            save_model(model, tok, staging)
             try:
                 staging.rename(target)  # atomic: a reader sees no cache or a whole one
             except OSError:

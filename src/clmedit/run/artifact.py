@@ -1,19 +1,23 @@
-"""Practical editing: apply a list of fixes, save them as a small artifact, load it later.
+"""Fix files: apply a list of fixes, save the whole edit, load it anywhere without training.
 
-An artifact directory holds
-    manifest.json        format, base model id and fingerprint, editor, hparams, wrapped modules, and
-                         every tensor of every tensor file (name -> shape, dtype, sha256)
-    fixes.jsonl          the fixes as edit cases (so the edit can be replayed); its sha256 in the manifest
-    weights.safetensors  the new value of every parameter the edit changed (only those)
-    modules.safetensors  the own state of every module the editor wrapped in (e.g. GRACE's codebook)
+A fix file is a directory holding
+    manifest.json     format 3; the base model's id and fingerprints; the editor and its hparams
+                      (without local folders, `EditorHParams.portable`); the edit's meta (JSON) and
+                      every tensor of edit.safetensors (name -> shape, dtype, sha256)
+    edit.safetensors  the edit as tensors (`Editor.edit_state`): for weight editors the new values
+                      (not deltas) of the parameters the editor may change; for the GRACE family the
+                      codebook (keys, radii, padded values + step counts; labels in meta) and any
+                      key encoder (SCOPE: also its bank); for WISE the side memory's buffers
+    fixes.jsonl       the fixes as edit cases (provenance: what to re-create the edit from)
 
-An artifact is untrusted input. Loading refuses (IntegrityError) before changing the model when the
-manifest has no base fingerprint or another model's, when a file holds a tensor the manifest does not
-declare, or one whose shape, dtype or hash differs, and when a tensor would set anything the editor
-does not edit: parameters only of the down projections of the editor's layers, module state only of
-the wrappers the replayed edit creates. Wrapping editors' wrapper classes cannot be rebuilt
-generically, so their fixes are replayed with the same editor and hparams and the saved wrapper
-state is loaded over the replayed wrappers.
+Loading (`load_edited`, `load_artifact`) rebuilds the edit from the saved state alone through
+`Editor.load_edit`: it never applies, fits or trains. A fix file is untrusted input: loading
+refuses (IntegrityError) before the model changes when the manifest has no base fingerprint or
+another model's, when the file holds a tensor the manifest does not declare, or one whose shape,
+dtype or hash differs; the editor then refuses any tensor outside its edit (parameters other than
+the down projections of its layers, codebook or memory parts it does not have, widths that do not
+fit this model), and a refused load leaves the model bitwise as it was. Format 2 files (which
+replayed the fixes) are refused with the command that re-creates them.
 """
 
 from __future__ import annotations
@@ -25,81 +29,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import ValidationError
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from clmedit.data.schema import EditCase, SkippedLines, format_prompt, iter_jsonl, write_cases
-from clmedit.errors import InputError, IntegrityError, describe_validation
-from clmedit.files import atomic_write_text
-from clmedit.models.arch import arch_of
+from clmedit.data.schema import EditCase, write_cases
+from clmedit.editors.base import Editor, EditResult, EditState, editor_class, undone_on_error
+from clmedit.errors import IntegrityError, NotSavableError
+from clmedit.files import atomic_write, atomic_write_text
 from clmedit.models.fingerprint import model_fingerprint
 from clmedit.run.records import fingerprint, fingerprint_diff
 
 log = logging.getLogger(__name__)
-FORMAT = 2  # 2: every tensor declared with its hash, base model fingerprint (1 had neither)
-FILES = ("weights.safetensors", "modules.safetensors")
-
-
-def read_fixes(path: str | Path, task: str = "cnle") -> list[EditCase]:
-    """Fixes from JSONL: full EditCase lines, or {prompt|intent|code, target} lines.
-
-    `intent` is formatted as a CNLE prompt, `code` as a CSNE prompt, `prompt` with `task`'s
-    template unless it is already formatted.
-    """
-    fixes = []
-    skipped = SkippedLines()
-    for i, obj in enumerate(iter_jsonl(path, skipped)):
-        try:
-            fixes.append(_fix(obj, i, task))
-        except ValidationError as err:
-            raise InputError(
-                f"{path}: fix {i + 1} is not a valid edit case ({describe_validation(err)})"
-            ) from None
-        except InputError as err:
-            raise InputError(f"{path}: fix {i + 1} {err}") from None
-    if skipped:
-        where = ", ".join(f"line {n}: {r}" for n, r in skipped.lines[:5])
-        raise InputError(f"{path}: {sum(skipped.values())} line(s) are not JSON objects ({where}); fix them")
-    if not fixes:
-        raise InputError(f"{path}: no fixes found")
-    return fixes
-
-
-def _fix(obj: dict[str, Any], i: int, task: str) -> EditCase:
-    if "neighbours" in obj and "case_id" in obj:
-        return EditCase.model_validate(obj)
-    key = next((k for k in ("intent", "code", "prompt") if k in obj), None)
-    if key is None:
-        raise InputError("needs one of 'prompt', 'intent' or 'code', and a 'target'")
-    text, target = obj[key], obj.get("target")
-    for name, value in ((key, text), ("target", target)):
-        if not isinstance(value, str) or not value.strip():
-            raise InputError(f"needs a non-empty string {name!r}, got {value!r}")
-    t = {"intent": "cnle", "code": "csne"}.get(key, task)
-    prompt = as_prompt(text, task) if key == "prompt" else format_prompt(t, text)  # type: ignore[arg-type]
-    return EditCase(case_id=str(obj.get("id", f"fix-{i}")), task=t, prompt=prompt, target=target,
-                    rephrase=prompt, neighbours=[])  # fmt: skip
-
-
-def as_prompt(text: str, task: str = "cnle") -> str:
-    """`text` formatted with the task template unless it already is (ends with 'Code:'/'Description:')."""
-    if text.rstrip().endswith(("Code:", "Description:")):
-        return text
-    return format_prompt(task, text)  # type: ignore[arg-type]
-
-
-def _touched(model: torch.nn.Module, before: dict[str, str]) -> tuple[list[str], list[str]]:
-    """(parameters/buffers changed in place, paths of modules replaced) since the `before` fingerprint.
-
-    A wrapped module renames the tensors below it; those names (present before or after only) are
-    structural and are carried by the wrapper's state, not by the parameter list.
-    """
-    after = fingerprint(model)
-    changed = fingerprint_diff(before, after)
-    modules = sorted(k.removeprefix("module:") for k in changed if k.startswith("module:") and k in before)
-    tensors = [k for k in changed if not k.startswith("module:") and k in before and k in after]
-    return tensors, modules
+FORMAT = 3  # 3: the edit's own state, loaded without training; 2 replayed the fixes; 1 had no hashes
+EDIT_FILE, MANIFEST = "edit.safetensors", "manifest.json"
 
 
 def tensor_sha256(t: torch.Tensor) -> str:
@@ -115,69 +57,92 @@ def _declare(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, Any]]:
     }
 
 
-def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def _check_covered(model: torch.nn.Module, before: dict[str, str], editor: Editor, state: EditState) -> None:
+    """Refuse to save an edit its state does not hold whole: a parameter changed in place that the
+    state leaves out, or a wrapped module from an editor that keeps the weight default."""
+    after = fingerprint(model)
+    changed = fingerprint_diff(before, after)
+    params = [k for k in changed if not k.startswith("module:") and k in before and k in after]
+    missing = [k for k in params if k not in state.tensors]
+    if missing:
+        raise NotSavableError(
+            f"{editor.name} changed {missing[:5]} but its edit_state does not hold them; "
+            "its edit cannot be saved (make edited_parameters or edit_state cover them)"
+        )
+    wrapped = [k.removeprefix("module:") for k in changed if k.startswith("module:") and k in before]
+    if wrapped and type(editor).edit_state is Editor.edit_state:
+        raise NotSavableError(
+            f"{editor.name} wraps {wrapped[:3]} but keeps the weight editors' edit_state; implement "
+            "edit_state and _load_edit for its wrapper so its edit can be saved"
+        )
 
 
-def save_artifact(model, tok, editor, fixes: list[EditCase], out: str | Path, model_id: str) -> Path:
-    """Apply `fixes` with `editor` (one apply call) and save what changed; the model stays edited."""
+def save_artifact(model, tok, editor: Editor, fixes: list[EditCase], out: str | Path, model_id: str) -> Path:
+    """Apply `fixes` with `editor` (one apply call) and save the whole edit; the model stays edited.
+
+    `model` must be the unedited base model (its fingerprints are recorded). If saving fails, the
+    edit is restored and the error propagates.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    base = model_fingerprint(model, tok)
+    base, base_weights = model_fingerprint(model, tok), model_fingerprint(model)
     before = fingerprint(model)
-    original = {p.data_ptr() for p in model.parameters()}  # wrappers keep the original layer: skip it
     result = editor.apply(model, tok, fixes)
-    params, modules = _touched(model, before)
-    state = dict(model.named_parameters()) | dict(model.named_buffers())
-    weights = {k: state[k].detach().cpu().contiguous() for k in params}
-    wrapped: dict[str, torch.Tensor] = {}
-    for m in modules:
-        for k, v in model.get_submodule(m).state_dict().items():
-            if v.data_ptr() in original:
-                continue
-            wrapped[f"{m}::{k}"] = v.detach().cpu().contiguous()
-    save_file(weights, str(out / "weights.safetensors"))
-    save_file(wrapped, str(out / "modules.safetensors"))
-    write_cases(out / "fixes.jsonl", fixes)
-    manifest: dict[str, Any] = {
-        "format": FORMAT, "model": model_id, "base_fingerprint": base, "editor": editor.name,
-        "hparams": editor.hparams.model_dump(mode="json"),
-        "wrapped_modules": {m: type(model.get_submodule(m)).__qualname__ for m in modules},
-        "fixes": len(fixes), "fixes_sha256": _file_sha256(out / "fixes.jsonl"),
-        "tensors": {"weights.safetensors": _declare(weights), "modules.safetensors": _declare(wrapped)},
-        "apply_seconds": result.seconds, "peak_bytes": result.peak_bytes,
-    }  # fmt: skip
-    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2))
-    log.info("saved %d parameters and %d wrapped modules to %s", len(params), len(modules), out)
+    with undone_on_error(result):
+        state = editor.edit_state(model)
+        _check_covered(model, before, editor, state)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in state.tensors.items()}
+        try:
+            meta = json.loads(json.dumps(state.meta))
+        except (TypeError, ValueError) as err:
+            raise NotSavableError(f"{editor.name}: its edit_state meta is not JSON ({err})") from None
+        atomic_write(out / EDIT_FILE, lambda tmp: save_file(tensors, tmp))
+        write_cases(out / "fixes.jsonl", fixes)
+        manifest: dict[str, Any] = {
+            "format": FORMAT, "model": model_id, "base_fingerprint": base,
+            "base_weights_fingerprint": base_weights, "editor": editor.name,
+            "hparams": editor.hparams.portable(),
+            "edit": {"meta": meta, "tensors": _declare(tensors)},
+            "fixes": len(fixes), "fixes_sha256": hashlib.sha256((out / "fixes.jsonl").read_bytes()).hexdigest(),
+            "apply_seconds": result.seconds, "peak_bytes": result.peak_bytes,
+        }  # fmt: skip
+        atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2))
+    log.info("saved a %s edit of %d fix(es) (%d tensors) to %s", editor.name, len(fixes), len(tensors), out)
     return out
 
 
-def _read_manifest(directory: Path) -> dict[str, Any]:
-    mpath = directory / "manifest.json"
+def read_manifest(directory: str | Path) -> dict[str, Any]:
+    """The manifest of a fix file (or of an exported adapter), checked for format and completeness."""
+    directory = Path(directory)
+    mpath = directory / MANIFEST
     if not mpath.is_file():
-        raise FileNotFoundError(f"{directory} is not a clmedit artifact (no manifest.json)")
+        raise FileNotFoundError(f"{directory} is not a clmedit fix file (no {MANIFEST})")
     try:
         manifest = json.loads(mpath.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise IntegrityError(f"{mpath} is not valid JSON ({err}); re-create the artifact") from err
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        got = manifest.get("format") if isinstance(manifest, dict) else None
+        raise IntegrityError(f"{mpath} is not valid JSON ({err}); re-create the fix file") from err
+    got = manifest.get("format") if isinstance(manifest, dict) else None
+    if got != FORMAT:
+        editor = manifest.get("editor", "EDITOR") if isinstance(manifest, dict) else "EDITOR"
         raise IntegrityError(
-            f"{directory}: artifact format {got!r} is not supported (this clmedit reads format {FORMAT}); "
-            f"re-create it with `clmedit apply --fixes {directory / 'fixes.jsonl'} --out DIR`"
+            f"{directory}: fix file format {got!r} is not supported (this clmedit reads format {FORMAT}, "
+            f"which loads without training); re-create it with `clmedit apply --editor {editor} --fixes "
+            f"{directory / 'fixes.jsonl'} --out NEW_DIR` (add --trained DIR for a trained editor)"
         )
     if not isinstance(manifest.get("base_fingerprint"), str):
         raise IntegrityError(f"{directory}: the manifest has no base model fingerprint; refusing to load it")
-    if not isinstance(manifest.get("tensors"), dict) or not all(
-        isinstance(manifest["tensors"].get(f), dict) for f in FILES
+    edit = manifest.get("edit")
+    if (
+        not isinstance(edit, dict)
+        or not isinstance(edit.get("tensors"), dict)
+        or not isinstance(edit.get("meta"), dict)
     ):
-        raise IntegrityError(f"{directory}: the manifest does not declare the tensors of {', '.join(FILES)}")
+        raise IntegrityError(f"{directory}: the manifest does not declare the edit's tensors and meta")
     return manifest
 
 
-def _read_declared(directory: Path, file: str, declared: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The tensors of `file`, each checked against its declaration (name, shape, dtype, sha256)."""
-    path = directory / file
+def _read_declared(path: Path, declared: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The tensors of `path`, each checked against its declaration (name, shape, dtype, sha256)."""
     try:
         with safe_open(str(path), framework="pt") as fh:
             names = set(fh.keys())
@@ -185,123 +150,58 @@ def _read_declared(directory: Path, file: str, declared: dict[str, Any]) -> dict
             if extra or missing:
                 raise IntegrityError(
                     f"{path}: tensors not declared in the manifest {extra[:5]}, declared but absent "
-                    f"{missing[:5]}; refusing to load this artifact"
+                    f"{missing[:5]}; refusing to load this fix file"
                 )
             tensors = {k: fh.get_tensor(k) for k in sorted(names)}
     except IntegrityError:
         raise
     except Exception as err:  # missing or unreadable file
-        raise IntegrityError(f"{path} cannot be read as safetensors ({err}); re-create the artifact") from err
+        raise IntegrityError(f"{path} cannot be read as safetensors ({err}); re-create the fix file") from err
     for k, v in tensors.items():
         if _declare({k: v})[k] != declared[k]:
             raise IntegrityError(
                 f"{path}: tensor {k!r} does not match its declaration in the manifest (shape, dtype or "
-                f"sha256 differ); the artifact was altered or damaged"
+                f"sha256 differ); the fix file was altered or damaged"
             )
     return tensors
 
 
-def _editable(model, manifest: dict[str, Any]) -> set[str]:
-    """Parameters the manifest's editor may change: those of the down projections of its layers."""
-    from clmedit.editors.base import editor_class
-
-    arch = arch_of(model)
-    n = arch.num_layers(model)
+def editor_for(manifest: dict[str, Any]) -> Editor:
+    """The editor a manifest names, built from its (portable) hparams: nothing is trained or read."""
     try:
         cls = editor_class(manifest["editor"])
-        hp = cls.HParams(**manifest["hparams"])
+        return cls(cls.HParams.build(manifest["hparams"], "the fix file's hparams"))
     except Exception as err:
-        raise IntegrityError(f"artifact editor/hparams are not valid here: {err}") from err
-    if hasattr(hp, "layers"):
-        layers = hp.layers_for(hp.layers, n)
-    elif hasattr(hp, "layer"):
-        layers = [hp.layer_for(hp.layer, n)]
-    else:
-        layers = list(range(n))
-    out = set()
-    for layer in layers:
-        path = arch.path("down_proj", layer)
-        out |= {f"{path}.{k}" for k, _ in model.get_submodule(path).named_parameters()}
-    return out
+        raise IntegrityError(f"the fix file's editor/hparams are not valid here: {err}") from err
+
+
+def load_edited(model, directory: str | Path, tok: Any = None) -> EditResult:
+    """Put the edit saved in `directory` (a fix file or an exported adapter) into `model`.
+
+    `model` must be the unedited base model the fix was made for: its fingerprint is checked
+    (with `tok`, the tokenizer's too). No training happens. Returns the EditResult (`restore()`
+    takes the edit out); `info["manifest"]` is the manifest, `info["editor"]` the editor, which
+    can keep editing the loaded edit.
+    """
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    want = manifest["base_fingerprint"] if tok is not None else manifest.get("base_weights_fingerprint")
+    here = model_fingerprint(model, tok) if tok is not None else model_fingerprint(model)
+    if want != here:
+        raise IntegrityError(
+            f"{directory} was made for another base model ({manifest.get('model')!r}, fingerprint "
+            f"{want}) than the one given (fingerprint {here}); load it into the unedited model it was made for"
+        )
+    tensors = _read_declared(directory / EDIT_FILE, manifest["edit"]["tensors"])
+    editor = editor_for(manifest)
+    try:
+        result = editor.load_edit(model, tok, EditState(tensors, manifest["edit"]["meta"]))
+    except IntegrityError as err:
+        raise IntegrityError(f"{directory}: {err}; refusing to load it") from None
+    result.info.update(manifest=manifest, editor=editor)
+    return result
 
 
 def load_artifact(model, tok, directory: str | Path) -> dict[str, Any]:
-    """Put a saved edit into `model` (the unedited model it was made for); returns the manifest.
-
-    Everything is checked before the model changes, except the wrapper state, which is checked
-    against the wrappers the replay creates (on refusal the replayed wrappers are removed).
-    """
-    directory = Path(directory)
-    manifest = _read_manifest(directory)
-    here = model_fingerprint(model, tok)
-    if manifest["base_fingerprint"] != here:
-        raise IntegrityError(
-            f"{directory} was made for another base model ({manifest.get('model')!r}, fingerprint "
-            f"{manifest['base_fingerprint']}) than the one loaded (fingerprint {here}); load it with "
-            f"the model it was made for"
-        )
-    weights = _read_declared(directory, FILES[0], manifest["tensors"][FILES[0]])
-    wrapped = _read_declared(directory, FILES[1], manifest["tensors"][FILES[1]])
-    state = dict(model.named_parameters()) | dict(model.named_buffers())
-    editable = _editable(model, manifest)
-    for k, v in weights.items():
-        if k not in editable:
-            raise IntegrityError(
-                f"{directory}: the artifact would set {k!r}, which editor {manifest['editor']!r} does not "
-                f"edit; refusing to load it"
-            )
-        if state[k].shape != v.shape:
-            raise IntegrityError(f"{directory}: parameter {k} does not fit this model")
-    fixes = directory / "fixes.jsonl"
-    if manifest["wrapped_modules"] or wrapped:
-        if not fixes.is_file() or _file_sha256(fixes) != manifest.get("fixes_sha256"):
-            raise IntegrityError(f"{fixes} is missing or does not match the manifest's sha256")
-        _load_wrappers(model, tok, manifest, wrapped, fixes, directory)
-    with torch.no_grad():
-        for k, v in weights.items():
-            state[k].copy_(v.to(state[k].device, state[k].dtype))
-    return manifest
-
-
-def _load_wrappers(
-    model, tok, manifest, wrapped: dict[str, torch.Tensor], fixes: Path, directory: Path
-) -> None:
-    """Replay the fixes to rebuild the wrappers, then load their saved own state (and nothing else)."""
-    from clmedit.data.schema import read_cases
-    from clmedit.editors.base import editor_class
-
-    cls = editor_class(manifest["editor"])
-    editor = cls(cls.HParams(**manifest["hparams"]))
-    before = fingerprint(model)
-    original = {p.data_ptr() for p in model.parameters()}
-    result = editor.apply(model, tok, read_cases(fixes))  # rebuilds the wrappers
-    try:
-        _, modules = _touched(model, before)
-        own = {
-            f"{m}::{k}": v
-            for m in modules
-            for k, v in model.get_submodule(m).state_dict().items()
-            if v.data_ptr() not in original
-        }
-        if sorted(modules) != sorted(manifest["wrapped_modules"]):
-            raise IntegrityError(
-                f"{directory}: the manifest lists wrapped modules {sorted(manifest['wrapped_modules'])} but "
-                f"replaying its fixes wraps {modules}; refusing to load it"
-            )
-        for key, v in wrapped.items():
-            if key not in own:
-                raise IntegrityError(
-                    f"{directory}: modules.safetensors would set {key!r}, which is not state of a module "
-                    f"the editor wrapped; refusing to load it"
-                )
-            if own[key].shape != v.shape:
-                raise IntegrityError(f"{directory}: {key} does not fit the replayed wrapper")
-        per_module: dict[str, dict[str, torch.Tensor]] = {}
-        for key, v in wrapped.items():
-            m, _, k = key.partition("::")
-            per_module.setdefault(m, {})[k] = v
-        for m, sd in per_module.items():
-            model.get_submodule(m).load_state_dict(sd, strict=False)
-    except BaseException:
-        result.restore()
-        raise
+    """`load_edited` for the CLI: put the saved edit into `model`; returns the manifest."""
+    return load_edited(model, directory, tok).info["manifest"]

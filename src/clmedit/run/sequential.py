@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 from transformers import set_seed
 
 from clmedit.data.schema import EditCase
-from clmedit.editors.base import EditSession
+from clmedit.editors.session import EditSession
 from clmedit.errors import InputError, IntegrityError
 from clmedit.files import atomic_write_text
 from clmedit.models.cost import resident_bytes

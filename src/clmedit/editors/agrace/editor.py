@@ -28,13 +28,17 @@ from clmedit.editors.agrace.encoder import (
     EncoderConfig,
     EncoderTraining,
     KeyEncoder,
+    encoder_from_state,
+    encoder_state,
     load_encoder,
     save_encoder,
     train_encoder,
 )
 from clmedit.editors.agrace.features import Pool, cached_prompt_features, pool_tokens
-from clmedit.editors.grace.editor import Grace, GraceHParams, Replacement
-from clmedit.errors import NotSavableError
+from clmedit.editors.base import EditResult, EditState
+from clmedit.editors.grace.editor import Grace
+from clmedit.editors.grace.hparams import GraceHParams, Replacement
+from clmedit.errors import IntegrityError, NotSavableError
 from clmedit.models.text import model_name
 
 log = logging.getLogger(__name__)
@@ -55,6 +59,7 @@ class AGraceHParams(GraceHParams, EncoderTraining):
     """GRACE's hparams, the encoder's training (EncoderTraining: enc_*), and these."""
 
     STUDY_KEYS = GraceHParams.STUDY_KEYS | {"encoder_state_path"}
+    TRAINED_FROM: ClassVar[str | None] = "encoder_dir"
     study_replacement: ClassVar[Replacement] = "key"  # the study's A-GRACE leaves decoded tokens alone
 
     margin: float | None = Field(None, gt=0, description="contrastive margin; None: by task (below)")
@@ -147,6 +152,42 @@ class AGrace(Grace):
         config = EncoderConfig(d_in=anchor.size(1), d_out=hp.key_dim, pool=self.pool, layer=layer, meta=meta)
         owner = torch.repeat_interleave(torch.arange(len(usable)), counts)
         return TrainingFeatures(anchor, positive, nb_feats, owner, config)
+
+    # --- the edit as data: GRACE's codebook and the encoder that keys it ----------------------
+    def key_width(self, model) -> int:
+        return self.encoder.config.d_out if self.use_encoder and self.encoder else super().key_width(model)
+
+    def edit_state(self, model) -> EditState:
+        """GRACE's codebook plus the encoder (`encoder.*` tensors, its config in meta)."""
+        state = super().edit_state(model)
+        if self.use_encoder:
+            assert self.encoder is not None  # an edit exists, so keys were computed
+            tensors, config = encoder_state(self.encoder)
+            state.tensors.update({f"encoder.{k}": v for k, v in tensors.items()})
+            state.meta["encoder"] = config
+        return state
+
+    def _load_edit(self, model, tok, state: EditState, result: EditResult) -> None:
+        """Take the saved encoder (no training: the editor needs no fit), then GRACE's codebook."""
+        if self.use_encoder:
+            mine = {
+                k.removeprefix("encoder."): v for k, v in state.tensors.items() if k.startswith("encoder.")
+            }
+            try:
+                encoder = encoder_from_state(mine, state.meta.get("encoder") or {})
+            except ValueError as err:
+                raise IntegrityError(f"the saved {self.name} edit's key encoder: {err}") from None
+            if encoder.config.pool != self.pool:
+                raise IntegrityError(
+                    f"the saved encoder pools {encoder.config.pool!r}, {self.name} {self.pool!r}"
+                )
+            previous = self.encoder
+            result.undo.append(lambda: setattr(self, "encoder", previous))
+            self.encoder = encoder.to(next(model.parameters()).device)
+            state = EditState(
+                {k: v for k, v in state.tensors.items() if not k.startswith("encoder.")}, state.meta
+            )
+        super()._load_edit(model, tok, state, result)
 
     def save(self, directory: str | Path) -> None:
         if not self.use_encoder:

@@ -315,13 +315,29 @@ def train_encoder(
     return encoder, history
 
 
+def encoder_state(encoder: KeyEncoder) -> tuple[dict[str, torch.Tensor], dict]:
+    """(weights on the CPU, config as JSON): the encoder as data, e.g. inside a fix file."""
+    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in encoder.state_dict().items()}
+    return tensors, asdict(encoder.config)
+
+
+def encoder_from_state(tensors: dict[str, torch.Tensor], config: dict) -> KeyEncoder:
+    """The encoder `encoder_state` described (bitwise the same keys); ValueError when it does not fit."""
+    try:
+        encoder = KeyEncoder(EncoderConfig(**config))
+        encoder.load_state_dict(tensors)
+    except (TypeError, RuntimeError) as err:
+        raise ValueError(f"the encoder's weights or config do not fit ({err})") from None
+    return encoder.eval().requires_grad_(False)  # a loaded encoder is frozen; fit trains a new one
+
+
 def save_encoder(encoder: KeyEncoder, directory: str | Path) -> Path:
     """Write encoder.safetensors + encoder.json into `directory`."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
-    save_file(state, str(directory / WEIGHTS))
-    (directory / CONFIG).write_text(json.dumps(asdict(encoder.config), indent=2))
+    tensors, config = encoder_state(encoder)
+    save_file(tensors, str(directory / WEIGHTS))
+    (directory / CONFIG).write_text(json.dumps(config, indent=2))
     return directory
 
 
@@ -332,7 +348,6 @@ def load_encoder(directory: str | Path) -> KeyEncoder:
         raise FileNotFoundError(
             f"{directory} holds no {WEIGHTS}; train one with `clmedit train --editor agrace`"
         )
-    config = EncoderConfig(**json.loads((directory / CONFIG).read_text()))
-    encoder = KeyEncoder(config)
-    encoder.load_state_dict(load_file(str(directory / WEIGHTS)))
-    return encoder.eval()
+    return encoder_from_state(
+        load_file(str(directory / WEIGHTS)), json.loads((directory / CONFIG).read_text())
+    )

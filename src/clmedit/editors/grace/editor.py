@@ -27,23 +27,26 @@ the prompt mask comes from the attention mask seen by a forward pre-hook on the 
 Keys come from `Grace.keys(inputs, prompt_mask)`; subclasses (A-GRACE) override it to map
 the prefill's down_proj inputs to any key space, and the wrapper always calls that method.
 Restore removes the wrapper and the hook: the model is then bitwise what it was.
+
+Lifelong editing: applying again without restoring extends the one wrapper's codebook (no nested
+wrappers); each result undoes its own inserts, last-in-first-out (`_apply`). As data (fix files),
+`edit_state` holds the codebook and `_load_edit` rebuilds the wrapper from it, never training.
 """
 
 from __future__ import annotations
 
 import logging
-import re
-from typing import Any, ClassVar, Literal
+from typing import Any
 
 import torch
-from pydantic import Field
 from torch import nn
 
-from clmedit.config import EditorHParams, study_keys
 from clmedit.data.schema import EditCase
-from clmedit.editors.base import Editor, EditResult, replace_module
-from clmedit.editors.grace.codebook import Codebook, Distance, Expand
+from clmedit.editors.base import Editor, EditResult, EditState, replace_module
+from clmedit.editors.grace.codebook import Codebook
+from clmedit.editors.grace.hparams import DECODE, GraceHParams
 from clmedit.editors.grace.layer import GraceLayer
+from clmedit.errors import InputError, IntegrityError, NotSavableError
 from clmedit.locate.keys import key_distance
 from clmedit.models.arch import arch_of
 from clmedit.models.hooks import Trace
@@ -51,57 +54,6 @@ from clmedit.models.partial import forward_from, trainable_only
 from clmedit.models.text import edit_batch, gather_rows, last_position, pad_batch, prompt_ids, target_nll
 
 log = logging.getLogger(__name__)
-
-Replacement = Literal["last", "key", "steps"]
-DECODE = {"last": "lookup", "key": "none", "steps": "steps"}  # GraceLayer's mode at decoded tokens
-
-
-class GraceHParams(EditorHParams):
-    STUDY_KEYS = study_keys(
-        "inner_params edit_lr n_iter eps dist_fn val_init replacement eps_expand dropout num_pert "
-        "reg val_reg val_train"
-    )
-
-    layer: int = Field(27, description="down_proj of this layer (of reference_layers) is wrapped")
-    edit_lr: float = Field(1.0, gt=0, description="Adam learning rate of the value")
-    n_iter: int = Field(30, ge=1, description="optimisation steps per value")
-    eps: float = Field(1.0, gt=0, description="radius of a new codebook entry")
-    dist_fn: Distance = Field("euc", description="key distance: euc (L2) or cos (1 - cosine)")
-    val_init: Literal["warm", "cold"] = Field("cold", description="warm: unedited outputs; cold: U[0,1)")
-    replacement: Replacement = Field(
-        "last",
-        description="last: the study's GRACE (key token + decoded tokens whose own key matches); "
-        "key: key token only (the study's A-GRACE); steps: one value per decoded token (ours)",
-    )
-    eps_expand: Expand = Field("coverage", description="same-label key: grow radius or move key")
-    # what the study's `replacement: replace_last` means for this editor in its code
-    study_replacement: ClassVar[Replacement] = "last"
-
-    @classmethod
-    def from_study(cls, raw: dict[str, Any]) -> GraceHParams:
-        """Read the study's GRACE YAML (inner_params, edit_lr, n_iter, eps, dist_fn, ...)."""
-        kw: dict[str, Any] = {}
-        params = raw.get("inner_params") or []
-        if params:
-            found = re.search(r"layers?[.\[](\d+)", str(params[0]))
-            if not found:
-                raise ValueError(f"cannot find a layer index in inner_params {params[0]!r}")
-            kw["layer"] = int(found.group(1))
-        for key in ("edit_lr", "n_iter", "eps", "dist_fn", "val_init"):
-            if raw.get(key) is not None:
-                kw[key] = raw[key]
-        if raw.get("replacement") is not None:
-            if raw["replacement"] != "replace_last":
-                raise ValueError(
-                    f"GRACE replacement {raw['replacement']!r} is not implemented; the study uses "
-                    "'replace_last' (set replacement: last, key or steps in our own YAML)"
-                )
-            kw["replacement"] = cls.study_replacement
-        if raw.get("eps_expand") is not None:
-            kw["eps_expand"] = "moving_average" if "avg" in str(raw["eps_expand"]) else "coverage"
-        ignored = sorted(set(raw) - set(kw) - {"inner_params", "replacement", "eps_expand"})
-        log.debug("GRACE from_study: ignoring keys %s", ignored)
-        return cls.build(kw, "study GRACE hparams")
 
 
 class Grace(Editor):
@@ -153,21 +105,36 @@ class Grace(Editor):
 
     # --- apply ----------------------------------------------------------------------------------
     def _apply(self, model: nn.Module, tok: Any, cases: list[EditCase], result: EditResult) -> None:
+        """Insert each case into the codebook of this editor's wrapper at the edit layer.
+
+        The first apply wraps the down_proj; its restore() takes the wrapper (and the hook) out.
+        An apply on a model whose layer already carries this editor's wrapper (an earlier apply
+        not restored: lifelong editing) extends that codebook instead of nesting a second
+        wrapper, and its restore() undoes exactly what it did (entries added, radii grown or
+        split, keys moved, values retrained). Restore such results last-in-first-out (a restore
+        out of that order raises); restoring the first one removes the wrapper and every later edit.
+        """
         hp = self.hparams
-        arch = arch_of(model)
         layer = self.edit_layer(model)
-        path = arch.path("down_proj", layer)
-        book = Codebook(eps_init=hp.eps, dist_fn=hp.dist_fn, expand=hp.eps_expand)
-        wrapper = GraceLayer(model.get_submodule(path), book, self.keys, DECODE[hp.replacement])
-        result.undo.append(replace_module(model, path, wrapper))
-        result.undo.append(model.register_forward_pre_hook(wrapper.observe, with_kwargs=True).remove)
+        path = arch_of(model).path("down_proj", layer)
+        wrapper = self._own_wrapper(model, path)
+        change = None
+        if wrapper is None:
+            book = Codebook(eps_init=hp.eps, dist_fn=hp.dist_fn, expand=hp.eps_expand)
+            wrapper = self._attach(model, path, book, result)
+        else:
+            change = wrapper.codebook.checkpoint()
+            book = wrapper.codebook
+            result.undo.append(lambda: book.rollback(change))
         info: dict[str, list] = {"keys": [], "ops": [], "nearest": [], "losses": []}
         wrapper.enabled = False  # inserts see (and train against) the unedited layer output
-        for case in cases:
-            key, op, nearest, loss = self._insert(model, tok, wrapper, layer, path, case)
-            for name, v in zip(("keys", "ops", "nearest", "losses"), (key, op, nearest, loss)):
-                info[name].append(v)
-        wrapper.enabled = True
+        try:
+            for case in cases:
+                key, op, nearest, loss = self._insert(model, tok, wrapper, layer, path, case, change)
+                for name, v in zip(("keys", "ops", "nearest", "losses"), (key, op, nearest, loss)):
+                    info[name].append(v)
+        finally:
+            wrapper.enabled = True
         result.info = {
             "layer": layer,
             "keys": torch.stack(info["keys"]).cpu(),  # (N, d_key) keys as inserted
@@ -175,10 +142,40 @@ class Grace(Editor):
             "nearest": info["nearest"],
             "losses": info["losses"],
             "codebook": book,
+            "continued": change is not None,
         }
 
-    def _insert(self, model, tok, wrapper: GraceLayer, layer: int, path: str, case: EditCase):
-        """Insert one case's key, then train the value of the entry it landed in."""
+    def _own_wrapper(self, model: nn.Module, path: str) -> GraceLayer | None:
+        """The wrapper this editor put at `path`, or None when the plain layer is there.
+
+        A GRACE-family wrapper of another editor instance (another key space, e.g. another
+        encoder) or of other codebook settings is refused rather than nested or extended.
+        """
+        module = model.get_submodule(path)
+        if not isinstance(module, GraceLayer):
+            return None
+        hp, book = self.hparams, module.codebook
+        ours = getattr(module.key_fn, "__self__", None) is self
+        same = (module.decode, book.eps_init, book.dist_fn, book.expand) == (
+            DECODE[hp.replacement], hp.eps, hp.dist_fn, hp.eps_expand,
+        )  # fmt: skip
+        if not (ours and same):
+            why = "another editor instance" if not ours else "other codebook settings"
+            raise InputError(
+                f"{path} already carries a GRACE-family edit made by {why}; restore that edit first, or "
+                f"keep applying with the editor (and hparams) that made it"
+            )
+        return module
+
+    def _attach(self, model: nn.Module, path: str, book: Codebook, result: EditResult) -> GraceLayer:
+        """Wrap the down_proj at `path` around `book`; `result` gets the undo that takes it out."""
+        wrapper = GraceLayer(model.get_submodule(path), book, self.keys, DECODE[self.hparams.replacement])
+        result.undo.append(replace_module(model, path, wrapper))
+        result.undo.append(model.register_forward_pre_hook(wrapper.observe, with_kwargs=True).remove)
+        return wrapper
+
+    def _insert(self, model, tok, wrapper: GraceLayer, layer: int, path: str, case: EditCase, change=None):
+        """Insert one case's key, then train the value of the entry it landed in (recorded in `change`)."""
         hp = self.hparams
         device = next(model.parameters()).device
         batch = edit_batch(tok, [case.prompt], [case.target], device=device)
@@ -194,19 +191,74 @@ class Grace(Editor):
         ):
             model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
         prompt_mask = torch.arange(batch["input_ids"].shape[1], device=device)[None] < p
-        key = self.keys(dp.input, prompt_mask)[0]
+        with torch.no_grad():  # a trained key encoder is not trained here
+            key = self.keys(dp.input, prompt_mask)[0]
         if hp.val_init == "warm":
             init = dp.output[0, p - 1 : p - 1 + steps].float()
         else:
             gen = torch.Generator().manual_seed(hp.seed)
             init = torch.rand(steps, dp.output.shape[-1], generator=gen).to(device)
-        ins = wrapper.codebook.insert(key, case.target, init, radius=self.entry_radius(key))
-        value, loss = self._train_value(
-            model, layer, path, blk.input, batch, wrapper.codebook.values[ins.index]
-        )
-        wrapper.codebook.set_value(ins.index, value)
+        book = wrapper.codebook
+        ins = book.insert(key, case.target, init, radius=self.entry_radius(key), change=change)
+        value, loss = self._train_value(model, layer, path, blk.input, batch, book.values[ins.index])
+        book.set_value(ins.index, value, change)
         log.debug("GRACE %s: %s (nearest %.3g), loss %.4f", case.case_id, ins.op, ins.distance or -1, loss)
         return key.detach(), ins.op, ins.distance, loss
+
+    # --- the edit as data (fix files) -----------------------------------------------------------
+    def edit_state(self, model: nn.Module) -> EditState:
+        """The codebook of this editor's wrapper (every apply not restored): `codebook.*` tensors,
+        its labels and settings in meta with the edit layer. Subclasses add their key encoder."""
+        layer = self.edit_layer(model)
+        path = arch_of(model).path("down_proj", layer)
+        if not isinstance(model.get_submodule(path), GraceLayer):
+            raise NotSavableError(
+                f"{self.name}: {path} carries no GRACE-family edit to save; apply fixes first"
+            )
+        tensors, meta = self._own_wrapper(model, path).codebook.state()
+        return EditState({f"codebook.{k}": v for k, v in tensors.items()}, {"layer": layer, "codebook": meta})
+
+    def key_width(self, model: nn.Module) -> int:
+        """Width of this editor's keys (GRACE: the down_proj input, d_mlp)."""
+        return arch_of(model).mlp_dim(model, self.edit_layer(model))
+
+    def _load_edit(self, model: nn.Module, tok: Any, state: EditState, result: EditResult) -> None:
+        """Wrap the edit layer around the saved codebook; keys come from `self.keys`, as after apply.
+
+        Every tensor must be the codebook's, of this model's widths, with these hparams' settings.
+        """
+        hp, arch = self.hparams, arch_of(model)
+        layer = self.edit_layer(model)
+        path = arch.path("down_proj", layer)
+        if isinstance(model.get_submodule(path), GraceLayer):
+            raise InputError(
+                f"{path} already carries a GRACE-family edit; load fixes into the unedited model"
+            )
+        if state.meta.get("layer") != layer:
+            raise IntegrityError(
+                f"the saved edit is at layer {state.meta.get('layer')}, {self.name} edits {layer}"
+            )
+        unknown = sorted(k for k in state.tensors if not k.startswith("codebook."))
+        if unknown:
+            raise IntegrityError(
+                f"the saved edit holds {unknown[:5]}, which are not part of a {self.name} edit"
+            )
+        tensors = {k.removeprefix("codebook."): v for k, v in state.tensors.items()}
+        device = next(model.parameters()).device
+        try:
+            book = Codebook.from_state(tensors, state.meta.get("codebook") or {}, device)
+        except ValueError as err:
+            raise IntegrityError(f"the saved {self.name} codebook does not fit: {err}") from None
+        d_out = arch.weight_out_in(arch.down_proj_module(model, layer)).shape[0]
+        widths = (None, None) if book.keys is None else (book.keys.shape[1], book.values[0].shape[-1])
+        if book.keys is not None and widths != (self.key_width(model), d_out):
+            raise IntegrityError(
+                f"the saved keys and values are {widths[0]} and {widths[1]} wide; {self.name} on this model "
+                f"needs {self.key_width(model)} and {d_out}"
+            )
+        if (book.eps_init, book.dist_fn, book.expand) != (hp.eps, hp.dist_fn, hp.eps_expand):
+            raise IntegrityError(f"the saved codebook's settings differ from the edit's hparams ({book!r})")
+        self._attach(model, path, book, result)
 
     def _train_value(self, model, layer: int, path: str, hidden, batch: dict, init: torch.Tensor):
         """min_V NLL(target | out[P-1+k] := v_k) by Adam; runs only layers >= `layer` per step.

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -40,6 +40,7 @@ class MalmenHParams(EditorHParams):
         "eval_log_interval final_eval val_interval early_stop_patience early_stop_key eval_only "
         "debug save val_batch_size val_steps"
     )
+    TRAINED_FROM: ClassVar[str | None] = "hypernet_dir"
 
     layers: list[int] = Field([27, 28, 29, 30, 31], description="edited down_proj layers (the last 5 of 32)")
     rank: int = Field(0, ge=0, description="block bottleneck; 0: 1920 scaled by (d_mlp + d_model) / 15104")

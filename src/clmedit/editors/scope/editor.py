@@ -30,7 +30,9 @@ from safetensors.torch import load_file, save_file
 
 from clmedit.editors.agrace.editor import AGrace, AGraceHParams, TrainingFeatures
 from clmedit.editors.agrace.encoder import holdout, save_encoder, train_candidate
+from clmedit.editors.base import EditResult, EditState
 from clmedit.editors.scope.fit import GAMMAS, Scope, choose_scope, hard_negatives, nearest_known
+from clmedit.errors import IntegrityError
 
 log = logging.getLogger(__name__)
 BANK, SCOPE = "bank.safetensors", "scope.json"
@@ -119,6 +121,36 @@ class ScopeEditor(AGrace):
         record = super().key_record(model, tok, case)
         record["distances"]["radius"] = self.entry_radius(self.prompt_keys(model, tok, [case.prompt])[0])
         return record
+
+    # --- the edit as data: A-GRACE's, plus the bank and scope that size further entries ------------
+    def edit_state(self, model) -> EditState:
+        state = super().edit_state(model)
+        if self.bank is not None and self.scope is not None:
+            state.tensors["bank"] = self.bank.detach().to("cpu", copy=True).contiguous()
+            state.meta["scope"] = asdict(self.scope)
+        return state
+
+    def _load_edit(self, model, tok, state: EditState, result: EditResult) -> None:
+        """A-GRACE's load, then the bank and scope (so applying more fixes sizes entries as before)."""
+        bank = state.tensors.get("bank")
+        rest = EditState({k: v for k, v in state.tensors.items() if k != "bank"}, state.meta)
+        super()._load_edit(model, tok, rest, result)
+        if bank is None:
+            return
+        try:
+            scope = Scope(**state.meta["scope"])
+        except (KeyError, TypeError) as err:
+            raise IntegrityError(
+                f"the saved {self.name} edit has a bank but no valid scope ({err})"
+            ) from None
+        if bank.ndim != 2 or bank.shape[1] != self.encoder.config.d_out:
+            raise IntegrityError(f"the saved bank {tuple(bank.shape)} does not fit the encoder")
+
+        def put_back(bank: torch.Tensor | None = self.bank, scope: Scope | None = self.scope) -> None:
+            self.bank, self.scope = bank, scope
+
+        result.undo.append(put_back)
+        self.bank, self.scope = bank.float(), scope
 
     # --- the trained part: encoder, bank, scope ---------------------------------------------------------
     def save(self, directory: str | Path) -> None:

@@ -40,8 +40,9 @@ from torch import nn
 
 from clmedit.config import EditorHParams, study_keys
 from clmedit.data.schema import EditCase
-from clmedit.editors.base import Editor, EditResult
+from clmedit.editors.base import Editor, EditResult, EditState
 from clmedit.editors.wise.memory import EDITS, MERGES, WORK_EDITS, WiseMemory, activation, attach
+from clmedit.errors import InputError, IntegrityError, NotSavableError
 from clmedit.models.arch import arch_of
 from clmedit.models.hooks import Trace
 from clmedit.models.partial import forward_from, trainable_only
@@ -137,6 +138,41 @@ class Wise(Editor):
             "memories": len(memory.memories()),
             **info,
         }
+
+    # --- the edit as data (fix files) -----------------------------------------------------------
+    def edit_state(self, model: nn.Module) -> EditState:
+        """The side memory's buffers (merged memory, shards, working shard, thresholds, counts)."""
+        hp, arch = self.hparams, arch_of(model)
+        layer = hp.layer_for(hp.layer, arch.num_layers(model))
+        memory = model.get_submodule(arch.path("down_proj", layer))
+        if not isinstance(memory, WiseMemory):
+            raise NotSavableError(f"wise: layer {layer} carries no side memory to save; apply fixes first")
+        tensors = {k: v.to("cpu").contiguous() for k, v in memory.edit_state().items()}
+        return EditState(tensors, {"layer": layer})
+
+    def _load_edit(self, model: nn.Module, tok: Any, state: EditState, result: EditResult) -> None:
+        """Wrap the layer in a side memory holding exactly the saved buffers (nothing else is set)."""
+        hp, arch = self.hparams, arch_of(model)
+        layer = hp.layer_for(hp.layer, arch.num_layers(model))
+        path = arch.path("down_proj", layer)
+        if state.meta.get("layer") != layer:
+            raise IntegrityError(f"the saved edit is at layer {state.meta.get('layer')}, wise edits {layer}")
+        if isinstance(model.get_submodule(path), WiseMemory):
+            raise InputError(f"{path} already carries a WISE memory; load fixes into the unedited model")
+        memory = WiseMemory(model.get_submodule(path), conv1d=arch.conv1d)
+        own = dict(memory.named_buffers(recurse=False))
+        if set(state.tensors) != set(own):
+            raise IntegrityError(
+                f"the saved WISE edit holds {sorted(state.tensors)}, a side memory {sorted(own)}"
+            )
+        shards = state.tensors["shards"]
+        if shards.ndim != 3 or shards.shape[1:] != own["side"].shape:
+            raise IntegrityError(f"the saved shards {tuple(shards.shape)} do not fit this layer")
+        try:
+            memory.load_state_dict(state.tensors, strict=False)
+        except RuntimeError as err:
+            raise IntegrityError(f"the saved WISE memory does not fit this layer: {err}") from None
+        result.undo.append(attach(model, path, memory))
 
     def _shard_mask(self, memory: WiseMemory) -> torch.Tensor:
         """A random (out, in) mask of density mask_ratio, seeded by the edit count (reproducible)."""

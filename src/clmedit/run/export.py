@@ -1,0 +1,75 @@
+"""Export a fix file for use outside clmedit's CLI.
+
+- Weight editors (FT-L, ROME, MEMIT, PMET, AlphaEdit, MALMEN: the edit changes parameters only):
+  a standard Hugging Face checkpoint of the edited model and its tokenizer, which plain
+  `transformers.AutoModelForCausalLM.from_pretrained(DIR)` loads with the fixes in it.
+- Editors that wrap a module (GRACE, A-GRACE, SCOPE, WISE): the adapter files (the fix file's
+  manifest and edit.safetensors) and a README; `clmedit.load_edited(model, DIR, tok=None)` puts
+  them on any loaded copy of the base model (its fingerprint is checked).
+
+Which one is decided by what loading the fix did to the model: a changed module tree means a
+wrapper, hence adapter files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from clmedit.files import atomic_write_text
+from clmedit.models.load import save_model
+from clmedit.run.artifact import EDIT_FILE, MANIFEST, load_edited
+
+log = logging.getLogger(__name__)
+PROVENANCE = "clmedit_fix.json"  # beside an exported checkpoint: which fixes it holds
+
+_ADAPTER_README = """# {editor} edit ({fixes} fix(es)) for {model}
+
+These are clmedit adapter files: the {editor} edit ({meta}) of the base model `{model}`
+(fingerprint `{fingerprint}`). They wrap a module, so they are not a plain checkpoint. Load them
+onto the unedited base model, loaded any way you like:
+
+```python
+import clmedit
+result = clmedit.load_edited(model, "{folder}", tok=tok)   # tok optional; checks the base model
+# ... generate with `model` as usual; result.restore() takes the edit out again
+```
+"""
+
+
+def _tree(model) -> list[tuple[str, str]]:
+    return [(n, type(m).__qualname__) for n, m in model.named_modules()]
+
+
+def export_fix(model, tok, fix_dir: str | Path, out: str | Path) -> dict[str, Any]:
+    """Load the fix file `fix_dir` into the unedited `model` and export it to `out` (see the module doc).
+
+    Returns {"kind": "checkpoint" | "adapter", "path": out, "editor": name}. The model is left
+    edited.
+    """
+    fix_dir, out = Path(fix_dir), Path(out)
+    before = _tree(model)
+    result = load_edited(model, fix_dir, tok)
+    manifest = result.info["manifest"]
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {"editor": manifest["editor"], "fixes": manifest["fixes"], "model": manifest["model"]}
+    if _tree(model) == before:
+        save_model(model, tok, out)
+        provenance = {**summary, "base_fingerprint": manifest["base_fingerprint"], "fix_file": str(fix_dir)}
+        atomic_write_text(out / PROVENANCE, json.dumps(provenance, indent=2))
+        kind = "checkpoint"
+    else:
+        for name in (EDIT_FILE, MANIFEST):  # the manifest last: a folder without it is not loadable
+            shutil.copyfile(fix_dir / name, out / f".{name}.tmp")
+            (out / f".{name}.tmp").replace(out / name)
+        meta = ", ".join(f"{k}={v}" for k, v in manifest["edit"]["meta"].items() if isinstance(v, (int, str)))
+        readme = _ADAPTER_README.format(
+            **summary, meta=meta or "no settings", fingerprint=manifest["base_fingerprint"], folder=out
+        )
+        atomic_write_text(out / "README.md", readme)
+        kind = "adapter"
+    log.info("exported the %s edit of %s as %s files to %s", manifest["editor"], fix_dir, kind, out)
+    return {"kind": kind, "path": str(out), "editor": manifest["editor"]}
