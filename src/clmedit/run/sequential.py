@@ -72,7 +72,9 @@ def sequence_pool(config: RunConfig, cases: list[EditCase]) -> tuple[list[EditCa
     return folds[0], [c for f in folds[1:] for c in f]
 
 
-def usable_sequence(cases: list[EditCase], n: int, tok, window: int | None, fluency: bool):
+def usable_sequence(
+    cases: list[EditCase], n: int, tok: Any, window: int | None, fluency: bool
+) -> tuple[list[EditCase], list[dict[str, Any]]]:
     """The first `n` cases that fit the model (see run.checks.case_problem), and why others did not."""
     sequence, unusable = [], []
     for case in cases:
