@@ -32,6 +32,7 @@ _API: dict[str, str] = {
     "register_editor": "clmedit.editors.base",
     "Editor": "clmedit.editors.base",
     "EditResult": "clmedit.editors.base",
+    "EditSession": "clmedit.editors.session",
     "evaluate_case": "clmedit.eval.protocol",
     "CaseScores": "clmedit.eval.protocol",
     "load_edited": "clmedit.run.artifact",

@@ -185,9 +185,13 @@ def run_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
     answers_from: str | None = run_option("answers_from"),
+    sequential: int | None = run_option("sequential"),
+    checkpoints: str = run_option("checkpoints"),
 ) -> None:
     """Edit each case, evaluate it, restore; write cases.jsonl, summary.json and table.md.
 
+    With --sequential N: apply N edits one after another without restoring, and evaluate every
+    edited case at the checkpoints; write edits.jsonl, checkpoints/, summary.json and table.md.
     Exits 1 when cases failed (their errors are recorded; a rerun retries them), 2 on a usage error.
     """
     import json
@@ -249,9 +253,14 @@ def report_cmd(
 
         typer.echo(f"report written to {write_study_report(run_dirs[0], out)}")
         return
+    from clmedit.report.sequential import is_sequential, render_checkpoints, sequential_figures
+
     try:  # a summary.json edited or torn by hand is the user's file, not a bug
-        summaries = load_summaries(run_dirs)
+        found = load_summaries(run_dirs)
+        summaries = [s for s in found if not is_sequential(s)]
+        lifelong = [s for s in found if is_sequential(s)]
         markdown, latex = render_markdown(summaries), render_latex(summaries)
+        sequential_md = render_checkpoints(lifelong) if lifelong else None
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         if isinstance(err, InputError):
             raise
@@ -260,13 +269,17 @@ def report_cmd(
             "rerun `clmedit run` into its folder to rewrite it"
         ) from None
     out = out or (run_dirs[0] / "report" if run_dirs[0].is_dir() else Path("report"))
-    atomic_write_text(out / "table.md", markdown + "\n")
-    atomic_write_text(out / "table.tex", latex + "\n")
+    if summaries or not lifelong:
+        atomic_write_text(out / "table.md", markdown + "\n")
+        atomic_write_text(out / "table.tex", latex + "\n")
+    if sequential_md is not None:
+        atomic_write_text(out / "sequential.md", sequential_md + "\n")
+        markdown = "\n\n".join(m for m in (markdown if summaries else "", sequential_md) if m)
     written = []
     if figures:
         from clmedit.report.figures import all_figures
 
-        written = all_figures(summaries, out)
+        written = all_figures(summaries, out) + sequential_figures(lifelong, out)
     typer.echo(markdown)
     typer.echo(f"\ntables in {out}; {len(written)} figure(s): " + ", ".join(str(p) for p in written))
 

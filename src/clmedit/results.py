@@ -1,4 +1,5 @@
-"""Reading a run's results files: the per-case records (`cases*.jsonl`) and `summary.json`.
+"""Reading a run's results files: the per-case records (`cases*.jsonl`), `summary.json`, and a
+sequential run's apply records (`edits.jsonl`).
 
 Torch-free and shared by `run` (resume, summaries) and `report` (tables, figures, the HTML page), so
 the report reads results files only and neither package imports the other's modules for it.
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from clmedit.data.schema import iter_jsonl
+
+EDITS_FILE = "edits.jsonl"  # a sequential run's apply calls, one line each (run.sequential)
 
 
 def read_records(out: str | Path) -> list[dict[str, Any]]:
@@ -52,3 +55,16 @@ def load_summaries(run_dirs: Iterable[str | Path]) -> list[dict[str, Any]]:
             summary["run_dir"] = str(p.parent)
             found.append(summary)
     return found
+
+
+def read_edits(out: str | Path) -> list[dict[str, Any]]:
+    """A sequential run's apply records in file order (a torn last line is skipped)."""
+    path = Path(out) / EDITS_FILE
+    return [r for r in iter_jsonl(path) if isinstance(r, dict) and "apply" in r] if path.is_file() else []
+
+
+def per_edit_seconds(rec: dict[str, Any]) -> float | None:
+    """Wall seconds of one apply record divided by the edits it made (None for a failed call)."""
+    if rec.get("error") or rec.get("seconds") is None:
+        return None
+    return float(rec["seconds"]) / max(1, len(rec.get("case_ids") or []))

@@ -21,6 +21,7 @@ from pydantic import Field
 
 from clmedit.editors.base import EditResult
 from clmedit.editors.memit import Memit, MemitHParams
+from clmedit.editors.session import Snapshot
 from clmedit.locate.solve import null_space_projector, projected_update
 from clmedit.models.text import model_name
 
@@ -86,15 +87,18 @@ class AlphaEdit(Memit):
         super()._apply(model, tok, cases, result)
         added, self._pending = self._pending, {}
         before = {key: self._prior.get(key) for key in added}
-        result.undo.append(lambda: self._restore_prior(before))  # registered before the prior changes
+        # registered before the prior changes; a Snapshot, so a sequential session keeps only the first
+        result.undo.append(
+            Snapshot({(id(self), "prior", key): v for key, v in before.items()}, self._put_prior)
+        )
         for key, gram in added.items():
             self._prior[key] = gram if before[key] is None else before[key] + gram
         result.info["nullspace_dims"] = {layer: self._null_dims[layer] for (_, layer) in added}
 
-    def _restore_prior(self, before: dict[tuple[str, int], torch.Tensor | None]) -> None:
-        """Put the prior back exactly as it was before the edit (undos run last-in, first-out)."""
-        for key, value in before.items():
-            if value is None:
-                self._prior.pop(key, None)
-            else:
-                self._prior[key] = value
+    def _put_prior(self, entry: tuple, value: torch.Tensor | None) -> None:
+        """Put one layer's prior back exactly as it was before the edit (undos run last-in, first-out)."""
+        key = entry[2]
+        if value is None:
+            self._prior.pop(key, None)
+        else:
+            self._prior[key] = value

@@ -5,6 +5,10 @@ peak memory around `_apply` and returns an EditResult whose `restore()` makes ev
 parameter bitwise equal to what it was (and removes any module the editor wrapped in).
 Editors keep copies of only the tensors they touch, never of the whole model.
 
+Weight backups (`backup_weights`) are keyed `Snapshot`s, so a sequential (lifelong) run's
+`EditSession` keeps one copy of each touched tensor however many applies touch it
+(editors/session.py).
+
 An edit is also data (`EditState`): `edit_state(model)` captures the edit an editor has made,
 `load_edit(model, tok, state)` rebuilds it on the unedited model without any training. That is
 what fix files store (run/artifact.py). The default is a weight editor's: the new values of the
@@ -38,6 +42,7 @@ from clmedit.editors.registry import (  # noqa: F401  (re-exported: the registry
     editor_names,
     register_editor,
 )
+from clmedit.editors.session import EditSession, Snapshot, backup_weights  # noqa: F401 (re-exported)
 from clmedit.errors import InputError, IntegrityError, NotSavableError
 from clmedit.models.arch import arch_of
 from clmedit.models.cost import CostMeter
@@ -57,7 +62,10 @@ class EditResult:
     restored: bool = False
 
     def restore(self) -> None:
-        """Undo the edit; afterwards the model is bitwise what it was before `apply`. Idempotent."""
+        """Undo the edit; afterwards the model is bitwise what it was before `apply`. Idempotent.
+
+        A result absorbed by an `EditSession` has handed its undos over: restore the session.
+        """
         if self.restored:
             return
         for fn in reversed(self.undo):
@@ -86,18 +94,6 @@ def undone_on_error(result: EditResult) -> Iterator[None]:
     except BaseException:
         result.restore()
         raise
-
-
-def backup_weights(params: dict[str, torch.Tensor]) -> Undo:
-    """Copy the given parameters now; the returned function writes the copies back in place."""
-    saved = {name: p.detach().clone() for name, p in params.items()}
-
-    def undo() -> None:
-        with torch.no_grad():
-            for name, p in params.items():
-                p.copy_(saved[name])
-
-    return undo
 
 
 def replace_module(model: nn.Module, path: str, new: nn.Module) -> Undo:

@@ -49,6 +49,17 @@ def _trim_heap() -> None:
         pass
 
 
+def resident_bytes() -> int:
+    """The process's resident memory now (after giving freed heap pages back to the OS), in bytes."""
+    _trim_heap()
+    now = _status_bytes("VmRSS")
+    if now is None:
+        import psutil
+
+        now = psutil.Process().memory_info().rss
+    return int(now)
+
+
 def _reset_hwm() -> bool:
     try:
         _CLEAR_REFS.write_text("5")

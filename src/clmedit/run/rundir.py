@@ -29,7 +29,22 @@ from clmedit.files import atomic_write_text, locked
 IDENTITY_FILE = "run.json"
 # RunConfig fields that select cases or place the work, never change a case's result; `data`,
 # `preset` and `hparams` are compared through the content digest and the resolved hparams.
-NOT_IDENTITY = frozenset({"out", "limit", "shard", "device", "verify_restore", "data", "preset", "hparams"})
+NOT_IDENTITY = frozenset(
+    {
+        "out",
+        "limit",
+        "shard",
+        "device",
+        "verify_restore",
+        "data",
+        "preset",
+        "hparams",
+        "sequential",
+        "checkpoints",
+    }
+)
+# The files and folders a sequential run writes (run.sequential); they are results like cases*.jsonl.
+SEQUENTIAL_RESULTS = ("edits.jsonl", "checkpoints")
 
 
 class RunLockedError(ClmeditError):
@@ -46,15 +61,26 @@ def data_digest(cases: list[EditCase]) -> str:
 
 
 def identity(config: Any, editor_name: str, hparams: dict[str, Any], cases: list[EditCase]) -> dict[str, Any]:
-    """The settings a run folder's results depend on (see NOT_IDENTITY for what is left out)."""
+    """The settings a run folder's results depend on (see NOT_IDENTITY for what is left out).
+
+    A sequential run adds `mode: sequential` (how many edits and where the checkpoints fall only
+    select how far it goes: every checkpoint's results are those of the same edit sequence), so a
+    folder of single-edit results is never continued as a sequential run, or the other way round.
+    """
     fields = {k: v for k, v in config.model_dump(mode="json").items() if k not in NOT_IDENTITY}
-    return {**fields, "editor": editor_name, "hparams": hparams, "data_digest": data_digest(cases)}
+    mode = {"mode": "sequential"} if getattr(config, "sequential", None) else {}
+    return {**fields, **mode, "editor": editor_name, "hparams": hparams, "data_digest": data_digest(cases)}
 
 
 def _results(out: Path) -> list[Path]:
     files = [p for p in out.glob("cases*.jsonl") if p.is_file()]
     folds = [p for p in out.iterdir() if p.is_dir() and re.fullmatch(r"fold\d+", p.name)]
-    extra = [out / n for n in ("summary.json", "table.md", IDENTITY_FILE) if (out / n).is_file()]
+    folds += [out / n for n in SEQUENTIAL_RESULTS if (out / n).is_dir()]
+    extra = [
+        out / n
+        for n in ("summary.json", "table.md", IDENTITY_FILE, *SEQUENTIAL_RESULTS)
+        if (out / n).is_file()
+    ]
     return files + folds + extra
 
 

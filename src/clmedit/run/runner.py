@@ -17,6 +17,7 @@ import json
 import logging
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,21 +64,26 @@ def load_model_for(name: str, device: str | None = None, dtype: str = "auto"):
     return load_model(name, device=device, dtype=dtype)
 
 
-def _error(err: BaseException) -> dict[str, str]:
+def error_record(err: BaseException) -> dict[str, str]:
+    """An exception as a record's `error` field: type, message, the innermost frames."""
     return {"type": type(err).__name__, "message": str(err)[:2000], "where": traceback.format_exc(limit=-3)}
 
 
-def run(config: RunConfig, model=None, tok=None, editor=None, overwrite: bool = False) -> Path:
-    """Run the grid cell `config` (resuming if its directory has records); returns the run directory.
+@dataclass
+class RunSetup:
+    """What a run resolves before the model loads (everything a user can get wrong is checked here)."""
 
-    `model`/`tok` may be passed to reuse a loaded model across runs (it must be the unedited model);
-    `editor` may be an Editor instance not in the registry (then `config.editor` is only a label).
-    The folder must belong to this configuration (see `rundir`); `overwrite` discards what it holds.
-    Everything a user can get wrong is checked before the model loads.
-    """
-    from clmedit.eval.protocol import evaluate_case
-    from clmedit.models.text import model_name as name_of
+    out: Path  # the run folder, created and writable
+    data: Path  # the case file
+    every: list[EditCase]  # every readable case of the file (the identity's data digest)
+    cases: list[EditCase]  # the first `limit` of them
+    skip_info: dict[str, Any]  # the file's unreadable lines, for summary.json
+    editor: Any  # the Editor
+    hparams: dict[str, Any]  # its hparams, JSON-safe
 
+
+def setup_run(config: RunConfig, editor=None) -> RunSetup:
+    """Check the folder and device, read the cases, make the editor; shared by `run` and `run_sequential`."""
     out = check_out_dir(config.out)
     check_device(config.device)
     data = resolve_data(config.data, seed=config.seed)
@@ -92,11 +98,32 @@ def run(config: RunConfig, model=None, tok=None, editor=None, overwrite: bool = 
         editor = make_editor(config.editor, config.model, config.preset, config.hparams)
     if editor.trainable and config.folds < 2:
         raise InputError(f"editor {editor.name!r} is trained on a split: run it with --folds 2")
-    hparams = records.jsonable(editor.hparams)
+    return RunSetup(out, data, every, cases, skip_info, editor, records.jsonable(editor.hparams))
+
+
+def run(config: RunConfig, model=None, tok=None, editor=None, overwrite: bool = False) -> Path:
+    """Run the grid cell `config` (resuming if its directory has records); returns the run directory.
+
+    `model`/`tok` may be passed to reuse a loaded model across runs (it must be the unedited model);
+    `editor` may be an Editor instance not in the registry (then `config.editor` is only a label).
+    The folder must belong to this configuration (see `rundir`); `overwrite` discards what it holds.
+    Everything a user can get wrong is checked before the model loads. With `config.sequential`
+    the run is a lifelong one (`run.sequential.run_sequential`).
+    """
+    if config.sequential is not None:
+        from clmedit.run.sequential import run_sequential
+
+        return run_sequential(config, model, tok, editor, overwrite)
+    from clmedit.eval.protocol import evaluate_case
+    from clmedit.models.text import model_name as name_of
+
+    setup = setup_run(config, editor)
+    out, data, editor, hparams = setup.out, setup.data, setup.editor, setup.hparams
+    cases = setup.cases
     path = records.cases_file(out, config.shard_tuple)
     with rundir.writing(path, config.shard):
         about = {"data": config.data, "preset": config.preset, "hp": config.hparams}
-        rundir.claim(out, rundir.identity(config, editor.name, hparams, every), about, overwrite)
+        rundir.claim(out, rundir.identity(config, editor.name, hparams, setup.every), about, overwrite)
         done = records.done_ids(out)
         todo = [c for c in shard_cases(cases, config.shard_tuple) if c.case_id not in done]
         log.info("%s on %s: %d cases to do", editor.name, data.name, len(todo))
@@ -106,8 +133,14 @@ def run(config: RunConfig, model=None, tok=None, editor=None, overwrite: bool = 
             _run_cases(
                 config, editor, model, tok, cases, todo, data, path, out, evaluate_case, name_of(model)
             )
+        ids = {c.case_id for c in cases}
         write_summary(
-            out, config, case_ids=set(ids), hparams=hparams, skipped_lines=skip_info, label=editor_label(editor.name)
+            out,
+            config,
+            case_ids=ids,
+            hparams=hparams,
+            skipped_lines=setup.skip_info,
+            label=editor_label(editor.name),
         )
     return out
 
@@ -176,7 +209,7 @@ def _edit_and_score(config, editor, model, tok, batch, mname, clean, evaluate_ca
                 }
             )
     except Exception as err:  # one bad case must not end a 1,000-case run
-        failure = _error(err)
+        failure = error_record(err)
         log.warning("case %s failed: %s: %s", batch[0].case_id, failure["type"], failure["message"])
     finally:
         if result is not None:

@@ -39,11 +39,23 @@ class RunConfig(BaseModel):
     verify_restore: bool = Field(False, description="debug: checksum the weights after every restore")
     keys: bool = Field(False, description="record keys and key distances (editors with key_record)")
     answers_from: str | None = Field(None, description="released answers to use (e.g. CodeLlama-7b-hf)")
+    sequential: int | None = Field(
+        None, gt=0, description="lifelong editing: apply the first N cases one after another, never restoring"
+    )
+    checkpoints: str = Field(
+        "1,10,100,1000", description="with --sequential: after how many edits every edited case is evaluated"
+    )
 
     @field_validator("shard")
     @classmethod
     def _check_shard(cls, v: str) -> str:
         parse_shard(v)
+        return v
+
+    @field_validator("checkpoints")
+    @classmethod
+    def _check_checkpoints(cls, v: str) -> str:
+        parse_checkpoints(v)
         return v
 
     @property
@@ -57,3 +69,13 @@ def parse_shard(spec: str) -> tuple[int, int]:
     if not m or not 0 <= int(m[1]) < int(m[2]):
         raise InputError(f"shard must look like 'i/n' with 0 <= i < n (e.g. '0/4'), got {spec!r}")
     return int(m[1]), int(m[2])
+
+
+def parse_checkpoints(spec: str) -> list[int]:
+    """'1,10,100' -> [1, 10, 100]: positive edit counts, sorted, without repeats."""
+    parts = [p.strip() for p in spec.split(",") if p.strip()]
+    if not parts or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise InputError(
+            f"checkpoints must be positive edit counts separated by commas (e.g. '1,10,100'), got {spec!r}"
+        )
+    return sorted({int(p) for p in parts})
