@@ -75,6 +75,12 @@ class Grace(Editor):
         """The radius of a new codebook entry at `key`; None: the codebook's `eps` (GRACE)."""
         return None
 
+    def insert_key(self, model: nn.Module, tok: Any, case: EditCase, inputs: torch.Tensor,
+                   prompt_mask: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        """The key `case` is inserted under: `keys` over the prompt positions of the edit sequence's
+        down_proj inputs (B=1, T, d), which the value training traced anyway."""
+        return self.keys(inputs, prompt_mask)[0]
+
     def edit_layer(self, model: nn.Module) -> int:
         return self.hparams.layer_for(self.hparams.layer, arch_of(model).num_layers(model))
 
@@ -192,7 +198,7 @@ class Grace(Editor):
             model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
         prompt_mask = torch.arange(batch["input_ids"].shape[1], device=device)[None] < p
         with torch.no_grad():  # a trained key encoder is not trained here
-            key = self.keys(dp.input, prompt_mask)[0]
+            key = self.insert_key(model, tok, case, dp.input, prompt_mask)
         if hp.val_init == "warm":
             init = dp.output[0, p - 1 : p - 1 + steps].float()
         else:

@@ -111,6 +111,12 @@ class ScopeEditor(AGrace):
         return torch.cat([data.neighbours, data.anchor[index]]), torch.cat([data.owner, owner])
 
     # --- the scope of a new entry ---------------------------------------------------------------------
+    def insert_key(self, model, tok, case, inputs, prompt_mask) -> torch.Tensor:
+        """The prompt's key computed as its own prefill computes it (the prompt alone): a scope can
+        be far smaller than GRACE's radius, smaller than the rounding between a prompt's key inside
+        the edit sequence and alone (bfloat16), and the prompt must still match its own entry."""
+        return self.prompt_keys(model, tok, [case.prompt])[0]
+
     def entry_radius(self, key: torch.Tensor) -> float:
         if self.scope is None or self.bank is None:
             raise RuntimeError(f"{self.name} has no scope: call fit(model, tok, train_cases) or load(dir)")
