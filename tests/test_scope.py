@@ -7,8 +7,8 @@ import torch
 
 from clmedit.editors.base import get_editor
 from clmedit.editors.scope.fit import Scope, choose_scope, hard_negatives, nearest_known
-from tests.conftest import greedy_ids, make_case
 from clmedit.models.text import target_ids
+from tests.conftest import greedy_ids, make_case
 
 
 def test_choose_scope_by_hand():
