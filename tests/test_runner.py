@@ -10,6 +10,7 @@ import torch
 
 from clmedit.data.schema import write_cases
 from clmedit.editors.base import Editor, EditResult, backup_weights
+from clmedit.errors import IntegrityError
 from clmedit.models.arch import arch_of
 from clmedit.run import records
 from clmedit.run.prepare import answers_fingerprint, answers_path
@@ -253,6 +254,29 @@ def test_two_folds_fit_save_and_reload_on_resume_without_refitting(llama_tiny, t
     recs = records.read_records(out)
     assert len(recs) == 4 and all(r["error"] is None and r["info"]["learned"] == 2 for r in recs)
     assert sorted(r["fold"] for r in recs) == [0, 0, 1, 1]
+
+
+def test_eval_limit_scores_the_first_cases_of_each_fold_and_trains_on_whole_folds(llama_tiny, tmp_path):
+    from clmedit.run.runner import scored_cases, split_folds
+
+    model, tok = llama_tiny
+    cases = [make_case(i) for i in range(6)]
+    data = write_cases(tmp_path / "c.jsonl", cases)
+    config = _config(data, tmp_path / "r", folds=2, eval_limit=1)
+    folds = split_folds(cases, 2, 0)
+    assert [c.case_id for c in scored_cases(cases, config)] == sorted(
+        (folds[0][0].case_id, folds[1][0].case_id), key=lambda i: int(i.split("-")[1])
+    )
+    editor = Memo()
+    out = run(config, model, tok, editor=editor)
+    recs = records.read_records(out)
+    assert len(recs) == 2 and sorted(r["fold"] for r in recs) == [0, 1]
+    assert all(r["info"]["learned"] == 3 for r in recs)  # each fit saw the whole other fold
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"]["ok"] == 2
+    # the folds come from the first `limit` cases: another limit is another run, refused in this folder
+    with pytest.raises(IntegrityError, match="limit: None -> 4"):
+        run(_config(data, out, folds=2, eval_limit=1, limit=4), model, tok, editor=Memo())
 
 
 def test_trainable_editor_without_save_is_an_error_not_a_silent_retrain(llama_tiny, tmp_path):

@@ -177,6 +177,7 @@ def run_cmd(
     shard: str = run_option("shard"),
     batch_size: int = run_option("batch_size"),
     folds: int = run_option("folds"),
+    eval_limit: int | None = run_option("eval_limit"),
     fluency: bool = run_option("fluency"),
     device: str | None = run_option("device"),
     dtype: str = run_option("dtype"),

@@ -34,6 +34,14 @@ def format_prompt(task: Task, text: str) -> str:
     return PROMPT_TEMPLATES[task].format(text=text)
 
 
+def prompt_input(task: Task, prompt: str) -> str | None:
+    """The raw input inside a formatted prompt (the inverse of `format_prompt`), None if not one."""
+    head, _, tail = PROMPT_TEMPLATES[task].partition("{text}")
+    if len(prompt) < len(head) + len(tail) or not prompt.startswith(head) or not prompt.endswith(tail):
+        return None
+    return prompt[len(head) : len(prompt) - len(tail)]
+
+
 class Neighbour(BaseModel):
     """A non-target input near the edit prompt; editing must leave its output alone."""
 

@@ -41,6 +41,7 @@ NOT_IDENTITY = frozenset(
         "hparams",
         "sequential",
         "checkpoints",
+        "eval_limit",
     }
 )
 # The files and folders a sequential run writes (run.sequential); they are results like cases*.jsonl.
@@ -68,6 +69,8 @@ def identity(config: Any, editor_name: str, hparams: dict[str, Any], cases: list
     folder of single-edit results is never continued as a sequential run, or the other way round.
     """
     fields = {k: v for k, v in config.model_dump(mode="json").items() if k not in NOT_IDENTITY}
+    if getattr(config, "folds", 1) > 1:  # folds are drawn from the first `limit` cases: another limit,
+        fields["limit"] = config.limit  # other training halves, other results for the same case
     mode = {"mode": "sequential"} if getattr(config, "sequential", None) else {}
     return {**fields, **mode, "editor": editor_name, "hparams": hparams, "data_digest": data_digest(cases)}
 

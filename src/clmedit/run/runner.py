@@ -44,6 +44,15 @@ def shard_cases(cases: list[EditCase], shard: tuple[int, int]) -> list[EditCase]
     return cases[i::n]
 
 
+def scored_cases(cases: list[EditCase], config: RunConfig) -> list[EditCase]:
+    """The cases a run scores: all, or with `folds > 1` and `eval_limit` N the first N of each fold
+    (in file order); the folds themselves, and so every training half, are drawn from all `cases`."""
+    if config.folds < 2 or config.eval_limit is None:
+        return cases
+    chosen = {c.case_id for fold in split_folds(cases, config.folds, config.seed) for c in fold[: config.eval_limit]}
+    return [c for c in cases if c.case_id in chosen]
+
+
 def make_editor(name: str, model: str, preset: str | None = None, hparams: dict[str, Any] | None = None):
     """Editor `name` with hparams: defaults < `preset` (else the model's own, when one ships) < `hparams`.
 
@@ -125,7 +134,8 @@ def run(config: RunConfig, model=None, tok=None, editor=None, overwrite: bool = 
         about = {"data": config.data, "preset": config.preset, "hp": config.hparams}
         rundir.claim(out, rundir.identity(config, editor.name, hparams, setup.every), about, overwrite)
         done = records.done_ids(out)
-        todo = [c for c in shard_cases(cases, config.shard_tuple) if c.case_id not in done]
+        scored = scored_cases(cases, config)
+        todo = [c for c in shard_cases(scored, config.shard_tuple) if c.case_id not in done]
         log.info("%s on %s: %d cases to do", editor.name, data.name, len(todo))
         if todo and model is None:
             model, tok = load_model_for(config.model, config.device, config.dtype)
@@ -133,7 +143,7 @@ def run(config: RunConfig, model=None, tok=None, editor=None, overwrite: bool = 
             _run_cases(
                 config, editor, model, tok, cases, todo, data, path, out, evaluate_case, name_of(model)
             )
-        ids = {c.case_id for c in cases}
+        ids = {c.case_id for c in scored}
         write_summary(
             out,
             config,

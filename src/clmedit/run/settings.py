@@ -31,6 +31,9 @@ class RunConfig(BaseModel):
     shard: str = Field("0/1", description="'i/n': run every n-th case starting at i")
     batch_size: int = Field(1, gt=0, description="cases per apply call (1 = single edits)")
     folds: int = Field(1, ge=1, description="k-fold protocol for trainable editors (the study: 2)")
+    eval_limit: int | None = Field(
+        None, gt=0, description="with --folds: score the first N cases of each fold (training uses whole folds)"
+    )
     fluency: bool = Field(True, description="compute the fluency metric (sampling; the slowest part)")
     device: str | None = Field(None, description="torch device; default: cuda if available")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(

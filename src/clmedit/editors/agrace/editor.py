@@ -17,7 +17,7 @@ Ablations (the study's Table VI):
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -53,6 +53,7 @@ class TrainingFeatures:
     neighbours: torch.Tensor  # (M, d_in) every neighbour ...
     owner: torch.Tensor  # (M,) ... and the case it belongs to
     config: EncoderConfig  # the encoder to train (width, layer, pooling; margin in meta)
+    cases: list = field(default_factory=list)  # the N cases (rows of anchor), for more features
 
 
 class AGraceHParams(GraceHParams, EncoderTraining):
@@ -151,7 +152,7 @@ class AGrace(Grace):
         meta = {"model": model_name(model), "margin": self.margin_for(usable), "train_cases": len(usable)}
         config = EncoderConfig(d_in=anchor.size(1), d_out=hp.key_dim, pool=self.pool, layer=layer, meta=meta)
         owner = torch.repeat_interleave(torch.arange(len(usable)), counts)
-        return TrainingFeatures(anchor, positive, nb_feats, owner, config)
+        return TrainingFeatures(anchor, positive, nb_feats, owner, config, usable)
 
     # --- the edit as data: GRACE's codebook and the encoder that keys it ----------------------
     def key_width(self, model) -> int:

@@ -114,29 +114,44 @@ class EncoderTraining(BaseModel):
 
 
 Negatives = tuple[torch.Tensor, torch.Tensor]  # features (M, d_in), owning case index (M,)
+Positives = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # x (K, d_in), x' (K, d_in), owning case (K,)
 
 
 @dataclass(frozen=True)
 class _Pairs:
-    """Pairs (anchor[a], bank[b], y): bank = positives (N) then negatives (M)."""
+    """Pairs (left[a], right[b], y) and the training case each belongs to (a split selects by it).
+
+    left = anchors (N) then extra positives' first halves; right = positives (N), negatives (M),
+    then the extra positives' second halves.
+    """
 
     a: torch.Tensor
     b: torch.Tensor
     y: torch.Tensor
+    case: torch.Tensor
+    extra: torch.Tensor  # bool: an extra positive pair
 
     @classmethod
-    def of(cls, n: int, owner: torch.Tensor) -> _Pairs:
-        """Each case's (prompt, rephrase) positive and one (prompt, neighbour) negative per neighbour."""
+    def of(cls, n: int, owner: torch.Tensor, extra_owner: torch.Tensor | None = None) -> _Pairs:
+        """Each case's (prompt, rephrase) positive, one (prompt, neighbour) negative per neighbour,
+        and one positive per extra pair (owned by case `extra_owner[i]`)."""
         m = len(owner)
+        extra = torch.empty(0, dtype=torch.long) if extra_owner is None else extra_owner
+        k = len(extra)
         return cls(
-            torch.cat([torch.arange(n), owner]),
-            torch.cat([torch.arange(n), n + torch.arange(m)]),
-            torch.cat([torch.ones(n), torch.zeros(m)]),
+            torch.cat([torch.arange(n), owner, n + torch.arange(k)]),
+            torch.cat([torch.arange(n), n + torch.arange(m), n + m + torch.arange(k)]),
+            torch.cat([torch.ones(n), torch.zeros(m), torch.ones(k)]),
+            torch.cat([torch.arange(n), owner, extra]),
+            torch.arange(n + m + k) >= n + m,
         )
 
-    def select(self, cases: torch.Tensor) -> _Pairs:
-        keep = torch.isin(self.a, cases)
-        return _Pairs(self.a[keep], self.b[keep], self.y[keep])
+    def select(self, cases: torch.Tensor, extra: bool = True) -> _Pairs:
+        """The pairs of `cases`; `extra=False` leaves out the extra positives."""
+        keep = torch.isin(self.case, cases)
+        if not extra:
+            keep &= ~self.extra
+        return _Pairs(self.a[keep], self.b[keep], self.y[keep], self.case[keep], self.extra[keep])
 
 
 def _negatives(negative: torch.Tensor | Negatives) -> Negatives:
@@ -226,15 +241,20 @@ def holdout(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Ten
 
 
 def train_candidate(
-    anchor, positive, negatives: Negatives, fraction, seed: int, settings, margin, radius, config
-):
+    anchor, positive, negatives: Negatives, fraction, seed: int, settings, margin, radius, config,
+    extra: Positives | None = None,
+):  # fmt: skip
     """Train one encoder for an initial scale on the split of `seed` (`holdout`).
 
+    `extra`: more positive pairs (x (K, d_in), x' (K, d_in), owning case (K,)); a pair trains only
+    when its case is in the training split, and never counts in the validation loss.
     Returns (encoder, history, scores at `radius` on the validation cases, with their indices "val").
     """
     feats, owner = negatives
     val, train = holdout(len(anchor), settings.enc_val_fraction, seed)
-    pairs, bank = _Pairs.of(len(anchor), owner), torch.cat([positive, feats])
+    pairs = _Pairs.of(len(anchor), owner, None if extra is None else extra[2])
+    bank = torch.cat([positive, feats] + ([] if extra is None else [extra[1]]))
+    left = anchor if extra is None else torch.cat([anchor, extra[0]])
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     encoder = KeyEncoder(config)
@@ -242,7 +262,9 @@ def train_candidate(
     encoder.set_stats(torch.cat([anchor[train], positive[train], train_neg]))
     if fraction is not None:
         encoder.calibrate(anchor[train], positive[train], fraction * margin)
-    history = _train_one(encoder, anchor, bank, pairs.select(train), pairs.select(val), settings, margin, gen)
+    history = _train_one(
+        encoder, left, bank, pairs.select(train), pairs.select(val, extra=False), settings, margin, gen
+    )
     in_val = torch.isin(owner, val)
     position = torch.full((len(anchor),), -1, dtype=torch.long)
     position[val] = torch.arange(len(val))

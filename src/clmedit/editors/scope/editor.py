@@ -28,8 +28,10 @@ import torch
 from pydantic import Field
 from safetensors.torch import load_file, save_file
 
+from clmedit.data.augment import rewrite_prompts
 from clmedit.editors.agrace.editor import AGrace, AGraceHParams, TrainingFeatures
-from clmedit.editors.agrace.encoder import holdout, save_encoder, train_candidate
+from clmedit.editors.agrace.encoder import Positives, holdout, save_encoder, train_candidate
+from clmedit.editors.agrace.features import cached_prompt_features
 from clmedit.editors.base import EditResult, EditState
 from clmedit.editors.scope.fit import GAMMAS, Scope, choose_scope, hard_negatives, nearest_known
 from clmedit.errors import IntegrityError
@@ -43,11 +45,14 @@ class ScopeHParams(AGraceHParams):
     """A-GRACE's hparams and SCOPE's own."""
 
     hard_negatives: int = Field(
-        5, ge=0, description="most similar other training prompts per prompt as negatives"
+        20, ge=0, description="most similar other training prompts per prompt as negatives"
+    )
+    augment: bool = Field(
+        True, description="train on every training neighbour and its pipeline rewrite as positives too"
     )
     use_bank: bool = Field(True, description="scope each entry by its distance to known non-matching keys")
     kept_target: float = Field(
-        0.92, gt=0, le=1, description="validation cases that must keep all neighbours out"
+        0.95, gt=0, le=1, description="validation cases that must keep all neighbours out"
     )
     fixed_radius: float | None = Field(
         None, gt=0, description="R fixed (ablation) instead of chosen on validation"
@@ -70,6 +75,7 @@ class ScopeEditor(AGrace):
         """Train the encoder (every initial scale x selection seed) and choose the scope on validation."""
         self.hparams = hp = self.hparams.override("fit arguments", **kwargs)
         data = self.training_features(model, tok, train_cases)
+        extra = self.rewritten_neighbours(model, tok, data) if hp.augment else None
         margin = data.config.meta["margin"]
         seeds = [hp.seed + k for k in range(hp.enc_selection_seeds)]
         gammas = GAMMAS if hp.use_bank else (math.inf,)
@@ -80,9 +86,8 @@ class ScopeEditor(AGrace):
             for seed in seeds:
                 val, train = holdout(len(data.anchor), hp.enc_val_fraction, seed)
                 negatives = self._negatives(data, train)
-                encoder, _, _ = train_candidate(
-                    data.anchor, data.positive, negatives, fraction, seed, hp, margin, hp.eps, data.config
-                )
+                encoder, _, _ = train_candidate(data.anchor, data.positive, negatives, fraction, seed, hp,
+                                                margin, hp.eps, data.config, extra)  # fmt: skip
                 runs.append(encoder)
                 parts.append(_validation_distances(encoder, data, val, train))
             pos, nbs, bank = (torch.cat([p[i] for p in parts]) for i in range(3))
@@ -104,6 +109,29 @@ class ScopeEditor(AGrace):
         self.encoder.to(next(model.parameters()).device)
         data.config.meta.update(scope=asdict(self.scope), candidates=candidates)
         return {"scope": asdict(self.scope), "candidates": candidates, "bank": len(self.bank)}
+
+    def rewritten_neighbours(self, model, tok, data: TrainingFeatures) -> Positives | None:
+        """(neighbour, its rewrite) feature pairs of every training case's neighbours, owned by the
+        case: rewritten the way the build makes rephrases (data.augment), so the encoder sees
+        many more examples of what a rewording does to a key than one rephrase per case."""
+        nbs = [(i, n.prompt, c.task) for i, c in enumerate(data.cases) for n in c.neighbours]
+        new: list[str | None] = [None] * len(nbs)
+        for task in {t for _, _, t in nbs}:
+            rows = [k for k, (_, _, t) in enumerate(nbs) if t == task]
+            for k, text in zip(rows, rewrite_prompts(task, [nbs[k][1] for k in rows], self.hparams.seed)):
+                new[k] = text
+        done = [k for k, text in enumerate(new) if text is not None]
+        if not done:
+            return None
+        layer, hp = self.edit_layer(model), self.hparams
+        feats = cached_prompt_features(
+            model, tok, [new[k] for k in done], layer, self.pool, cache=hp.feature_cache
+        )
+        owner = torch.tensor([nbs[k][0] for k in done])
+        log.info(
+            "%s: %d of %d training neighbours rewritten as extra positives", self.name, len(done), len(nbs)
+        )
+        return data.neighbours[done], feats, owner
 
     def _negatives(self, data: TrainingFeatures, train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Every neighbour, plus each prompt's most similar training-split prompts (hard negatives)."""
