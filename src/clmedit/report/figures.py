@@ -3,7 +3,8 @@
 - Fig. 3/4 (`cost_bars`): mean seconds and mean own peak memory of one edit, per editor, a bar per task.
 - Fig. 2/5 (`distance_envelope`): per case (sorted by it), the key distance prompt -> rephrase, and
   prompt -> neighbours as their mean with a +-std envelope over the five; the overall mean +- std of
-  each in the legend. From each record's `info["distances"] = {"rephrase": d, "neighbours": [d, ...]}`.
+  each in the legend, and the edit's own entry radius (dashed) where recorded. From each record's
+  `info["distances"] = {"rephrase": d, "neighbours": [d, ...], "radius": r}`.
 - Fig. 6 (`key_pca`): keys of a few cases (prompt, rephrase, neighbours; one colour per case) on the
   first two principal components, one panel per run (GRACE's last-token keys, A-GRACE's encoded mean).
   From `info["keys"] = {"prompt": [d], "rephrase": [d], "neighbours": [[d], ...]}`.
@@ -79,7 +80,8 @@ def distance_envelope(records: list[dict[str, Any]], out_path: str | Path, title
         d = (r.get("info") or {}).get("distances") if isinstance(r.get("info"), dict) else None
         if isinstance(d, dict) and isinstance(d.get("rephrase"), (int, float)):
             nb = [float(x) for x in d.get("neighbours") or [] if isinstance(x, (int, float))]
-            rows.append((float(d["rephrase"]), nb))
+            radius = float(d["radius"]) if isinstance(d.get("radius"), (int, float)) else np.nan
+            rows.append((float(d["rephrase"]), nb, radius))
     if not rows:
         return None
     plt = _plt()
@@ -88,12 +90,15 @@ def distance_envelope(records: list[dict[str, Any]], out_path: str | Path, title
     reph = np.array([r[0] for r in rows])
     fig, ax = plt.subplots(figsize=(6, 3.4))
     ax.plot(x, reph, color="#dd8452", label=f"prompt → rephrase ({reph.mean():.2f} ± {reph.std():.2f})")
-    if any(nb for _, nb in rows):
-        mu = np.array([np.mean(nb) if nb else np.nan for _, nb in rows])
-        sd = np.array([np.std(nb) if nb else np.nan for _, nb in rows])
-        flat = np.array([v for _, nb in rows for v in nb])
+    if any(nb for _, nb, _ in rows):
+        mu = np.array([np.mean(nb) if nb else np.nan for _, nb, _ in rows])
+        sd = np.array([np.std(nb) if nb else np.nan for _, nb, _ in rows])
+        flat = np.array([v for _, nb, _ in rows for v in nb])
         ax.plot(x, mu, color="#4c72b0", label=f"prompt → neighbours ({flat.mean():.2f} ± {flat.std():.2f})")
         ax.fill_between(x, mu - sd, mu + sd, alpha=0.3, color="#4c72b0", lw=0)
+    radii = np.array([r for _, _, r in rows])
+    if not np.isnan(radii).all():  # the edit's own radius: a match is a distance at or below it
+        ax.plot(x, radii, color="#555555", lw=0.8, ls="--", label=f"entry radius ({np.nanmean(radii):.2f} mean)")
     ax.set_xlabel("case (sorted by rephrase distance)")
     ax.set_ylabel("key distance")
     ax.set_title(title, fontsize=10)

@@ -1,18 +1,24 @@
-"""SCOPE (ours): A-GRACE's keys, hard negatives, and a radius per entry fitted to what is known near it.
+"""SCOPE (ours): A-GRACE's keys, trained harder, and a radius per entry fitted to what is known near it.
 
 A-GRACE generalises to rephrases but lets neighbours in: one radius serves every entry, and the
 study's neighbours are, by construction, the inputs nearest to the edit. SCOPE keeps A-GRACE's key
-(a contrastive encoder of the mean prompt activation) and changes two things, each measurable alone:
+(a contrastive encoder of the mean prompt activation) and changes three things, each an hparam
+that an ablation turns off:
 
-1. Hard negatives: the encoder also learns to push every training prompt away from its
-   `hard_negatives` most similar other training prompts, not only from its five neighbours.
-2. Scoped entries: a new entry answers within min(R, gamma * b), b being the distance from its key
-   to the nearest known non-matching key (the encoded training prompts, rephrases and neighbours,
-   kept with the encoder). R and gamma are chosen on held-out training cases: the widest scopes
-   that keep every neighbour out for `kept_target` of them (fit.py).
+1. Hard negatives (`hard_negatives`): the encoder also learns to push every training prompt away
+   from its most similar other training prompts, not only from its five neighbours.
+2. Rewritten neighbours (`augment`): every training neighbour and its rewrite by the build's own
+   offline rewriter (CNLE: rule rewording; CSNE: identifier renaming; data.augment) are one more
+   positive pair, so the encoder sees six examples of what a rewording does per case, not one.
+3. Scoped entries (`use_bank`): a new entry answers within min(R, gamma * b), b being the distance
+   from its key to the nearest known non-matching key (the encoded training prompts, rephrases and
+   neighbours, kept with the encoder as the "bank"). R and gamma are chosen on held-out training
+   cases: the widest scopes that keep every neighbour out for `kept_target` of them (fit.py).
+   A crowded region of key space gets small scopes, an isolated key a wide one.
 
-Values, lookup and replacement are GRACE's. Ablations are hparams: hard_negatives=0, use_bank=false
-(one radius R for every entry), fixed_radius=1.0 (GRACE's radius instead of a chosen R).
+Values, lookup and replacement are GRACE's; an edit costs GRACE's insert plus one prompt forward
+(the insert key) and one distance to the bank. `fixed_radius` fixes R (GRACE's 1.0, say) instead of
+choosing it. Every choice is made on training cases; the test half is never seen.
 """
 
 from __future__ import annotations
