@@ -103,3 +103,19 @@ def test_scope_refuses_a_folder_without_its_bank(fitted, tmp_path):
         get_editor("scope", preset="tiny").load(tmp_path)
     with pytest.raises(RuntimeError, match="fit"):
         get_editor("scope", preset="tiny").entry_radius(torch.zeros(4))
+
+
+def test_scope_keys_can_read_the_mean_and_the_last_token_together(llama_tiny, tmp_path):
+    model, tok = llama_tiny
+    editor = get_editor("scope", preset="tiny", key_pool="mean+last", augment=False)
+    editor.fit(model, tok, [make_case(i) for i in range(2, 8)])
+    d_mlp = model.config.intermediate_size
+    assert editor.encoder.config.d_in == 2 * d_mlp and editor.encoder.config.pool == "mean+last"
+    case = make_case(0, target="sorted(xs, reverse=True)")
+    want = target_ids(tok, case.prompt, case.target)
+    result = editor.apply(model, tok, [case])
+    assert greedy_ids(model, tok, case.prompt, len(want)) == want
+    result.restore()
+    editor.save(tmp_path)
+    with pytest.raises(ValueError, match="trained on 'mean\\+last' keys"):  # other features: refused
+        get_editor("scope", preset="tiny").load(tmp_path)

@@ -26,20 +26,23 @@ from clmedit.models.text import gather_rows, last_position, model_name, pad_batc
 
 log = logging.getLogger(__name__)
 
-Pool = Literal["mean", "last"]
+Pool = Literal["mean", "last", "mean+last"]
 
 
 def pool_tokens(inputs: torch.Tensor, mask: torch.Tensor, how: Pool) -> torch.Tensor:
-    """Pool (B, T, d) over the positions where `mask` (B, T) is true -> (B, d).
+    """Pool (B, T, d) over the positions where `mask` (B, T) is true -> (B, d), or (B, 2d) for both.
 
     mean: sum_t m_t x_t / sum_t m_t.   last: x at the last true position of each row.
+    mean+last: the two side by side (what the prompt says overall, and the state it ends in).
     """
-    mask = mask.to(inputs.dtype)
-    if how == "mean":
-        return (inputs * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp_min(1.0)
+    if how == "mean+last":
+        return torch.cat([pool_tokens(inputs, mask, "mean"), pool_tokens(inputs, mask, "last")], dim=-1)
     if how == "last":
         return gather_rows(inputs, last_position(mask))
-    raise ValueError(f"unknown pooling {how!r}; use 'mean' or 'last'")
+    if how == "mean":
+        mask = mask.to(inputs.dtype)
+        return (inputs * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp_min(1.0)
+    raise ValueError(f"unknown pooling {how!r}; use 'mean', 'last' or 'mean+last'")
 
 
 @torch.no_grad()

@@ -37,7 +37,7 @@ from safetensors.torch import load_file, save_file
 from clmedit.data.augment import rewrite_prompts
 from clmedit.editors.agrace.editor import AGrace, AGraceHParams, TrainingFeatures
 from clmedit.editors.agrace.encoder import Positives, holdout, save_encoder, train_candidate
-from clmedit.editors.agrace.features import cached_prompt_features
+from clmedit.editors.agrace.features import Pool, cached_prompt_features
 from clmedit.editors.base import EditResult, EditState
 from clmedit.editors.scope.fit import GAMMAS, Scope, choose_scope, hard_negatives, nearest_known
 from clmedit.errors import IntegrityError
@@ -52,6 +52,9 @@ class ScopeHParams(AGraceHParams):
 
     hard_negatives: int = Field(
         20, ge=0, description="most similar other training prompts per prompt as negatives"
+    )
+    key_pool: Pool = Field(
+        "mean", description="pooling of the prompt's down_proj inputs the encoder reads (mean+last: both)"
     )
     augment: bool = Field(
         True, description="train on every training neighbour and its pipeline rewrite as positives too"
@@ -70,6 +73,10 @@ class ScopeEditor(AGrace):
 
     name = "scope"
     HParams = ScopeHParams
+
+    @property
+    def pool(self) -> Pool:  # type: ignore[override]  (A-GRACE's is fixed per class; SCOPE's an hparam)
+        return self.hparams.key_pool
 
     def __init__(self, hparams: ScopeHParams | None = None):
         self.bank: torch.Tensor | None = None
