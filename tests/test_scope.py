@@ -117,5 +117,17 @@ def test_scope_keys_can_read_the_mean_and_the_last_token_together(llama_tiny, tm
     assert greedy_ids(model, tok, case.prompt, len(want)) == want
     result.restore()
     editor.save(tmp_path)
-    with pytest.raises(ValueError, match="trained on 'mean\\+last' keys"):  # other features: refused
-        get_editor("scope", preset="tiny").load(tmp_path)
+    again = get_editor("scope", preset="tiny")  # key_pool None: the encoder says what it reads
+    again.load(tmp_path)
+    assert torch.equal(
+        again.prompt_keys(model, tok, [case.prompt]), editor.prompt_keys(model, tok, [case.prompt])
+    )
+    with pytest.raises(ValueError, match="trained on 'mean\\+last' keys"):  # a fixed other pooling: refused
+        get_editor("scope", preset="tiny", key_pool="mean").load(tmp_path)
+
+
+def test_scope_pools_by_task_unless_told():
+    editor = get_editor("scope", preset="tiny")
+    assert editor.pool_for([make_case(0, task="cnle")]) == "mean"
+    assert editor.pool_for([make_case(0, task="csne")]) == "mean+last"
+    assert get_editor("scope", preset="tiny", key_pool="last").pool_for([make_case(0, task="csne")]) == "last"

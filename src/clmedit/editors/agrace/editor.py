@@ -89,7 +89,8 @@ class AGrace(Grace):
     # --- keys -----------------------------------------------------------------------------------
     def keys(self, inputs: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
         """(B, T, d_mlp) down_proj inputs, (B, T) prompt mask -> (B, d_key): E(pool over the prompt)."""
-        pooled = pool_tokens(inputs.float(), prompt_mask, self.pool)  # (B, d_mlp)
+        how = self.encoder.config.pool if self.use_encoder and self.encoder is not None else self.pool
+        pooled = pool_tokens(inputs.float(), prompt_mask, how)  # (B, d_mlp), or 2 d_mlp for mean+last
         if not self.use_encoder:
             return pooled
         if self.encoder is None:
@@ -107,6 +108,14 @@ class AGrace(Grace):
             return hp.margin
         tasks = {c.task for c in cases}
         return hp.margin_csne if tasks == {"csne"} else hp.margin_cnle
+
+    def pool_for(self, cases: list) -> Pool:
+        """How the encoder trained on `cases` pools the prompt (A-GRACE: its class's `pool`)."""
+        return self.pool
+
+    def reads(self, pool: str) -> bool:
+        """Whether this editor takes an encoder trained on `pool`-ed features."""
+        return pool == self.pool
 
     def fit(self, model, tok, train_cases, **kwargs: Any) -> dict[str, Any]:
         """Train the key encoder on (prompt, rephrase) positives and (prompt, neighbour) negatives (all).
@@ -142,15 +151,15 @@ class AGrace(Grace):
         usable = [c for c in train_cases if c.neighbours]
         if len(usable) < 2:
             raise ValueError(f"{self.name}: need >= 2 training cases with neighbours, got {len(usable)}")
-        layer = self.edit_layer(model)
+        layer, pool = self.edit_layer(model), self.pool_for(usable)
         texts = [c.prompt for c in usable] + [c.rephrase for c in usable]
-        feats = cached_prompt_features(model, tok, texts, layer, self.pool, cache=hp.feature_cache)
+        feats = cached_prompt_features(model, tok, texts, layer, pool, cache=hp.feature_cache)
         anchor, positive = feats.split(len(usable))
         counts = torch.tensor([len(c.neighbours) for c in usable])
         nb_texts = [n.prompt for c in usable for n in c.neighbours]
-        nb_feats = cached_prompt_features(model, tok, nb_texts, layer, self.pool, cache=hp.feature_cache)
+        nb_feats = cached_prompt_features(model, tok, nb_texts, layer, pool, cache=hp.feature_cache)
         meta = {"model": model_name(model), "margin": self.margin_for(usable), "train_cases": len(usable)}
-        config = EncoderConfig(d_in=anchor.size(1), d_out=hp.key_dim, pool=self.pool, layer=layer, meta=meta)
+        config = EncoderConfig(d_in=anchor.size(1), d_out=hp.key_dim, pool=pool, layer=layer, meta=meta)
         owner = torch.repeat_interleave(torch.arange(len(usable)), counts)
         return TrainingFeatures(anchor, positive, nb_feats, owner, config, usable)
 
@@ -178,7 +187,7 @@ class AGrace(Grace):
                 encoder = encoder_from_state(mine, state.meta.get("encoder") or {})
             except ValueError as err:
                 raise IntegrityError(f"the saved {self.name} edit's key encoder: {err}") from None
-            if encoder.config.pool != self.pool:
+            if not self.reads(encoder.config.pool):
                 raise IntegrityError(
                     f"the saved encoder pools {encoder.config.pool!r}, {self.name} {self.pool!r}"
                 )
@@ -201,7 +210,7 @@ class AGrace(Grace):
         if not self.use_encoder:
             raise NotSavableError(f"{self.name} has no trained part to load")
         encoder = load_encoder(directory)
-        if encoder.config.pool != self.pool:
+        if not self.reads(encoder.config.pool):
             raise ValueError(
                 f"{directory}: encoder was trained on {encoder.config.pool!r} keys, {self.name} uses {self.pool!r}"
             )

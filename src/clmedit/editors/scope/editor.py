@@ -53,9 +53,11 @@ class ScopeHParams(AGraceHParams):
     hard_negatives: int = Field(
         20, ge=0, description="most similar other training prompts per prompt as negatives"
     )
-    key_pool: Pool = Field(
-        "mean", description="pooling of the prompt's down_proj inputs the encoder reads (mean+last: both)"
+    key_pool: Pool | None = Field(
+        None, description="pooling of the prompt's down_proj inputs the encoder reads; None: by task"
     )
+    key_pool_cnle: Pool = Field("mean", description="key_pool for NL->code cases")
+    key_pool_csne: Pool = Field("mean+last", description="key_pool for code->NL cases (mean and last token)")
     augment: bool = Field(
         True, description="train on every training neighbour and its pipeline rewrite as positives too"
     )
@@ -74,9 +76,15 @@ class ScopeEditor(AGrace):
     name = "scope"
     HParams = ScopeHParams
 
-    @property
-    def pool(self) -> Pool:  # type: ignore[override]  (A-GRACE's is fixed per class; SCOPE's an hparam)
-        return self.hparams.key_pool
+    def pool_for(self, cases: list) -> Pool:
+        """`key_pool`, or by task: the mean for NL intents, mean+last for code (measured, README)."""
+        hp = self.hparams
+        if hp.key_pool is not None:
+            return hp.key_pool
+        return hp.key_pool_csne if {c.task for c in cases} == {"csne"} else hp.key_pool_cnle
+
+    def reads(self, pool: str) -> bool:
+        return self.hparams.key_pool in (None, pool)
 
     def __init__(self, hparams: ScopeHParams | None = None):
         self.bank: torch.Tensor | None = None
@@ -138,7 +146,7 @@ class ScopeEditor(AGrace):
             return None
         layer, hp = self.edit_layer(model), self.hparams
         feats = cached_prompt_features(
-            model, tok, [new[k] for k in done], layer, self.pool, cache=hp.feature_cache
+            model, tok, [new[k] for k in done], layer, data.config.pool, cache=hp.feature_cache
         )
         owner = torch.tensor([nbs[k][0] for k in done])
         log.info(
