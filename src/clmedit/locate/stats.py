@@ -33,7 +33,7 @@ from torch import nn
 from tqdm import tqdm
 
 from clmedit.errors import InputError
-from clmedit.files import atomic_write, cache_root
+from clmedit.files import atomic_write, cache_root, locked
 from clmedit.models.arch import arch_of
 from clmedit.models.fingerprint import model_fingerprint
 from clmedit.models.hooks import TraceDict
@@ -212,15 +212,25 @@ def layer_stats(
     dim = arch.mlp_dim(model)
     fp, mfp = corpus_fingerprint(corpus), model_fingerprint(model, tok)
     out: dict[int, torch.Tensor] = {}
-    for layer in layers:
-        cached = _load(stats_path(mfp, layer, fp, samples, seq_len), dim)
-        if cached is not None:
-            out[layer] = cached.to(device)
-    missing = [layer for layer in layers if layer not in out]
-    if missing:
-        log.info("computing second-moment statistics for layers %s (%d windows)", missing, samples)
-        sums, count = accumulate_mom2(model, tok, missing, corpus, samples, seq_len, batch_size)
-        for layer in missing:
-            _save(stats_path(mfp, layer, fp, samples, seq_len), sums[layer], count)
-            out[layer] = (sums[layer] / count).float()
+
+    def read_cached(wanted: list[int]) -> list[int]:
+        for layer in wanted:
+            cached = _load(stats_path(mfp, layer, fp, samples, seq_len), dim)
+            if cached is not None:
+                out[layer] = cached.to(device)
+        return [layer for layer in wanted if layer not in out]
+
+    missing = read_cached(layers)
+    if not missing:
+        return out
+    # Processes that need the same statistics (a study's shards, parallel runs) compute them once:
+    # the first takes the lock and computes, the others wait and then read its files.
+    with locked(stats_path(mfp, min(missing), fp, samples, seq_len)):
+        missing = read_cached(missing)
+        if missing:
+            log.info("computing second-moment statistics for layers %s (%d windows)", missing, samples)
+            sums, count = accumulate_mom2(model, tok, missing, corpus, samples, seq_len, batch_size)
+            for layer in missing:
+                _save(stats_path(mfp, layer, fp, samples, seq_len), sums[layer], count)
+                out[layer] = (sums[layer] / count).float()
     return out
