@@ -6,15 +6,9 @@ import pytest
 import torch
 
 from clmedit.editors.agrace.editor import AGrace, AGraceHParams, AGraceLast, AGraceNoCL
-from clmedit.editors.agrace.encoder import (
-    EncoderTraining,
-    contrastive_loss,
-    load_encoder,
-    pair_loss,
-    save_encoder,
-    train_encoder,
-)
+from clmedit.editors.agrace.encoder import contrastive_loss, load_encoder, save_encoder
 from clmedit.editors.agrace.features import cached_prompt_features, pool_tokens, prompt_features
+from clmedit.editors.agrace.training import EncoderTraining, pair_loss, train_encoder
 from clmedit.models.arch import arch_of
 from clmedit.models.hooks import Trace
 from clmedit.models.text import prompt_ids
@@ -173,10 +167,12 @@ def test_train_cli_end_to_end_then_reload(llama_tiny, tmp_path):
 
 
 def test_initial_scale_is_selected_by_mean_validation_score_over_seeds():
-    from clmedit.editors.agrace.encoder import key_balanced_accuracy
+    from clmedit.editors.agrace.training import key_balanced_accuracy
 
     anchor, positive, negative = _toy(120, 32)
-    settings = EncoderTraining(enc_epochs=5, enc_lr=1e-3, enc_init_pos_fractions=[0.01, 0.75], enc_selection_seeds=2)
+    settings = EncoderTraining(
+        enc_epochs=5, enc_lr=1e-3, enc_init_pos_fractions=[0.01, 0.75], enc_selection_seeds=2
+    )
     encoder, history = train_encoder(anchor, positive, negative, settings, margin=1.3)
     cands = history["candidates"]
     assert [len(c["scores"]) for c in cands] == [2, 2]
@@ -198,7 +194,8 @@ def test_initial_scale_is_selected_by_mean_validation_score_over_seeds():
 
 def test_every_neighbour_is_a_negative_pair():
     """Two cases, three neighbours (two of case 0): 2 positive + 3 negative pairs, loss by hand."""
-    from clmedit.editors.agrace.encoder import EncoderConfig, KeyEncoder, _Pairs
+    from clmedit.editors.agrace.encoder import EncoderConfig, KeyEncoder
+    from clmedit.editors.agrace.training import _Pairs
 
     pairs = _Pairs.of(2, torch.tensor([0, 0, 1]))
     assert pairs.a.tolist() == [0, 1, 0, 0, 1] and pairs.b.tolist() == [0, 1, 2, 3, 4]
@@ -221,7 +218,8 @@ def test_every_neighbour_is_a_negative_pair():
 
 
 def test_key_balanced_accuracy_counts_by_hand():
-    from clmedit.editors.agrace.encoder import EncoderConfig, KeyEncoder, key_balanced_accuracy
+    from clmedit.editors.agrace.encoder import EncoderConfig, KeyEncoder
+    from clmedit.editors.agrace.training import key_balanced_accuracy
 
     enc = KeyEncoder(EncoderConfig(d_in=2, d_out=2, d_hidden=4))
     with torch.no_grad():  # E(x) = relu([x, -x]) folded back: the identity on R^2

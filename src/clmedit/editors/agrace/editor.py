@@ -26,15 +26,14 @@ from pydantic import Field
 
 from clmedit.editors.agrace.encoder import (
     EncoderConfig,
-    EncoderTraining,
     KeyEncoder,
     encoder_from_state,
     encoder_state,
     load_encoder,
     save_encoder,
-    train_encoder,
 )
 from clmedit.editors.agrace.features import Pool, cached_prompt_features, pool_tokens
+from clmedit.editors.agrace.training import EncoderTraining, train_encoder
 from clmedit.editors.base import EditResult, EditState
 from clmedit.editors.grace.editor import Grace
 from clmedit.editors.grace.hparams import GraceHParams, Replacement

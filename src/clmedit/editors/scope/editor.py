@@ -36,8 +36,9 @@ from safetensors.torch import load_file, save_file
 
 from clmedit.data.augment import rewrite_prompts
 from clmedit.editors.agrace.editor import AGrace, AGraceHParams, TrainingFeatures
-from clmedit.editors.agrace.encoder import Positives, holdout, save_encoder, train_candidate
+from clmedit.editors.agrace.encoder import save_encoder
 from clmedit.editors.agrace.features import Pool, cached_prompt_features
+from clmedit.editors.agrace.training import Positives, holdout, train_candidate
 from clmedit.editors.base import EditResult, EditState
 from clmedit.editors.scope.fit import GAMMAS, Scope, choose_scope, hard_negatives, nearest_known
 from clmedit.errors import IntegrityError
