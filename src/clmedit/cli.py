@@ -17,18 +17,17 @@ from clmedit.cli_common import (
     THREADS_HELP,
     Commands,
     fail,
-    parse_hp,
     report_outcome,
     run_config,
     run_option,
     set_threads,
-    user_error_message,
 )
+from clmedit.cli_data import data_app
+from clmedit.cli_fixes import apply_cmd, export_cmd
 
 app = typer.Typer(
     cls=Commands, no_args_is_help=True, add_completion=False, help="Edit code LLMs and measure the edits."
 )
-data_app = typer.Typer(no_args_is_help=True, help="Build, import and inspect CLMEEval edit cases.")
 app.add_typer(data_app, name="data")
 
 
@@ -39,126 +38,7 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="debug logg
     )
 
 
-# --- data commands (room: data) ------------------------------------------------------------------
-
-
-def _data_errors() -> tuple[type[BaseException], ...]:
-    from pydantic import ValidationError
-
-    from clmedit.data.llm import LLMError
-    from clmedit.data.schema import CaseFileError
-    from clmedit.data.sources import SourceError
-
-    return (SourceError, CaseFileError, LLMError, ValidationError, ValueError, FileNotFoundError, ImportError)
-
-
-def _data_exit(err: BaseException) -> typer.Exit:
-    return fail(user_error_message(err) or str(err))
-
-
-@data_app.command("build")
-def data_build_cmd(
-    task: str = typer.Option(..., "--task", "-t", help="cnle (NL->code) or csne (code->NL)"),
-    source: str = typer.Option(
-        "stdlib",
-        "--source",
-        "-s",
-        help="stdlib | python-sources DIR... | conala PATH | codesearchnet PATH | hf:NAME",
-    ),
-    paths: list[Path] = typer.Argument(None, help="files or folders of the source"),
-    out: Path | None = typer.Option(
-        None, "--out", "-o", help="JSONL to write (default data/<task>-<source>.jsonl)"
-    ),
-    limit: int | None = typer.Option(None, "--limit", "-n", min=1, help="at most N edit cases"),
-    seed: int = typer.Option(0, "--seed"),
-    embedder: str = typer.Option(
-        "minilm", "--embedder", help="minilm | any sentence-transformers name/path | bm25"
-    ),
-    rephrase: str = typer.Option(
-        "auto", "--rephrase", help="CNLE: auto (human, else rule) | rule | human | llm"
-    ),
-    llm: str = typer.Option("local", "--llm", help="paraphrase backend: local[:MODEL] | openai:MODEL"),
-    judge: str | None = typer.Option(None, "--judge", help="relevance judge backend (CNLE); off by default"),
-    tokenizer: str | None = typer.Option(
-        None, "--tokenizer", help="for the 512-token code limit (default: regex proxy)"
-    ),
-    pool_limit: int | None = typer.Option(None, "--pool-limit", min=1, help="subsample the neighbour pool"),
-    model: str | None = typer.Option(None, "--model", "-m", help="precompute its neighbour answers"),
-) -> None:
-    """Build CLMEEval-style edit cases (default: from this Python's standard library, offline)."""
-    from clmedit.data.build import BuildConfig, build_dataset, stats_path
-    from clmedit.data.stats import format_stats
-
-    label = source.replace("hf:", "hf-").replace("/", "-").replace(":", "-")
-    out = out or Path("data") / f"{task}-{label}.jsonl"
-    try:
-        cfg = BuildConfig(
-            task=task, source=source, paths=tuple(str(p) for p in paths or ()), seed=seed, limit=limit,
-            embedder=embedder, rephrase=rephrase, llm=llm, judge=judge, tokenizer=tokenizer, pool_limit=pool_limit,
-        )  # fmt: skip
-        result = build_dataset(cfg, out)
-        if model is not None:  # the answers go to their one home, the model's cache (run.prepare)
-            from clmedit.models.load import load_model
-            from clmedit.run.prepare import ensure_base_answers
-
-            net, tok = load_model(model)
-            ensure_base_answers(net, tok, result.cases)
-    except _data_errors() as err:
-        raise _data_exit(err) from None
-    typer.echo(format_stats(result.stats))
-    typer.echo(f"{len(result.cases)} cases in {out} (statistics in {stats_path(out)})")
-
-
-@data_app.command("import-clmeeval")
-def data_import_cmd(
-    file: Path = typer.Argument(..., help="the released CLMEEval JSON (CNLE or CSNE)"),
-    out: Path = typer.Option(..., "--out", "-o", help="JSONL to write"),
-) -> None:
-    """Convert the released CLMEEval JSON into our case JSONL (neighbour answers kept per model)."""
-    from collections import Counter
-
-    from clmedit.data.clmeeval import read_clmeeval
-    from clmedit.data.schema import write_cases
-
-    skipped: Counter = Counter()
-    try:
-        cases = read_clmeeval(file, skipped)
-    except _data_errors() as err:
-        raise _data_exit(err) from None
-    write_cases(out, cases)
-    extra = f"; skipped {dict(skipped)}" if skipped else ""
-    typer.echo(f"{len(cases)} cases written to {out}{extra}")
-
-
-@data_app.command("show")
-def data_show_cmd(
-    file: Path = typer.Argument(..., help="a case JSONL"),
-    n: int = typer.Option(3, "--n", "-n", min=0, help="cases to print"),
-) -> None:
-    """Print a few cases and the statistics (Table III lengths; Table II when a judge ran)."""
-    import json
-
-    from clmedit.data.build import stats_path
-    from clmedit.data.schema import read_cases
-    from clmedit.data.stats import format_stats, length_table
-
-    try:
-        cases = read_cases(file)
-    except _data_errors() as err:
-        raise _data_exit(err) from None
-    for case in cases[:n]:
-        typer.echo(f"--- {case.case_id} ({case.task}, rephrase: {case.meta.get('rephrase_kind', '?')})")
-        typer.echo(f"prompt:   {case.prompt!r}\ntarget:   {case.target!r}\nrephrase: {case.rephrase!r}")
-        for nb in case.neighbours:
-            typer.echo(f"  neighbour: {nb.prompt[:100]!r}  answers: {sorted(nb.answers) or '-'}")
-    saved = stats_path(file)
-    stats = json.loads(saved.read_text()) if saved.is_file() else {"task": cases[0].task, "counts": {}}
-    stats["counts"] = {**stats.get("counts", {}), "cases": len(cases)}
-    stats["lengths"] = length_table(cases)  # always from the file as it is now
-    typer.echo(format_stats(stats))
-
-
-# --- run / bench / report / apply / train (room: runner) -----------------------------------------
+# --- run / bench / report / study (room: runner); data: cli_data.py; apply / export: cli_fixes.py -----------------------------------------
 
 BENCH_EDITORS = "none,ft,grace"  # the study's pair + the unedited row; add more with --editors
 BENCH_LIMIT = 10  # cases per task: ~60 s CPU per CNLE+CSNE pair for none+ft+grace; leaves room for the first-use data build
@@ -312,107 +192,8 @@ def study_cmd(
     typer.echo(f"report: {page}")
 
 
-@app.command("apply")
-def apply_cmd(
-    model: str = run_option("model"),
-    editor: str = typer.Option("grace", "--editor", "-e"),
-    fixes: Path | None = typer.Option(
-        None, "--fixes", help="JSONL of fixes: EditCase or {prompt|intent|code, target}"
-    ),
-    out: Path | None = typer.Option(None, "--out", "-o", help="fix file (a directory) to write"),
-    load: Path | None = typer.Option(None, "--load", help="fix file to load (never trains)"),
-    trained: Path | None = typer.Option(
-        None, "--trained", help="the editor's trained part (a folder written by `clmedit train`)"
-    ),
-    prompt: list[str] = typer.Option([], "--prompt", "-p", help="generate from this prompt (repeatable)"),
-    task: str = typer.Option("cnle", "--task", help="template for bare prompts: cnle (intent) / csne (code)"),
-    preset: str | None = run_option("preset"),
-    hp: list[str] = typer.Option([], "--hp", help=HP_HELP),
-    max_new_tokens: int = typer.Option(48, "--max-new-tokens", min=1),
-    device: str | None = run_option("device"),
-    dtype: str = run_option("dtype"),
-) -> None:
-    """Apply fixes and save the whole edit as a fix file (--fixes --out), or load one and generate
-    (--load --prompt). A-GRACE, SCOPE and MALMEN apply with --trained DIR; the fix file then
-    carries what loading needs."""
-    from clmedit.data.schema import PROMPT_TEMPLATES
-    from clmedit.errors import InputError
-
-    if (fixes is None) == (load is None):
-        raise InputError("give either --fixes FILE --out DIR (make an artifact) or --load DIR --prompt TEXT")
-    if fixes is not None and out is None:
-        raise InputError("--fixes needs --out DIR for the artifact")
-    if load is not None and not prompt:
-        raise InputError("--load needs at least one --prompt")
-    if task not in PROMPT_TEMPLATES:
-        raise InputError(f"--task {task!r} is not a task; use one of {', '.join(sorted(PROMPT_TEMPLATES))}")
-    if load is not None and not (load / "manifest.json").is_file():
-        raise InputError(
-            f"--load {load} is not a clmedit fix file (no manifest.json); make one with --fixes --out"
-        )
-    if load is not None and trained is not None:
-        raise InputError("--trained is for making a fix file (--fixes); a fix file carries its trained part")
-    from clmedit.run.artifact import load_artifact, save_artifact
-    from clmedit.run.checks import check_device, check_out_dir
-    from clmedit.run.fixes import as_prompt, read_fixes
-    from clmedit.run.runner import load_model_for, make_editor
-
-    check_device(device)
-    if fixes is not None:
-        ed = make_editor(editor, model, preset, parse_hp(hp))
-        if trained is not None:
-            ed.load(trained)
-        elif ed.trainable and not getattr(ed.hparams, ed.HParams.TRAINED_FROM or "", None):
-            raise InputError(
-                f"--editor {ed.name} needs its trained part: give --trained DIR, a folder written by "
-                f"`clmedit train --editor {ed.name} --out DIR`"
-            )
-        cases = read_fixes(fixes, task)
-        check_out_dir(out)
-    m, tok = load_model_for(model, device, dtype)
-    if fixes is not None:
-        save_artifact(m, tok, ed, cases, out, model)
-        typer.echo(f"fix file written to {out}")
-    else:
-        manifest = load_artifact(m, tok, load)
-        typer.echo(f"loaded {manifest['editor']} edit of {manifest['fixes']} fix(es) from {load}")
-    if prompt:
-        from clmedit.eval.generate import generate
-
-        texts = [as_prompt(p, task) for p in prompt]
-        for text, answer in zip(texts, generate(m, tok, texts, max_new_tokens=max_new_tokens)):
-            typer.echo(f"{text} {answer.strip()}")
-
-
-@app.command("export")
-def export_cmd(
-    load: Path = typer.Option(..., "--load", help="the fix file to export (made by `clmedit apply --out`)"),
-    out: Path = typer.Option(..., "--out", "-o", help="folder to write"),
-    model: str | None = typer.Option(None, "--model", "-m", help="the base model; default: the fix file's"),
-    device: str | None = run_option("device"),
-    dtype: str = run_option("dtype"),
-) -> None:
-    """Export a fix file: a plain Hugging Face checkpoint for weight editors (FT-L, ROME, MEMIT, PMET,
-    AlphaEdit, MALMEN), adapter files for clmedit.load_edited(model, DIR) for GRACE-family and WISE."""
-    from clmedit.errors import InputError
-    from clmedit.run.artifact import read_manifest
-    from clmedit.run.checks import check_device, check_out_dir
-    from clmedit.run.export import export_fix
-    from clmedit.run.runner import load_model_for
-
-    if not (load / "manifest.json").is_file():
-        raise InputError(
-            f"--load {load} is not a clmedit fix file (no manifest.json); make one with `clmedit apply --out`"
-        )
-    if out.exists() and any(out.iterdir()):
-        raise InputError(f"--out {out} is not empty; give a new folder for the export")
-    manifest = read_manifest(load)
-    check_device(device)
-    check_out_dir(out)
-    m, tok = load_model_for(model or manifest["model"], device, dtype)
-    done = export_fix(m, tok, load, out)
-    how = "AutoModelForCausalLM.from_pretrained" if done["kind"] == "checkpoint" else "clmedit.load_edited"
-    typer.echo(f"exported the {done['editor']} edit as {done['kind']} files to {out} (load with {how})")
+app.command("apply")(apply_cmd)  # fix files: cli_fixes.py
+app.command("export")(export_cmd)
 
 
 # --- stats (room: locate) ------------------------------------------------------------------------
