@@ -134,6 +134,12 @@ def main() -> None:
     ap.add_argument("--fluency", action="store_true", help="also sample fluency at each checkpoint (slow)")
     ap.add_argument("--hp", action="append", default=[], help="hparams override key=value (repeatable)")
     ap.add_argument("--extra-packages", default=EXTRA_PACKAGES, help="packages mined for a larger CNLE set")
+    ap.add_argument(
+        "--folds",
+        type=int,
+        default=1,
+        help="2 for trained editors (A-GRACE, SCOPE, MALMEN): fit on fold 1, edit fold 0",
+    )
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default=None)
     ap.add_argument("--out", type=Path, required=True)
@@ -148,7 +154,8 @@ def main() -> None:
 
     data = pick_data(args.data, args.edits, [p for p in args.extra_packages.split(",") if p])
     config = RunConfig(model=args.model, editor=args.editor, data=data, out=args.out, sequential=args.edits,
-                       batch_size=args.batch_size, checkpoints=args.checkpoints, fluency=args.fluency,
+                       folds=args.folds, batch_size=args.batch_size, checkpoints=args.checkpoints,
+                       fluency=args.fluency,
                        device=args.device, hparams=parse_hp(args.hp))  # fmt: skip
     report(run(config))
 
