@@ -14,7 +14,9 @@ prompt, rephrase and neighbours are keyed as the codebook would key them. It pri
     ceiling   cases whose rephrase is nearer than every neighbour: the most any radius rule can
               give both to (the limit of the key space itself)
 
-Fitting dominates the cost (about 5-15 min per fold on one CPU core).
+Fitting dominates the cost (about 5-15 min per fold on one CPU core with the preset's 4 initial
+scales x 3 selection seeds; `--hp enc_selection_seeds=1 --hp "enc_init_pos_fractions=[0.5]"` gives
+every variant the same smaller budget).
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ def main() -> None:
     ap.add_argument("--eval-limit", type=int, default=150)
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--hp", action="append", default=[],
+                    help="key=value for every variant, e.g. a smaller training budget shared by all")  # fmt: skip
     ap.add_argument("--out", type=Path, default=None, help="JSON file for the figures")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -50,6 +54,7 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    from clmedit.cli_common import parse_hp
     from clmedit.data.schema import read_cases
     from clmedit.editors.base import get_editor
     from clmedit.models.load import load_model
@@ -61,12 +66,13 @@ def main() -> None:
     scored = {c.case_id for c in scored_cases(cases, config)}
     folds = split_folds(cases, 2, config.seed)
     model, tok = load_model(args.model, device="cpu")
+    shared = parse_hp(args.hp)
     rows = {}
     for name in args.variants.split(","):
         t0 = time.perf_counter()
         hits = {"inside": 0, "kept": 0, "ceiling": 0, "n": 0}
         for k, fold in enumerate(folds):
-            editor = get_editor("scope", preset=args.model, **VARIANTS[name])
+            editor = get_editor("scope", preset=args.model, **{**shared, **VARIANTS[name]})
             editor.fit(model, tok, [c for j, f in enumerate(folds) if j != k for c in f])
             for case in (c for c in fold if c.case_id in scored):
                 d = editor.key_record(model, tok, case)["distances"]
