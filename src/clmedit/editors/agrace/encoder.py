@@ -19,6 +19,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from clmedit.files import atomic_write, atomic_write_text
+
 log = logging.getLogger(__name__)
 
 WEIGHTS, CONFIG = "encoder.safetensors", "encoder.json"
@@ -96,8 +98,8 @@ def save_encoder(encoder: KeyEncoder, directory: str | Path) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors, config = encoder_state(encoder)
-    save_file(tensors, str(directory / WEIGHTS))
-    (directory / CONFIG).write_text(json.dumps(config, indent=2))
+    atomic_write(directory / WEIGHTS, lambda tmp: save_file(tensors, tmp))
+    atomic_write_text(directory / CONFIG, json.dumps(config, indent=2))
     return directory
 
 

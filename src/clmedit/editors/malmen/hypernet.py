@@ -28,6 +28,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from clmedit.files import atomic_write, atomic_write_text
+
 WEIGHTS, CONFIG = "hypernet.safetensors", "hypernet.json"
 
 
@@ -125,10 +127,11 @@ def save_hypernet(net: MalmenNet, directory: str | Path, extra: dict | None = No
     """hypernet.safetensors + hypernet.json (its config and `extra`, e.g. the edited layers)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    save_file(
-        {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(directory / WEIGHTS)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    atomic_write(directory / WEIGHTS, lambda tmp: save_file(tensors, tmp))
+    atomic_write_text(
+        directory / CONFIG, json.dumps({"config": asdict(net.config), **(extra or {})}, indent=2)
     )
-    (directory / CONFIG).write_text(json.dumps({"config": asdict(net.config), **(extra or {})}, indent=2))
     return directory
 
 
