@@ -1,6 +1,7 @@
 """SCOPE: the scope choice, hard negatives, per-entry radii, and its trained part on disk."""
 
 import math
+import os
 
 import pytest
 import torch
@@ -103,6 +104,20 @@ def test_scope_refuses_a_folder_without_its_bank(fitted, tmp_path):
         get_editor("scope", preset="tiny").load(tmp_path)
     with pytest.raises(RuntimeError, match="fit"):
         get_editor("scope", preset="tiny").entry_radius(torch.zeros(4))
+
+
+def test_the_trained_part_is_written_whole_with_the_umask_s_permissions(fitted, tmp_path):
+    """Encoder, bank and scope go through the atomic writer: no temporary file is left, and the
+    files are as readable as the umask allows (safetensors alone writes 0600)."""
+    _, _, editor, _ = fitted
+    old = os.umask(0o022)
+    try:
+        editor.save(tmp_path)
+    finally:
+        os.umask(old)
+    files = sorted(f.name for f in tmp_path.iterdir())
+    assert files == ["bank.safetensors", "encoder.json", "encoder.safetensors", "scope.json"]
+    assert {oct(f.stat().st_mode & 0o777) for f in tmp_path.iterdir()} == {oct(0o644)}
 
 
 def test_scope_keys_can_read_the_mean_and_the_last_token_together(llama_tiny, tmp_path):
