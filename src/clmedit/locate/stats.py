@@ -28,12 +28,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from tqdm import tqdm
 
 from clmedit.errors import InputError
-from clmedit.files import atomic_write, cache_root, locked
+from clmedit.files import atomic_save_tensors, cache_root, locked
 from clmedit.models.arch import arch_of
 from clmedit.models.fingerprint import model_fingerprint
 from clmedit.models.hooks import TraceDict
@@ -151,7 +151,7 @@ def _load(path: Path, dim: int) -> torch.Tensor | None:
 
 def _save(path: Path, total: torch.Tensor, count: int) -> None:
     tensors = {"mom2_sum": total.cpu().contiguous(), "count": torch.tensor([count], dtype=torch.float64)}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp))
+    atomic_save_tensors(path, tensors)
 
 
 # --- computation ----------------------------------------------------------------------------------

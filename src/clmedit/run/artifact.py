@@ -30,12 +30,11 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from clmedit.data.schema import EditCase, write_cases
 from clmedit.editors.base import Editor, EditResult, EditState, editor_class, undone_on_error
 from clmedit.errors import IntegrityError, NotSavableError
-from clmedit.files import atomic_write, atomic_write_text
+from clmedit.files import atomic_save_tensors, atomic_write_text
 from clmedit.models.fingerprint import model_fingerprint
 from clmedit.run.records import fingerprint, fingerprint_diff
 
@@ -96,7 +95,7 @@ def save_artifact(model, tok, editor: Editor, fixes: list[EditCase], out: str | 
             meta = json.loads(json.dumps(state.meta))
         except (TypeError, ValueError) as err:
             raise NotSavableError(f"{editor.name}: its edit_state meta is not JSON ({err})") from None
-        atomic_write(out / EDIT_FILE, lambda tmp: save_file(tensors, tmp))
+        atomic_save_tensors(out / EDIT_FILE, tensors)
         write_cases(out / "fixes.jsonl", fixes)
         manifest: dict[str, Any] = {
             "format": FORMAT, "model": model_id, "base_fingerprint": base,

@@ -16,10 +16,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from clmedit.files import atomic_write, atomic_write_text
+from clmedit.files import atomic_save_tensors, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def save_encoder(encoder: KeyEncoder, directory: str | Path) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors, config = encoder_state(encoder)
-    atomic_write(directory / WEIGHTS, lambda tmp: save_file(tensors, tmp))
+    atomic_save_tensors(directory / WEIGHTS, tensors)
     atomic_write_text(directory / CONFIG, json.dumps(config, indent=2))
     return directory
 

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from tqdm import tqdm
 
-from clmedit.files import atomic_write, cache_root
+from clmedit.files import atomic_save_tensors, cache_root
 from clmedit.models.arch import arch_of
 from clmedit.models.hooks import Trace
 from clmedit.models.text import gather_rows, last_position, model_name, pad_batch, prompt_ids
@@ -102,5 +102,5 @@ def cached_prompt_features(
         return load_file(str(path))["features"]
     feats = prompt_features(model, tok, prompts, layer, how, batch_size)
     meta = {"layer": str(layer), "pool": how}
-    atomic_write(path, lambda tmp: save_file({"features": feats.contiguous()}, tmp, metadata=meta))
+    atomic_save_tensors(path, {"features": feats.contiguous()}, metadata=meta)
     return feats

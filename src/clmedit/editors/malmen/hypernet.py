@@ -25,10 +25,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from clmedit.files import atomic_write, atomic_write_text
+from clmedit.files import atomic_save_tensors, atomic_write_text
 
 WEIGHTS, CONFIG = "hypernet.safetensors", "hypernet.json"
 
@@ -128,7 +128,7 @@ def save_hypernet(net: MalmenNet, directory: str | Path, extra: dict | None = No
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    atomic_write(directory / WEIGHTS, lambda tmp: save_file(tensors, tmp))
+    atomic_save_tensors(directory / WEIGHTS, tensors)
     atomic_write_text(
         directory / CONFIG, json.dumps({"config": asdict(net.config), **(extra or {})}, indent=2)
     )

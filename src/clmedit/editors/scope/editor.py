@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 from pydantic import Field
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from clmedit.data.augment import rewrite_prompts
 from clmedit.editors.agrace.editor import AGrace, AGraceHParams, TrainingFeatures
@@ -42,7 +42,7 @@ from clmedit.editors.agrace.training import Positives, holdout, train_candidate
 from clmedit.editors.base import EditResult, EditState
 from clmedit.editors.scope.fit import GAMMAS, Scope, choose_scope, hard_negatives, nearest_known
 from clmedit.errors import IntegrityError
-from clmedit.files import atomic_write, atomic_write_text
+from clmedit.files import atomic_save_tensors, atomic_write_text
 
 log = logging.getLogger(__name__)
 BANK, SCOPE = "bank.safetensors", "scope.json"
@@ -214,8 +214,7 @@ class ScopeEditor(AGrace):
         if self.encoder is None or self.bank is None or self.scope is None:
             raise RuntimeError(f"{self.name}: nothing to save; call fit() first")
         save_encoder(self.encoder, directory)
-        bank = {"bank": self.bank.contiguous()}
-        atomic_write(Path(directory) / BANK, lambda tmp: save_file(bank, tmp))
+        atomic_save_tensors(Path(directory) / BANK, {"bank": self.bank.contiguous()})
         atomic_write_text(Path(directory) / SCOPE, json.dumps(asdict(self.scope), indent=2))
 
     def load(self, directory: str | Path) -> None:
