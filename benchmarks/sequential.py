@@ -30,6 +30,8 @@ import sys
 from importlib import metadata, util
 from pathlib import Path
 
+import clmedit  # noqa: F401  (before torch, so that its MKL buffer setting applies: see clmedit/__init__.py)
+
 EXTRA_PACKAGES = "torch,sympy"
 POOL_LIMIT = 20000  # neighbour pool of the larger set (the embedding step's cost grows with it)
 

@@ -20,3 +20,41 @@ def test_own_peak_excludes_what_the_process_already_held():
     assert busy.peak_bytes >= 128 * 1024 * 1024
     assert busy.resident_peak_bytes >= busy.peak_bytes + 256 * 1024 * 1024 * 0.9
     del held, x
+
+
+_GROWING_PRODUCTS = """
+import os, sys
+{first}
+import torch
+from clmedit.models.cost import resident_bytes
+torch.set_num_threads(1)
+w = torch.randn(576, 1536, requires_grad=True)
+def step(t):
+    x = torch.randn(t, 576, requires_grad=True)
+    (x @ w).sum().backward()
+step(8)
+before = resident_bytes()
+for t in (64, 128, 256, 512, 1024):  # each a larger product than any before, as edits of longer cases are
+    step(t)
+print(resident_bytes() - before)
+"""
+
+
+def test_importing_clmedit_first_keeps_gemm_buffers_from_accumulating():
+    """A long-lived editing process must not keep buffers sized to every larger product it has seen
+    (MKL's fast memory manager does: ~6 MB here); importing clmedit before torch turns that off."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "MKL_DISABLE_FAST_MM"}
+
+    def growth(first: str) -> int:
+        code = _GROWING_PRODUCTS.format(first=first)
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        return int(out.stdout.split()[-1])
+
+    assert growth("import clmedit") < 2e6
+    if not torch.backends.mkl.is_available():
+        return
+    assert growth("pass") > 3e6  # the effect this guards against is real on this build
