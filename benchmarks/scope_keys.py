@@ -1,18 +1,18 @@
 """SCOPE and its ablations at the key level: what each component does to matching, without generating.
 
-    python benchmarks/scope_keys.py --data default:cnle --variants scope,no-hard,no-augment,no-bank \
+    python benchmarks/scope_keys.py --data default:csne --variants scope,no-hard,no-augment,no-bank,no-rewrites \
         [--eval-limit 150] [--threads 1] [--out results/scope_keys.json]
 
 For each variant, under the 2-fold protocol of `clmedit run --folds 2` (same folds, same first
 `--eval-limit` cases of each fold), SCOPE is fitted on the other fold and every scored case's
 prompt, rephrase and neighbours are keyed as the codebook would key them. It prints, x100:
 
-    inside    rephrases within their own entry's radius (an upper bound of generalization EM:
-              a matched rephrase still needs the value to carry over)
-    kept      cases whose five neighbours all fall outside the entry (exactly specificity EM:
-              an unmatched input's output is bitwise the unedited model's)
-    ceiling   cases whose rephrase is nearer than every neighbour: the most any radius rule can
-              give both to (the limit of the key space itself)
+    inside    rephrases within their own entry's radius, or a rewrite key's (an upper bound of
+              generalization EM: a matched rephrase still needs the value to carry over)
+    kept      cases whose five neighbours all fall outside the entry and its rewrite keys' balls
+              (exactly specificity EM: an unmatched input's output is bitwise the unedited model's)
+    ceiling   cases whose rephrase is nearer the prompt's key than every neighbour: the most one
+              ball per entry can give both to (the limit of the key space itself)
 
 Fitting dominates the cost (about 5-15 min per fold on one CPU core with the preset's 4 initial
 scales x 3 selection seeds; `--hp enc_selection_seeds=1 --hp "enc_init_pos_fractions=[0.5]"` gives
@@ -32,6 +32,7 @@ VARIANTS = {
     "no-hard": {"hard_negatives": 0},
     "no-augment": {"augment": False},
     "no-bank": {"use_bank": False},
+    "no-rewrites": {"edit_rewrites": 0},
     "mean-only": {"key_pool": "mean"},
     "grace-radius": {"use_bank": False, "fixed_radius": 1.0},
 }
@@ -77,8 +78,9 @@ def main() -> None:
             for case in (c for c in fold if c.case_id in scored):
                 d = editor.key_record(model, tok, case)["distances"]
                 nearest = min(d["neighbours"], default=float("inf"))
-                hits["inside"] += d["rephrase"] <= d["radius"]
-                hits["kept"] += nearest > d["radius"]
+                balls = [d, *d.get("rewrites", [])]  # the prompt's key and its rewrites' keys (CSNE)
+                hits["inside"] += any(b["rephrase"] <= b["radius"] for b in balls)
+                hits["kept"] += all(min(b["neighbours"], default=float("inf")) > b["radius"] for b in balls)
                 hits["ceiling"] += d["rephrase"] < nearest
                 hits["n"] += 1
         rows[name] = {k: round(100 * v / hits["n"], 1) for k, v in hits.items() if k != "n"}

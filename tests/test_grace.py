@@ -33,6 +33,19 @@ def test_codebook_add_expand_split():
     assert rows.tolist() == [0, 2, -1] and dist[0].item() == pytest.approx(1.4)
 
 
+def test_codebook_add_appends_where_insert_would_expand():
+    book = Codebook(eps_init=1.0)
+    v = torch.ones(2, 3)
+    book.insert(torch.tensor([0.0, 0.0]), "a", v)
+    change = book.checkpoint()
+    assert book.add(torch.tensor([0.5, 0.0]), 0.2, "a", v, change) == 1  # insert would grow entry 0
+    assert book.radii.tolist() == pytest.approx([1.0, 0.2]) and book.values[1].data_ptr() == v.data_ptr()
+    rows, _ = book.lookup(torch.tensor([[0.6, 0.0], [1.2, 0.0]]))
+    assert rows.tolist() == [1, -1]  # the nearer covering ball answers; beyond both balls nothing
+    book.rollback(change)
+    assert len(book) == 1 and book.radii.tolist() == [1.0]
+
+
 def test_codebook_moving_average_and_cosine():
     book = Codebook(eps_init=0.5, expand="moving_average", dist_fn="cos")
     book.insert(torch.tensor([1.0, 0.0]), "a", torch.zeros(1, 2))

@@ -6,6 +6,7 @@ import os
 import pytest
 import torch
 
+from clmedit.data.schema import format_prompt
 from clmedit.editors.base import get_editor
 from clmedit.editors.scope.fit import Scope, choose_scope, hard_negatives, nearest_known
 from clmedit.models.text import target_ids
@@ -32,6 +33,22 @@ def test_choose_scope_by_hand():
     # an unreachable target: the most cases kept wins
     far = choose_scope(torch.tensor([5.0]), torch.tensor([[1.0]]), torch.tensor([9.0]), kept_target=1.0)
     assert far.kept == 1.0 and far.inside == 0.0
+
+
+def test_choose_scope_counts_an_edit_as_the_union_of_its_balls():
+    # two validation cases, each with its prompt's ball and one rewrite's ball (J = 2)
+    positive = torch.tensor([[2.0, 0.4], [0.3, math.inf]])  # case 1 has no rewrite: inf throughout
+    neighbours = torch.tensor([[[1.0], [0.6]], [[1.5], [math.inf]]])
+    bank = torch.tensor([[1.0, 0.6], [1.5, math.inf]])
+    # one radius: 0.4 puts case 0's rephrase in through the rewrite's ball, and both neighbours
+    # stay out (0.6 and 1.0 from the balls); the prompt's ball alone could never reach 2.0
+    union = choose_scope(positive, neighbours, bank, kept_target=1.0, gammas=(math.inf,))
+    assert (union.radius, union.inside, union.kept) == (pytest.approx(0.4), 1.0, 1.0)
+    alone = choose_scope(positive[:, 0], neighbours[:, 0], bank[:, 0], kept_target=1.0, gammas=(math.inf,))
+    assert (alone.radius, alone.inside, alone.kept) == (pytest.approx(0.3), 0.5, 1.0)
+    # a ball that holds a neighbour loses the case although the other ball keeps it out
+    wide = choose_scope(positive, neighbours, bank, kept_target=1.0, gammas=(math.inf,), radius=0.7)
+    assert (wide.kept, wide.inside) == (0.5, 1.0)
 
 
 def test_hard_negatives_are_the_most_similar_other_prompts():
@@ -82,6 +99,42 @@ def test_scope_fit_edit_restore_and_reload(fitted, tmp_path):
     result = again.apply(model, tok, [case])
     assert greedy_ids(model, tok, case.prompt, len(want)) == edited
     result.restore()
+
+
+def test_an_edit_also_answers_at_the_keys_of_its_prompt_s_rewrites(fitted):
+    """Each rewrite of the edited prompt (the build's renaming, here of a CSNE function) is one more
+    entry with the edit's value and its own scope; restore takes them all out."""
+    model, tok, editor, _ = fitted
+    code = "def add(a, b):\n    total = a + b\n    return total"
+    case = make_case(0, task="csne", target="Add two numbers.")
+    case = case.model_copy(update={"prompt": format_prompt("csne", code)})
+    rewrites = editor.prompt_rewrites("csne", case.prompt)
+    assert len(rewrites) == editor.hparams.edit_rewrites_csne and case.prompt not in rewrites
+    assert all("def add(" in r and "total" not in r for r in rewrites)  # renamed parameters and locals
+    result = editor.apply(model, tok, [case])
+    book = result.info["codebook"]
+    assert len(book) == 1 + len(rewrites) and set(book.labels) == {case.target}
+    assert {v.data_ptr() for v in book.values} == {book.values[0].data_ptr()}  # one value, several keys
+    keys = editor.prompt_keys(model, tok, rewrites)
+    index, _ = book.lookup(keys)
+    assert index.tolist() == list(range(1, 1 + len(rewrites)))
+    assert book.radii[1:].tolist() == pytest.approx([editor.entry_radius(k) for k in keys], rel=1e-5)
+    balls = editor.key_record(model, tok, case)["distances"]["rewrites"]  # what --keys records per ball
+    assert [b["radius"] for b in balls] == pytest.approx(book.radii[1:].tolist(), rel=1e-5)
+    assert all(len(b["neighbours"]) == len(case.neighbours) for b in balls)
+    result.restore()
+    assert editor._own_wrapper(model, editor_path(model, editor)) is None
+    none = get_editor("scope", preset="tiny", edit_rewrites=0)
+    none.encoder, none.bank, none.scope = editor.encoder, editor.bank, editor.scope
+    result = none.apply(model, tok, [case])
+    assert len(result.info["codebook"]) == 1
+    result.restore()
+
+
+def editor_path(model, editor) -> str:
+    from clmedit.models.arch import arch_of
+
+    return arch_of(model).path("down_proj", editor.edit_layer(model))
 
 
 def test_entry_scope_shrinks_near_a_known_key(fitted):

@@ -12,6 +12,8 @@ Insertion of a key k with label y (Hartvigsen et al., "Aging with GRACE", Sec. 3
     else (conflict, y != y_i)      -> split: eps_i = d / 2, add (k, ., d / 2, y)   "split"
 A value is a (S, d_out) tensor: one vector per output step (see editor.py for what a step is).
 
+`add` appends an entry unconditionally: a further key for one edit (a union of balls, one value).
+
 Lifelong use: `checkpoint()` opens a record of one apply's changes; `insert` and `set_value` given
 it note each existing entry's (key, radius, value) before its first change, and `rollback` puts
 those back and drops the entries added since. Checkpoints must be rolled back last-in-first-out
@@ -98,9 +100,14 @@ class Codebook:
         del self.labels[n:], self.values[n:]
         change.added, change.old = 0, {}
 
-    def _append(
-        self, key: torch.Tensor, radius: float, label: str, value: torch.Tensor, change: Checkpoint | None
+    def add(
+        self, key: torch.Tensor, radius: float, label: str, value: torch.Tensor, change: Checkpoint | None = None
     ) -> int:
+        """Append an entry as given, whatever lies near it (no expansion, no split); its index.
+
+        For a second key of an entry already inserted (SCOPE's rewrites of the edited prompt): it
+        shares that entry's label and value and widens what the edit covers by one more ball.
+        """
         if change is not None:
             change.added += 1
         key = key.detach().reshape(1, -1).clone()  # never a view of the caller's tensor
@@ -127,12 +134,12 @@ class Codebook:
         """
         eps = self.eps_init if radius is None else radius
         if self.keys is None:
-            return Insertion(self._append(key, eps, label, value, change), "added", None)
+            return Insertion(self.add(key, eps, label, value, change), "added", None)
         d = key_distance(key.reshape(1, -1), self.keys, self.dist_fn)[0]
         i = int(d.argmin())
         dist = float(d[i])
         if dist > float(self.radii[i]) + self.eps_init:
-            return Insertion(self._append(key, eps, label, value, change), "added", dist)
+            return Insertion(self.add(key, eps, label, value, change), "added", dist)
         self._note(i, change)
         if label == self.labels[i]:
             if self.expand == "coverage":
@@ -142,7 +149,7 @@ class Codebook:
             return Insertion(i, "expanded", dist)
         self.radii[i] = dist / 2
         half = dist / 2 if radius is None else min(radius, dist / 2)
-        return Insertion(self._append(key, half, label, value, change), "split", dist)
+        return Insertion(self.add(key, half, label, value, change), "split", dist)
 
     def lookup(self, queries: torch.Tensor, nearest_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """For queries (B, d_key): (index (B,) of the nearest entry whose radius covers it, else -1;

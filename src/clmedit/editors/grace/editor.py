@@ -75,6 +75,11 @@ class Grace(Editor):
         """The radius of a new codebook entry at `key`; None: the codebook's `eps` (GRACE)."""
         return None
 
+    def companion_keys(self, model: nn.Module, tok: Any, case: EditCase) -> torch.Tensor | None:
+        """Further keys (J, d_key) that answer with `case`'s entry, each a ball of its own
+        (`entry_radius`); None: the inserted key alone (GRACE)."""
+        return None
+
     def insert_key(self, model: nn.Module, tok: Any, case: EditCase, inputs: torch.Tensor,
                    prompt_mask: torch.Tensor) -> torch.Tensor:  # fmt: skip
         """The key `case` is inserted under: `keys` over the prompt positions of the edit sequence's
@@ -208,6 +213,9 @@ class Grace(Editor):
         ins = book.insert(key, case.target, init, radius=self.entry_radius(key), change=change)
         value, loss = self._train_value(model, layer, path, blk.input, batch, book.values[ins.index])
         book.set_value(ins.index, value, change)
+        companions = self.companion_keys(model, tok, case)
+        for extra in [] if companions is None else companions:
+            book.add(extra, self.entry_radius(extra) or book.eps_init, case.target, value, change)
         log.debug("GRACE %s: %s (nearest %.3g), loss %.4f", case.case_id, ins.op, ins.distance or -1, loss)
         return key.detach(), ins.op, ins.distance, loss
 

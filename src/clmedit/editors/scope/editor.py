@@ -15,9 +15,15 @@ that an ablation turns off:
    neighbours, kept with the encoder as the "bank"). R and gamma are chosen on held-out training
    cases: the widest scopes that keep every neighbour out for `kept_target` of them (fit.py).
    A crowded region of key space gets small scopes, an isolated key a wide one.
+4. Rewrite keys (`edit_rewrites`, CSNE): an edit also inserts the keys of a few rewrites of its own
+   prompt (the build's identifier renaming with other names), each a scoped ball with the edit's
+   value. What one rewording does to a key is not a sphere around it; a few sampled rewordings
+   cover it better than one wider ball, which would also take in the neighbours that differ from
+   the edited function by one called name. The scope is chosen on validation with the same balls.
+   CNLE takes none: its rule rewording is deterministic and is the build's rephrase itself.
 
 Values, lookup and replacement are GRACE's; an edit costs GRACE's insert plus one prompt forward
-(the insert key) and one distance to the bank. `fixed_radius` fixes R (GRACE's 1.0, say) instead of
+(the insert key), one batched forward of its rewrites (their keys) and a distance to the bank per key. `fixed_radius` fixes R (GRACE's 1.0, say) instead of
 choosing it. Every choice is made on training cases; the test half is never seen.
 """
 
@@ -40,9 +46,17 @@ from clmedit.editors.agrace.encoder import save_encoder
 from clmedit.editors.agrace.features import Pool, cached_prompt_features
 from clmedit.editors.agrace.training import Positives, holdout, train_candidate
 from clmedit.editors.base import EditResult, EditState
-from clmedit.editors.scope.fit import GAMMAS, Scope, choose_scope, hard_negatives, nearest_known
+from clmedit.editors.scope.fit import (
+    GAMMAS,
+    Scope,
+    choose_scope,
+    hard_negatives,
+    nearest_known,
+    validation_distances,
+)
 from clmedit.errors import IntegrityError
 from clmedit.files import atomic_save_tensors, atomic_write_text
+from clmedit.locate.keys import key_distance
 
 log = logging.getLogger(__name__)
 BANK, SCOPE = "bank.safetensors", "scope.json"
@@ -64,6 +78,13 @@ class ScopeHParams(AGraceHParams):
         True, description="train on every training neighbour and its pipeline rewrite as positives too"
     )
     use_bank: bool = Field(True, description="scope each entry by its distance to known non-matching keys")
+    edit_rewrites: int | None = Field(
+        None, ge=0, description="rewrites of an edited prompt whose keys join its entry; None: by task"
+    )
+    edit_rewrites_cnle: int = Field(
+        0, ge=0, description="edit_rewrites for NL->code (0: the rule rewording is the build's rephrase)"
+    )
+    edit_rewrites_csne: int = Field(4, ge=0, description="edit_rewrites for code->NL (identifier renamings)")
     kept_target: float = Field(
         0.95, gt=0, le=1, description="validation cases that must keep all neighbours out"
     )
@@ -99,6 +120,7 @@ class ScopeEditor(AGrace):
         self.hparams = hp = self.hparams.override("fit arguments", **kwargs)
         data = self.training_features(model, tok, train_cases)
         extra = self.rewritten_neighbours(model, tok, data) if hp.augment else None
+        rewrites = self.rewrite_features(model, tok, data)
         margin = data.config.meta["margin"]
         seeds = [hp.seed + k for k in range(hp.enc_selection_seeds)]
         gammas = GAMMAS if hp.use_bank else (math.inf,)
@@ -112,7 +134,7 @@ class ScopeEditor(AGrace):
                 encoder, _, _ = train_candidate(data.anchor, data.positive, negatives, fraction, seed, hp,
                                                 margin, hp.eps, data.config, extra)  # fmt: skip
                 runs.append(encoder)
-                parts.append(_validation_distances(encoder, data, val, train))
+                parts.append(validation_distances(encoder, data, val, train, rewrites))
             pos, nbs, bank = (torch.cat([p[i] for p in parts]) for i in range(3))
             scope = choose_scope(pos, nbs, bank, hp.kept_target, gammas, hp.fixed_radius)
             candidates.append({"init_pos_fraction": fraction, **asdict(scope)})
@@ -156,6 +178,43 @@ class ScopeEditor(AGrace):
         )
         return data.neighbours[done], feats, owner
 
+    def prompt_rewrites(self, task: str, prompt: str) -> list[str]:
+        """Up to `edit_rewrites` distinct rewrites of one formatted prompt, made as the build makes
+        rephrases (data.augment): CSNE's identifier renamings, one per seed, with other names than
+        the build drew. CNLE's rule rewording is deterministic: it *is* the build's rephrase, so its
+        key would say nothing about other rewordings, and CNLE edits take none by default."""
+        hp = self.hparams
+        count = hp.edit_rewrites
+        if count is None:
+            count = hp.edit_rewrites_csne if task == "csne" else hp.edit_rewrites_cnle
+        out: list[str] = []
+        for j in range(count):
+            text = rewrite_prompts(task, [prompt], hp.seed + 1 + j)[0]
+            if text is not None and text not in out:
+                out.append(text)
+        return out
+
+    def rewrite_features(self, model, tok, data: TrainingFeatures) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Features (N, J, d_in) of every training prompt's rewrites and which exist (N, J), for
+        choosing the scope as edits will use it: one ball per key, the prompt's and its rewrites'."""
+        per_case = [self.prompt_rewrites(c.task, c.prompt) for c in data.cases]
+        width = max(map(len, per_case), default=0)
+        if width == 0:
+            return None
+        texts = [t for texts in per_case for t in texts]
+        feats = cached_prompt_features(
+            model, tok, texts, self.edit_layer(model), data.config.pool, cache=self.hparams.feature_cache
+        )
+        out = torch.zeros(len(per_case), width, feats.shape[1], dtype=feats.dtype)
+        exists = torch.zeros(len(per_case), width, dtype=torch.bool)
+        row = 0
+        for i, mine in enumerate(per_case):
+            out[i, : len(mine)] = feats[row : row + len(mine)]
+            exists[i, : len(mine)] = True
+            row += len(mine)
+        log.info("%s: %d rewrites of %d training prompts for the scope", self.name, len(texts), len(per_case))
+        return out, exists
+
     def _negatives(self, data: TrainingFeatures, train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Every neighbour, plus each prompt's most similar training-split prompts (hard negatives)."""
         index, owner = hard_negatives(data.anchor, train, self.hparams.hard_negatives)
@@ -168,6 +227,11 @@ class ScopeEditor(AGrace):
         the edit sequence and alone (bfloat16), and the prompt must still match its own entry."""
         return self.prompt_keys(model, tok, [case.prompt])[0]
 
+    def companion_keys(self, model, tok, case) -> torch.Tensor | None:
+        """Keys of the prompt's rewrites: each one more ball answering with the edit's value."""
+        texts = self.prompt_rewrites(case.task, case.prompt)
+        return self.prompt_keys(model, tok, texts) if texts else None
+
     def entry_radius(self, key: torch.Tensor) -> float:
         if self.scope is None or self.bank is None:
             raise RuntimeError(f"{self.name} has no scope: call fit(model, tok, train_cases) or load(dir)")
@@ -177,6 +241,14 @@ class ScopeEditor(AGrace):
     def key_record(self, model, tok, case) -> dict[str, Any]:
         record = super().key_record(model, tok, case)
         record["distances"]["radius"] = self.entry_radius(self.prompt_keys(model, tok, [case.prompt])[0])
+        rewrites = self.companion_keys(model, tok, case)
+        if rewrites is not None:  # each rewrite's ball: what it covers and what it keeps out
+            others = self.prompt_keys(model, tok, [case.rephrase, *(n.prompt for n in case.neighbours)])
+            d = key_distance(others.float().cpu(), rewrites.float().cpu(), self.hparams.dist_fn)  # (1+K, J)
+            record["distances"]["rewrites"] = [
+                {"rephrase": float(d[0, j]), "neighbours": d[1:, j].tolist(), "radius": self.entry_radius(k)}
+                for j, k in enumerate(rewrites)
+            ]
         return record
 
     # --- the edit as data: A-GRACE's, plus the bank and scope that size further entries ------------
@@ -229,19 +301,3 @@ class ScopeEditor(AGrace):
             raise ValueError(f"{directory / BANK}: keys of width {tuple(bank.shape)} do not fit the encoder")
         self.bank = bank.float()
         self.scope = Scope(**json.loads((directory / SCOPE).read_text()))
-
-
-@torch.no_grad()
-def _validation_distances(encoder, data: TrainingFeatures, val: torch.Tensor, train: torch.Tensor):
-    """For the validation cases: (prompt->rephrase (V,), prompt->neighbours (V, K) inf-padded,
-    prompt->nearest key of the training split's prompts, rephrases and neighbours (V,))."""
-    za = encoder(data.anchor[val])
-    positive = (za - encoder(data.positive[val])).norm(dim=-1)
-    width = int(torch.bincount(data.owner).max())
-    neighbours = torch.full((len(val), width), math.inf)
-    for row, case in enumerate(val.tolist()):
-        mine = data.neighbours[data.owner == case]
-        neighbours[row, : len(mine)] = (encoder(mine) - za[row]).norm(dim=-1)
-    in_train = torch.isin(data.owner, train)
-    bank = encoder(torch.cat([data.anchor[train], data.positive[train], data.neighbours[in_train]]))
-    return positive, neighbours, nearest_known(za, bank)

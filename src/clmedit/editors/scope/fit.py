@@ -8,15 +8,21 @@ where the known keys (the "bank") are the encoded training prompts, rephrases an
 a crowded region gets a small scope, one far from everything known a wide one (up to R). R and gamma
 are picked on validation cases of the training data: the widest scopes under which at least
 `kept_target` of the validation cases keep all their neighbours outside, maximising the share of
-rephrases inside. gamma = inf is "no bank" (one radius R for every entry).
+rephrases inside. gamma = inf is "no bank" (one radius R for every entry). An edit with rewrite
+keys is the union of several such balls: its rephrase is in when any ball covers it, and it keeps
+its neighbours when no ball holds one.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from clmedit.editors.agrace.editor import TrainingFeatures
 
 GAMMAS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.2, 1.35, 1.5, math.inf)
 SAME = 1e-6  # a bank key this close to the query is the query's own text, not a neighbour of it
@@ -65,22 +71,26 @@ def choose_scope(
     positive: torch.Tensor, neighbours: torch.Tensor, bank: torch.Tensor, kept_target: float,
     gammas: tuple[float, ...] = GAMMAS, radius: float | None = None,
 ) -> Scope:  # fmt: skip
-    """Pick (R, gamma) on validation cases.
+    """Pick (R, gamma) on validation cases whose edits are unions of J balls (J = 1: the prompt's key alone).
 
-    positive (V,): prompt -> rephrase distance; neighbours (V, K): prompt -> neighbour distances
-    (inf where a case has fewer); bank (V,): prompt -> nearest known key. The scope must cover the
-    rephrase (d <= scope, as the codebook matches) and leave every neighbour outside (d > scope).
-    `radius`: R fixed instead of chosen.
+    Per validation case and ball: positive (V, J) centre -> rephrase distance; neighbours (V, J, K)
+    centre -> neighbour distances (inf where a case has fewer); bank (V, J) centre -> nearest known
+    key. 1-D positive / bank and 2-D neighbours are one ball. A case's rephrase is inside when any
+    ball covers it (d <= scope, as the codebook matches); it keeps its neighbours when no ball holds
+    one (d > scope). Absent balls are inf in all three. `radius`: R fixed instead of chosen.
     """
+    if positive.ndim == 1:
+        positive, neighbours, bank = positive[:, None], neighbours[:, None], bank[:, None]
     # the widest useful radii: each rephrase distance (matching is d <= scope), and 0 / unbounded
     ends = torch.tensor([0.0, math.inf])
-    radii = torch.unique(torch.cat([positive, ends])) if radius is None else torch.tensor([radius])
-    nb_min = neighbours.min(dim=1).values
+    finite = positive[positive.isfinite()]
+    radii = torch.unique(torch.cat([finite, ends])) if radius is None else torch.tensor([radius])
+    nb_min = neighbours.min(dim=2).values  # (V, J)
     best: tuple[tuple, Scope] | None = None
     for gamma in gammas:
-        scope = (gamma * bank).unsqueeze(0).clamp(max=radii.unsqueeze(1))  # (R, V)
-        inside = (positive.unsqueeze(0) <= scope).float().mean(1)
-        kept = (nb_min.unsqueeze(0) > scope).float().mean(1)
+        scope = (gamma * bank).unsqueeze(0).clamp(max=radii[:, None, None])  # (R, V, J)
+        inside = (positive.unsqueeze(0) <= scope).any(2).float().mean(1)
+        kept = (nb_min.unsqueeze(0) > scope).all(2).float().mean(1)
         for i in range(len(radii)):
             score = (bool(kept[i] >= kept_target), float(inside[i]) if kept[i] >= kept_target else float(kept[i]),
                      float(kept[i]))  # fmt: skip
@@ -88,3 +98,29 @@ def choose_scope(
                 best = (score, Scope(float(radii[i]), gamma, float(inside[i]), float(kept[i]), len(positive)))
     assert best is not None
     return best[1]
+
+
+@torch.no_grad()
+def validation_distances(encoder, data: TrainingFeatures, val: torch.Tensor, train: torch.Tensor,
+                          rewrites: tuple[torch.Tensor, torch.Tensor] | None = None):  # fmt: skip
+    """For the validation cases, per ball j (the prompt's key, then its rewrites' keys): (centre ->
+    rephrase (V, J), centre -> neighbours (V, J, K), centre -> nearest key of the training split's
+    prompts, rephrases and neighbours (V, J)); inf where a case has fewer rewrites or neighbours."""
+    centres = encoder(data.anchor[val]).unsqueeze(1)  # (V, 1, d_key)
+    present = torch.ones(len(val), 1, dtype=torch.bool)
+    if rewrites is not None:
+        feats, exists = rewrites[0][val], rewrites[1][val]
+        keys = encoder(feats.reshape(-1, feats.shape[-1])).reshape(len(val), feats.shape[1], -1)
+        centres, present = torch.cat([centres, keys], 1), torch.cat([present, exists], 1)
+    far = ~present
+    positive = (centres - encoder(data.positive[val]).unsqueeze(1)).norm(dim=-1).masked_fill(far, math.inf)
+    width = int(torch.bincount(data.owner).max())
+    neighbours = torch.full((*centres.shape[:2], width), math.inf)
+    for row, case in enumerate(val.tolist()):
+        mine = encoder(data.neighbours[data.owner == case])
+        neighbours[row, :, : len(mine)] = torch.cdist(centres[row], mine)
+    neighbours = neighbours.masked_fill(far.unsqueeze(-1), math.inf)
+    in_train = torch.isin(data.owner, train)
+    bank = encoder(torch.cat([data.anchor[train], data.positive[train], data.neighbours[in_train]]))
+    known = nearest_known(centres.reshape(-1, centres.shape[-1]), bank).reshape(centres.shape[:2])
+    return positive, neighbours, known.masked_fill(far, math.inf)
