@@ -283,7 +283,13 @@ def test_train_then_run_uses_the_trained_fold(tiny_dir, tmp_path, monkeypatch):
     monkeypatch.setitem(EDITORS, "memo", "tests.test_runner:Memo")
     data = write_cases(tmp_path / "c.jsonl", [make_case(i) for i in range(4)])
     common = ["--model", str(tiny_dir), "--data", str(data), "--editor", "memo"]
-    result = cli.invoke(app, ["train", *common, "--fold", "0", "--out", str(tmp_path / "r" / "fold0")])
+    threads = torch.get_num_threads()
+    try:
+        result = cli.invoke(app, ["train", *common, "--fold", "0", "--out", str(tmp_path / "r" / "fold0"),
+                                  "--threads", "1"])  # fmt: skip
+        assert torch.get_num_threads() == 1  # a training job that shares the machine can be held to one core
+    finally:
+        torch.set_num_threads(threads)
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "r" / "fold0" / "train.json").read_text())["train_cases"] == 2
     (tmp_path / "r" / "fold0" / "learned.json").write_text("99")  # proof that fold 0 is loaded, not refitted

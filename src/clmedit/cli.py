@@ -256,7 +256,7 @@ def stats(
 
 @app.command("train")
 def train_cmd(
-    editor: str = typer.Option(..., "--editor", "-e", help="a trainable editor: agrace, agrace-last, malmen"),
+    editor: str = typer.Option(..., "--editor", "-e", help="a trainable editor: agrace, agrace-last, scope, malmen"),
     data: str = run_option("data"),
     out: Path = typer.Option(..., "--out", "-o", help="folder for the trained part (e.g. RUN_DIR/fold0)"),
     model: str = run_option("model"),
@@ -267,6 +267,7 @@ def train_cmd(
     hp: list[str] = typer.Option([], "--hp", help=HP_HELP),
     seed: int = run_option("seed"),
     device: str | None = run_option("device"),
+    threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
 ) -> None:
     """Train an editor's learned part on the cases outside one fold and save it to OUT.
 
@@ -277,6 +278,7 @@ def train_cmd(
 
     from clmedit.run.folds import train_fold
 
+    set_threads(threads)
     typer.echo(json.dumps(train_fold(run_config(locals(), hp), fold)))
 
 
