@@ -215,7 +215,8 @@ class Grace(Editor):
         book.set_value(ins.index, value, change)
         companions = self.companion_keys(model, tok, case)
         for extra in [] if companions is None else companions:
-            book.add(extra, self.entry_radius(extra) or book.eps_init, case.target, value, change)
+            radius = self.entry_radius(extra)  # None: the codebook's eps, as insert reads it
+            book.add(extra, book.eps_init if radius is None else radius, case.target, value, change)
         log.debug("GRACE %s: %s (nearest %.3g), loss %.4f", case.case_id, ins.op, ins.distance or -1, loss)
         return key.detach(), ins.op, ins.distance, loss
 
