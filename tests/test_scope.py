@@ -8,7 +8,7 @@ import torch
 
 from clmedit.data.schema import format_prompt
 from clmedit.editors.base import get_editor
-from clmedit.editors.scope.fit import Scope, choose_scope, hard_negatives, nearest_known
+from clmedit.editors.scope.fit import Scope, choose_scope, hard_negatives, nearest_known, rank
 from clmedit.models.text import target_ids
 from tests.conftest import greedy_ids, make_case
 
@@ -33,6 +33,25 @@ def test_choose_scope_by_hand():
     # an unreachable target: the most cases kept wins
     far = choose_scope(torch.tensor([5.0]), torch.tensor([[1.0]]), torch.tensor([9.0]), kept_target=1.0)
     assert far.kept == 1.0 and far.inside == 0.0
+
+
+def test_choose_scope_by_default_maximises_inside_plus_kept():
+    # one radius for all (gamma inf); the candidate radii are 0, 0.5, 1.0 and inf:
+    #   R 0: inside 0, kept 1 (sum 1); R 0.5: 1/3, 1 (4/3); R 1.0: 1, 2/3 (5/3); R inf: 1, 0 (1)
+    positive = torch.tensor([0.5, 1.0, 1.0])
+    neighbours = torch.tensor([[0.9], [2.0], [2.0]])
+    bank = torch.full((3,), math.inf)
+    balanced = choose_scope(positive, neighbours, bank, kept_target=None, gammas=(math.inf,))
+    assert (balanced.radius, balanced.inside, balanced.kept) == (1.0, 1.0, pytest.approx(2 / 3))
+    # a user who needs every case kept gets the widest scope that keeps them all
+    strict = choose_scope(positive, neighbours, bank, kept_target=1.0, gammas=(math.inf,))
+    assert (strict.radius, strict.inside, strict.kept) == (0.5, pytest.approx(1 / 3), 1.0)
+    # equal sums (R 0.5: 1/2 + 1; R 1.0: 1 + 1/2): the scope that keeps more wins
+    tie = choose_scope(torch.tensor([0.5, 1.0]), torch.tensor([[0.9], [5.0]]), torch.full((2,), math.inf),
+                       kept_target=None, gammas=(math.inf,))  # fmt: skip
+    assert (tie.radius, tie.kept) == (0.5, 1.0)
+    assert rank(0.1 + 0.2, 0.7, None) == rank(0.3, 0.7, None)  # float sums of equal counts tie
+    assert rank(0.9, 0.89, 0.9) < rank(0.1, 0.9, 0.9)  # short of the target loses to any scope meeting it
 
 
 def test_choose_scope_counts_an_edit_as_the_union_of_its_balls():

@@ -13,7 +13,8 @@ that an ablation turns off:
 3. Scoped entries (`use_bank`): a new entry answers within min(R, gamma * b), b being the distance
    from its key to the nearest known non-matching key (the encoded training prompts, rephrases and
    neighbours, kept with the encoder as the "bank"). R and gamma are chosen on held-out training
-   cases: the widest scopes that keep every neighbour out for `kept_target` of them (fit.py).
+   cases: those maximising rephrases inside plus cases keeping every neighbour out, or, with
+   `kept_target`, the widest scopes that keep every neighbour out for that share of them (fit.py).
    A crowded region of key space gets small scopes, an isolated key a wide one.
 4. Rewrite keys (`edit_rewrites`, CSNE): an edit also inserts the keys of a few rewrites of its own
    prompt (the build's identifier renaming with other names), each a scoped ball with the edit's
@@ -52,6 +53,7 @@ from clmedit.editors.scope.fit import (
     choose_scope,
     hard_negatives,
     nearest_known,
+    rank,
     validation_distances,
 )
 from clmedit.errors import IntegrityError
@@ -85,9 +87,9 @@ class ScopeHParams(AGraceHParams):
         0, ge=0, description="edit_rewrites for NL->code (0: the rule rewording is the build's rephrase)"
     )
     edit_rewrites_csne: int = Field(4, ge=0, description="edit_rewrites for code->NL (identifier renamings)")
-    kept_target: float = Field(
-        0.95, gt=0, le=1, description="validation cases that must keep all neighbours out"
-    )
+    kept_target: float | None = Field(
+        None, gt=0, le=1, description="share of validation cases to keep all neighbours out; None: max inside + kept"
+    )  # fmt: skip
     fixed_radius: float | None = Field(
         None, gt=0, description="R fixed (ablation) instead of chosen on validation"
     )
@@ -140,13 +142,9 @@ class ScopeEditor(AGrace):
             candidates.append({"init_pos_fraction": fraction, **asdict(scope)})
             log.info("scope init %s: R %.3g gamma %s -> inside %.2f kept %.2f (%d validation cases)",
                      fraction, scope.radius, scope.gamma, scope.inside, scope.kept, scope.cases)  # fmt: skip
-            rank = (
-                scope.kept >= hp.kept_target,
-                scope.inside if scope.kept >= hp.kept_target else 0,
-                scope.kept,
-            )
-            if best is None or rank > best[0]:
-                best = (rank, runs[0], scope)
+            score = rank(scope.inside, scope.kept, hp.kept_target)
+            if best is None or score > best[0]:
+                best = (score, runs[0], scope)
         assert best is not None
         _, self.encoder, self.scope = best
         with torch.no_grad():

@@ -6,11 +6,14 @@ An entry's scope is the radius it answers within:
 
 where the known keys (the "bank") are the encoded training prompts, rephrases and neighbours. A key in
 a crowded region gets a small scope, one far from everything known a wide one (up to R). R and gamma
-are picked on validation cases of the training data: the widest scopes under which at least
-`kept_target` of the validation cases keep all their neighbours outside, maximising the share of
-rephrases inside. gamma = inf is "no bank" (one radius R for every entry). An edit with rewrite
-keys is the union of several such balls: its rephrase is in when any ball covers it, and it keeps
-its neighbours when no ball holds one.
+are picked on validation cases of the training data. By default (`kept_target` None) they maximise
+inside + kept: the share of validation rephrases inside plus the share of validation cases that keep
+all their neighbours outside (Youden's J: generalising and keeping neighbours weigh the same, as a
+threshold is chosen when neither error is preferred). A user who needs a level of specificity sets
+`kept_target`: then the widest scopes under which at least that share keeps its neighbours out.
+gamma = inf is "no bank" (one radius R for every entry). An edit with rewrite keys is the union of
+several such balls: its rephrase is in when any ball covers it, and it keeps its neighbours when no
+ball holds one.
 """
 
 from __future__ import annotations
@@ -67,11 +70,24 @@ def hard_negatives(prompts: torch.Tensor, pool: torch.Tensor, k: int) -> tuple[t
     return pool[top].reshape(-1), torch.arange(len(x)).repeat_interleave(k)
 
 
+def rank(inside: float, kept: float, kept_target: float | None) -> tuple:
+    """How a scope is judged on validation, the larger the better; ties go to the one keeping more.
+
+    `kept_target` None: inside + kept (no preference between the two errors). A share: the most
+    inside among scopes that keep at least `kept_target`; short of it, the most kept.
+    """
+    if kept_target is None:
+        return (round(inside + kept, 9), kept)  # rounded: equal counts must tie despite float sums
+    met = kept >= kept_target
+    return (met, inside if met else kept, kept)
+
+
 def choose_scope(
-    positive: torch.Tensor, neighbours: torch.Tensor, bank: torch.Tensor, kept_target: float,
+    positive: torch.Tensor, neighbours: torch.Tensor, bank: torch.Tensor, kept_target: float | None,
     gammas: tuple[float, ...] = GAMMAS, radius: float | None = None,
 ) -> Scope:  # fmt: skip
-    """Pick (R, gamma) on validation cases whose edits are unions of J balls (J = 1: the prompt's key alone).
+    """Pick (R, gamma) on validation cases whose edits are unions of J balls (J = 1: the prompt's key
+    alone), the best by `rank`.
 
     Per validation case and ball: positive (V, J) centre -> rephrase distance; neighbours (V, J, K)
     centre -> neighbour distances (inf where a case has fewer); bank (V, J) centre -> nearest known
@@ -92,8 +108,7 @@ def choose_scope(
         inside = (positive.unsqueeze(0) <= scope).any(2).float().mean(1)
         kept = (nb_min.unsqueeze(0) > scope).all(2).float().mean(1)
         for i in range(len(radii)):
-            score = (bool(kept[i] >= kept_target), float(inside[i]) if kept[i] >= kept_target else float(kept[i]),
-                     float(kept[i]))  # fmt: skip
+            score = rank(float(inside[i]), float(kept[i]), kept_target)
             if best is None or score > best[0]:
                 best = (score, Scope(float(radii[i]), gamma, float(inside[i]), float(kept[i]), len(positive)))
     assert best is not None
