@@ -53,6 +53,14 @@ def test_row_label_comes_from_the_summary_then_the_registry():
     assert "| A-GRACE w/o mean | 2.00 |" in table and "| unknown-editor | 3.00 |" in table
 
 
+def test_a_row_scored_on_fewer_cases_says_how_many():
+    short = {**_summary("agrace", 5.0, None), "counts": {"cases": 2, "ok": 2, "failed": 0}}
+    table = render_markdown([_summary("grace", 100.0, None, failed=1), _summary("scope", 9.0, None), short])
+    assert "### m — CNLE (4 cases)" in table
+    assert "| A-GRACE (2 cases) | 5.00 |" in table  # ran on 2 of the table's 4
+    assert "| GRACE (1 failed) | 100.00 |" in table and "| SCOPE (ours) | 9.00 |" in table
+
+
 def test_flat_metric_keys_are_read_too():
     flat = {
         "editor": "ft",

@@ -48,6 +48,11 @@ def editor_label(summary: dict[str, Any]) -> str:
     return label if isinstance(label, str) and label else registry_label(str(summary.get("editor", "?")))
 
 
+def _case_count(summaries: list[dict[str, Any]]) -> int:
+    """Cases of one table: the largest successful count of its rows."""
+    return max((int((s.get("counts") or {}).get("ok", 0)) for s in summaries), default=0)
+
+
 def _rows(summaries: list[dict[str, Any]]) -> dict[tuple[str, str], list[tuple[str, list[str]]]]:
     """(model, task) -> [(editor label, formatted cells)] in paper order."""
     grouped: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
@@ -56,6 +61,7 @@ def _rows(summaries: list[dict[str, Any]]) -> dict[tuple[str, str], list[tuple[s
     table = {}
     for key in sorted(grouped):
         rows = []
+        most = _case_count(grouped[key])
         for s in sorted(grouped[key], key=lambda s: _order(str(s.get("editor", "?")))):
             cells = [metric(s, g, n) for g, _ in GROUPS for n, _ in METRICS] + [metric(s, "fluency")]
             label = editor_label(s)
@@ -65,6 +71,9 @@ def _rows(summaries: list[dict[str, Any]]) -> dict[tuple[str, str], list[tuple[s
             counts = s.get("counts") or {}
             if counts.get("failed"):
                 label += f" ({counts['failed']} failed)"
+            scored = int(counts.get("cases", counts.get("ok", 0)))
+            if scored < most:  # a row scored on fewer cases than the table's heading says
+                label += f" ({scored} cases)"
             rows.append((label, ["-" if v is None else f"{v:.2f}" for v in cells]))
         table[key] = rows
     return table
@@ -74,11 +83,9 @@ def render_markdown(summaries: list[dict[str, Any]]) -> str:
     """Markdown tables, one per (model, task), headed `### model — TASK (n cases)`."""
     head = ["Editor"] + [f"{short} {m}" for _, short in GROUPS for _, m in METRICS] + ["Fluency"]
     out = []
-    counts: dict[tuple[str, str], int] = defaultdict(int)
-    for s in summaries:  # cases per table: the largest successful count of its rows
-        counts[_key(s)] = max(counts[_key(s)], int((s.get("counts") or {}).get("ok", 0)))
     for (model, task), rows in _rows(summaries).items():
-        out.append(f"### {model} — {task} ({counts[(model, task)]} cases)\n")
+        count = _case_count([s for s in summaries if _key(s) == (model, task)])
+        out.append(f"### {model} — {task} ({count} cases)\n")
         out.append("| " + " | ".join(head) + " |")
         out.append("|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|")
         out.extend("| " + " | ".join([label, *cells]) + " |" for label, cells in rows)
