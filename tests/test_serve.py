@@ -32,6 +32,7 @@ from clmedit.models.tiny import tiny_model  # noqa: E402
 from clmedit.run.records import fingerprint  # noqa: E402
 from clmedit.serve.app import create_app  # noqa: E402
 from clmedit.serve.prompts import chat_prompt  # noqa: E402
+from clmedit.serve.rwlock import RWLock  # noqa: E402
 from clmedit.serve.schemas import Limits  # noqa: E402
 from clmedit.serve.store import FixStore  # noqa: E402
 from tests.conftest import make_case  # noqa: E402
@@ -206,3 +207,61 @@ def test_serving_other_machines_needs_a_key(monkeypatch):
     monkeypatch.delenv("CLMEDIT_API_KEY", raising=False)
     done = CliRunner().invoke(cli_app, ["serve", "--host", "0.0.0.0"])
     assert done.exit_code == 2 and "--api-key" in done.output
+
+
+def test_a_change_that_fails_leaves_the_model_as_it_was(tmp_path):
+    """The fix file cannot be written (a folder where its tensors go): the add, then a take-back
+    that had applied a fix again, fail with a 500, and the model answers as before each."""
+    fixes = [fix_of(i) for i in range(3)]
+    with serving(tmp_path / "fix") as (url, store):
+        ids = [
+            f["id"] for f in call(f"{url}/v1/fixes", "POST", {"fixes": [f for f, *_ in fixes[:2]]})[1]["data"]
+        ]
+        before = {p: answer(url, p) for _, p, *_ in fixes}
+        state = fingerprint(store.model)
+        (tmp_path / "fix" / "edit.safetensors").unlink()
+        (tmp_path / "fix" / "edit.safetensors").mkdir()
+        for method, path, body in (
+            ("POST", "/v1/fixes", {"fixes": [fixes[2][0]]}),
+            ("DELETE", f"/v1/fixes/{ids[0]}", None),
+        ):
+            status, reply = call(f"{url}{path}", method, body)
+            assert status == 500 and "nothing was changed" in reply["error"]["message"]
+            assert [f["id"] for f in call(f"{url}/v1/fixes")[1]["data"]] == ids
+            assert {p: answer(url, p) for _, p, *_ in fixes} == before
+        assert fingerprint(store.model) == state
+
+
+def test_an_edit_waits_for_running_generations_and_holds_new_ones_back():
+    lock, order = RWLock(), []
+    reading, writer_waits = threading.Event(), threading.Event()
+
+    def generation(name: str, hold: threading.Event | None = None) -> None:
+        with lock.read():
+            order.append(f"{name} starts")
+            if hold is not None:
+                reading.set()
+                hold.wait(5)
+            order.append(f"{name} ends")
+
+    def edit() -> None:
+        writer_waits.set()
+        with lock.write():
+            order.append("edit")
+
+    release = threading.Event()
+    threads = [threading.Thread(target=generation, args=("running", release))]
+    threads[0].start()
+    reading.wait(5)
+    threads.append(threading.Thread(target=edit))
+    threads[1].start()
+    writer_waits.wait(5)
+    time.sleep(0.1)  # the edit is now waiting for the running generation
+    threads.append(threading.Thread(target=generation, args=("new",)))
+    threads[2].start()
+    time.sleep(0.1)
+    assert order == ["running starts"]  # neither the edit nor the new generation ran
+    release.set()
+    for t in threads:
+        t.join(5)
+    assert order == ["running starts", "running ends", "edit", "new starts", "new ends"]

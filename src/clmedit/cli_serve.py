@@ -76,6 +76,8 @@ def serve_cmd(
         ed = make_editor(editor or "grace", model, preset, parse_hp(hp))
         if trained is not None:
             ed.load(trained)
+        elif fresh and ed.trainable and not getattr(ed.hparams, ed.HParams.TRAINED_FROM or "", None):
+            raise InputError(f"--editor {ed.name} makes fixes with its trained part: give --trained DIR")
     m, tok = load_model_for(model, device, dtype)
     store = FixStore.open(m, tok, model, ed, load)
     limits = Limits(max_body_bytes=max_body_bytes, max_tokens=max_tokens)

@@ -9,9 +9,10 @@ whose traceback goes to the server log, never to the client). Generation runs in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -81,17 +82,13 @@ def create_app(store: FixStore, model_id: str, api_key: str | None = None, limit
         jobs = [_job(req, p, 16, limits) for p in req.prompt]
         rid = new_id("cmpl")
         if req.stream:
-            chunks = _stream(
-                generator,
-                jobs,
-                lambda i, d, f: completion(
-                    model_id, rid, [{"index": i, "text": d, "finish_reason": f}], None
-                ),
-            )
-            return StreamingResponse(chunks, media_type="text/event-stream")
+
+            def chunk(i: int, delta: str | None, finish: str | None) -> dict[str, Any]:
+                return completion(model_id, rid, [{"index": i, "text": delta, "finish_reason": finish}], None)
+
+            return StreamingResponse(_stream(generator, jobs, chunk), media_type="text/event-stream")
         done = await _answers(generator, jobs)
-        return completion(model_id, rid, done, usage(sum(d["usage"]["prompt_tokens"] for d in done),
-                                                     sum(d["usage"]["completion_tokens"] for d in done)))  # fmt: skip
+        return completion(model_id, rid, done, _usage(done))
 
     @app.post("/v1/chat/completions")
     async def chat(req: ChatRequest) -> Any:
@@ -105,27 +102,13 @@ def create_app(store: FixStore, model_id: str, api_key: str | None = None, limit
         if req.stream:
 
             def chunk(i: int, delta: str | None, finish: str | None) -> dict[str, Any]:
-                body = (
-                    {"role": "assistant", "content": ""}
-                    if delta is None
-                    else {"content": delta}
-                    if finish is None
-                    else {}
-                )
-                return chat_chunk(model_id, rid, body, finish)
+                return chat_chunk(model_id, rid, _chat_delta(delta, finish), finish)
 
             return StreamingResponse(
                 _stream(generator, [job], chunk, opener=True), media_type="text/event-stream"
             )
         (done,) = await _answers(generator, [job])
-        u = done["usage"]
-        return chat_completion(
-            model_id,
-            rid,
-            done["text"],
-            done["finish_reason"],
-            usage(u["prompt_tokens"], u["completion_tokens"]),
-        )
+        return chat_completion(model_id, rid, done["text"], done["finish_reason"], _usage([done]))
 
     @app.get("/v1/fixes")
     async def list_fixes() -> dict[str, Any]:
@@ -169,11 +152,33 @@ def _job(req: CompletionRequest | ChatRequest, prompt: str, default: int, limits
     return Job(prompt, n, emit=lambda e: None, sampling=sampling, stop=list(req.stop or []))
 
 
+def _usage(done: list[dict[str, Any]]) -> dict[str, int]:
+    return usage(*(sum(d["usage"][k] for d in done) for k in ("prompt_tokens", "completion_tokens")))
+
+
+def _chat_delta(delta: str | None, finish: str | None) -> dict[str, str]:
+    """A chat chunk's delta: the opener (None) names the role, the last one is empty."""
+    if delta is None:
+        return {"role": "assistant", "content": ""}
+    return {} if finish is not None else {"content": delta}
+
+
 def _listen(job: Job) -> asyncio.Queue:
     """Route `job`'s events (emitted in the worker's thread) into a queue of this event loop."""
-    loop, events = asyncio.get_running_loop(), asyncio.Queue()
-    job.emit = lambda e: loop.call_soon_threadsafe(events.put_nowait, e)
+    events: asyncio.Queue = asyncio.Queue()
+    job.emit = _sender(events.put_nowait)
     return events
+
+
+def _sender(put: Callable[[Any], None]) -> Callable[[Any], None]:
+    """`put`, callable from the worker's thread: run in this event loop (dropped once it is closed)."""
+    loop = asyncio.get_running_loop()
+
+    def send(item: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits for this answer
+            loop.call_soon_threadsafe(put, item)
+
+    return send
 
 
 async def _answers(generator: Generator, jobs: list[Job]) -> list[dict[str, Any]]:
@@ -182,13 +187,17 @@ async def _answers(generator: Generator, jobs: list[Job]) -> list[dict[str, Any]
     for job in jobs:
         generator.submit(job)
     out = []
-    for events in queues:
-        text = []
-        while "delta" in (e := await events.get()):
-            text.append(e["delta"])
-        if "error" in e:
-            raise APIError(e["status"], e["error"])
-        out.append({"text": "".join(text), "finish_reason": e["done"], "usage": e["usage"]})
+    try:
+        for events in queues:
+            text = []
+            while "delta" in (e := await events.get()):
+                text.append(e["delta"])
+            if "error" in e:
+                raise APIError(e["status"], e["error"])
+            out.append({"text": "".join(text), "finish_reason": e["done"], "usage": e["usage"]})
+    finally:  # an error, or the client gone: the others stop at their next token
+        for job in jobs:
+            job.cancelled = True
     return out
 
 
@@ -197,9 +206,9 @@ async def _stream(generator: Generator, jobs: list[Job], chunk, opener: bool = F
 
     A client that goes away cancels its jobs (they stop at their next token)."""
     events: asyncio.Queue = asyncio.Queue()
-    loop = asyncio.get_running_loop()
+    send = _sender(events.put_nowait)
     for i, job in enumerate(jobs):
-        job.emit = lambda e, i=i: loop.call_soon_threadsafe(events.put_nowait, (i, e))
+        job.emit = lambda e, i=i: send((i, e))
         generator.submit(job)
     try:
         if opener:

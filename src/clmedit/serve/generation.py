@@ -147,6 +147,9 @@ class Generator:
     @torch.no_grad()
     def _run(self, batch: list[Job]) -> None:
         model, tok = self.store.model, self.store.tok
+        batch = [j for j in batch if not j.cancelled]  # their clients left while they waited
+        if not batch:
+            return
         lengths = [len(ids) for ids in tok([j.prompt for j in batch], add_special_tokens=False)["input_ids"]]
         fits = [n + j.max_tokens <= self.context for n, j in zip(lengths, batch)]
         for job, n, ok in zip(batch, lengths, fits):

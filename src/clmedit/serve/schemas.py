@@ -119,8 +119,15 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
 def completion(model: str, rid: str, choices: list[dict[str, Any]], use: dict | None) -> dict[str, Any]:
     """A `text_completion` (or, with use None, one streamed chunk of it); choices: text, finish_reason."""
     out = _head("text_completion", model, rid)
-    out["choices"] = [{"index": i, "text": c["text"], "logprobs": None, "finish_reason": c.get("finish_reason")}
-                      for i, c in enumerate(choices)]  # fmt: skip
+    out["choices"] = [
+        {
+            "index": c.get("index", i),
+            "text": c["text"],
+            "logprobs": None,
+            "finish_reason": c.get("finish_reason"),
+        }
+        for i, c in enumerate(choices)
+    ]
     if use is not None:
         out["usage"] = use
     return out
