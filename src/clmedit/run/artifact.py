@@ -107,15 +107,18 @@ def save_artifact(model, tok, editor: Editor, fixes: list[EditCase], out: str | 
 
 
 def write_fix_file(model, editor: Editor, fixes: list[EditCase], out: str | Path, base: BaseModelRecord,
-                   **cost: float) -> Path:  # fmt: skip
+                   check: bool = True, **cost: float) -> Path:  # fmt: skip
     """Save the edit `editor` has made in `model` (every apply not restored), made from `fixes`, as
-    the fix file `out`; nothing is applied and the model is not changed. `cost`: apply_seconds,
-    peak_bytes. Each file is replaced atomically and the manifest last: it declares the hashes of
-    the other two, so a reader sees the new fix file whole, or one that refuses to load."""
+    the fix file `out`; nothing is applied and the model is not changed. `check`: refuse an edit
+    its state does not hold whole (one read of every weight; an editor that passed once on this
+    model may skip it). `cost`: apply_seconds, peak_bytes. Each file is replaced atomically and the
+    manifest last: it declares the hashes of the other two, so a reader sees the new fix file
+    whole, or one that refuses to load."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     state = editor.edit_state(model)
-    _check_covered(model, base.tensors, editor, state)
+    if check:
+        _check_covered(model, base.tensors, editor, state)
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.tensors.items()}
     try:
         meta = json.loads(json.dumps(state.meta))

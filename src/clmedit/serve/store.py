@@ -56,6 +56,7 @@ class FixStore:
         self.directory = directory
         self.layers: list[Layer] = []
         self.lock = RWLock()
+        self._checked = False  # a save has checked that the editor's state holds its whole edit
 
     @classmethod
     def open(cls, model, tok, model_id: str, editor: Editor | None, directory: Path | None) -> FixStore:
@@ -140,7 +141,11 @@ class FixStore:
             for name in (MANIFEST, EDIT_FILE, FIXES_FILE):
                 (self.directory / name).unlink(missing_ok=True)
             return
-        write_fix_file(self.model, self.editor, self.cases, self.directory, self.base)
+        # once a save has checked that the editor's state holds its edit, later ones need not read every weight
+        write_fix_file(
+            self.model, self.editor, self.cases, self.directory, self.base, check=not self._checked
+        )
+        self._checked = True
 
 
 def _ids(cases: list[EditCase]) -> set[str]:
