@@ -112,7 +112,7 @@ def create_app(store: FixStore, model_id: str, api_key: str | None = None, limit
 
     @app.get("/v1/fixes")
     async def list_fixes() -> dict[str, Any]:
-        return {"object": "list", "data": store.list()}
+        return {"object": "list", "data": store.records()}
 
     @app.post("/v1/fixes")
     async def add_fixes(req: FixesRequest) -> dict[str, Any]:

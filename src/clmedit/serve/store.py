@@ -85,7 +85,7 @@ class FixStore:
     def cases(self) -> list[EditCase]:
         return [c for layer in self.layers for c in layer.cases]
 
-    def list(self) -> list[dict[str, Any]]:
+    def records(self) -> list[dict[str, Any]]:
         return [fix_record(c) for c in self.cases]
 
     def add(self, cases: list[EditCase]) -> list[dict[str, Any]]:
@@ -101,6 +101,7 @@ class FixStore:
                 self._save()
             except BaseException:
                 self.layers.pop().result.restore()
+                self._resave()
                 raise
         return [fix_record(c) for c in cases]
 
@@ -121,6 +122,7 @@ class FixStore:
                 self._save()
             except BaseException:
                 self._reload(saved, every)
+                self._resave()
                 raise
         return fix_record(next(c for c in every if c.case_id == fix_id))
 
@@ -129,6 +131,16 @@ class FixStore:
         while self.layers:
             self.layers.pop().result.restore()
         self.layers.append(Layer(cases, self.editor.load_edit(self.model, self.tok, saved)))
+
+    def _resave(self) -> None:
+        """After a failed change: write the fix file of the model as it is again, should the failed
+        save have replaced some of its files (a second failure is logged; the first one is raised)."""
+        try:
+            self._save()
+        except Exception as err:
+            log.error(
+                "the fix file in %s could not be rewritten (%s); it may refuse to load", self.directory, err
+            )
 
     def _save(self) -> None:
         """Make the fix file hold the live edit (nothing to write when the store has no folder).
