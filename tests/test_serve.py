@@ -265,3 +265,39 @@ def test_an_edit_waits_for_running_generations_and_holds_new_ones_back():
     for t in threads:
         t.join(5)
     assert order == ["running starts", "running ends", "edit", "new starts", "new ends"]
+
+
+def test_stop_strings_and_sampling():
+    prompt = make_case(0).prompt
+    with serving() as (url, store):
+        full = generate(store.model, store.tok, [prompt], max_new_tokens=N)[0]
+        stop = full[len(full) // 2 : len(full) // 2 + 2]
+        cut = full[: full.index(stop)]
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        got = client.completions.create(model="tiny", prompt=prompt, max_tokens=N, stop=[stop])
+        assert (got.choices[0].text, got.choices[0].finish_reason) == (cut, "stop")
+        stream = client.completions.create(model="tiny", prompt=prompt, max_tokens=N, stop=stop, stream=True)
+        assert "".join(c.choices[0].text for c in stream) == cut
+        sampled = client.completions.create(
+            model="tiny", prompt=prompt, max_tokens=N, temperature=1.5, top_p=0.9
+        )
+        assert sampled.choices[0].finish_reason in ("stop", "length") and sampled.usage.completion_tokens <= N
+
+
+@pytest.mark.parametrize("name", ["grace", "ft"])
+def test_taking_fixes_back_in_any_order_gives_the_base_model_back(name):
+    """A codebook editor and a weight editor: every take-back leaves the others live, the last the base."""
+    model, tok = tiny_model("llama")
+    store = FixStore.open(model, tok, "tiny", tiny_editor(name), None)
+    base = fingerprint(model)
+    store.add([make_case(0, target=TARGETS[0]), make_case(1, target=TARGETS[1])])
+    with_two = fingerprint(model)
+    store.add([make_case(2, target=TARGETS[2])])
+    third = store.cases[-1].case_id
+    store.delete(third)
+    assert fingerprint(model) == with_two  # the newest: its restore alone
+    store.add([make_case(2, target=TARGETS[2])])
+    for case in list(store.cases):
+        store.delete(case.case_id)
+        assert case.case_id not in {c.case_id for c in store.cases}
+    assert store.cases == [] and fingerprint(model) == base

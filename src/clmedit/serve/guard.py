@@ -34,7 +34,9 @@ class Guard:
             return await _reply(send, 401, "a valid API key is needed: send it as 'Authorization: Bearer KEY'",
                                 "invalid_api_key")  # fmt: skip
         length = headers.get(b"content-length", b"0")
-        if not length.isdigit() or int(length) > self.max_body_bytes:
+        if not length.isdigit():
+            return await _reply(send, 400, "the Content-Length header is not a number")
+        if int(length) > self.max_body_bytes:
             return await _reply(send, 413, self._too_large())
         seen = 0
 
