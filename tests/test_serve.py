@@ -210,8 +210,9 @@ def test_serving_other_machines_needs_a_key(monkeypatch):
 
 
 def test_a_change_that_fails_leaves_the_model_as_it_was(tmp_path):
-    """The fix file cannot be written (a folder where its tensors go): the add, then a take-back
-    that had applied a fix again, fail with a 500, and the model answers as before each."""
+    """The fix file cannot be written (a file where its new folder goes): the add, then a take-back
+    that had applied a fix again, fail with a 500; the model answers as before each, and the fix
+    file on disk still holds the fixes it held."""
     fixes = [fix_of(i) for i in range(3)]
     with serving(tmp_path / "fix") as (url, store):
         ids = [
@@ -219,8 +220,7 @@ def test_a_change_that_fails_leaves_the_model_as_it_was(tmp_path):
         ]
         before = {p: answer(url, p) for _, p, *_ in fixes}
         state = fingerprint(store.model)
-        (tmp_path / "fix" / "edit.safetensors").unlink()
-        (tmp_path / "fix" / "edit.safetensors").mkdir()
+        (tmp_path / ".fix.new").write_text("in the way")
         for method, path, body in (
             ("POST", "/v1/fixes", {"fixes": [fixes[2][0]]}),
             ("DELETE", f"/v1/fixes/{ids[0]}", None),
@@ -230,6 +230,22 @@ def test_a_change_that_fails_leaves_the_model_as_it_was(tmp_path):
             assert [f["id"] for f in call(f"{url}/v1/fixes")[1]["data"]] == ids
             assert {p: answer(url, p) for _, p, *_ in fixes} == before
         assert fingerprint(store.model) == state
+        (tmp_path / ".fix.new").unlink()
+    with serving(tmp_path / "fix") as (url, _):
+        assert [f["id"] for f in call(f"{url}/v1/fixes")[1]["data"]] == ids
+        assert {p: answer(url, p) for _, p, *_ in fixes} == before
+
+
+def test_a_save_cut_between_its_renames_is_finished_at_start(tmp_path):
+    fix, prompt, want, n = fix_of(0)
+    with serving(tmp_path / "fix") as (url, _):
+        listed = call(f"{url}/v1/fixes", "POST", {"fixes": [fix]})[1]["data"]
+    (tmp_path / "fix").rename(tmp_path / ".fix.new")  # the new folder whole, the old one renamed away
+    (tmp_path / ".fix.old").mkdir()
+    with serving(tmp_path / "fix") as (url, _):
+        assert [f["id"] for f in call(f"{url}/v1/fixes")[1]["data"]] == [f["id"] for f in listed]
+        assert answer(url, prompt, n) == want
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fix"]
 
 
 def test_an_edit_waits_for_running_generations_and_holds_new_ones_back():

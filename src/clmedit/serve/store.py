@@ -2,7 +2,8 @@
 
 Invariant: the model is the base model with `layers` applied in order, each layer one
 `Editor.apply` (or, first, the fix file's `load_edited`) whose EditResult is still held, and the
-fix file on disk (when there is one) holds exactly the edit of every listed fix.
+fix file on disk (when there is one) holds exactly the edit of every listed fix: each change
+replaces its folder whole (`files.atomic_write_dir`), so a crash leaves the old one or the new one.
 
 Adding fixes is one more apply: the new layer. Taking fix F back restores the layers from F's
 on, last first (bitwise: the editor contract), then applies again the fixes of those layers that
@@ -27,7 +28,8 @@ from typing import Any
 from clmedit.data.schema import EditCase, read_cases
 from clmedit.editors.base import Editor, EditResult, EditState
 from clmedit.errors import InputError, IntegrityError
-from clmedit.run.artifact import EDIT_FILE, MANIFEST, BaseModelRecord, load_edited, write_fix_file
+from clmedit.files import atomic_write_dir, finish_dir_write
+from clmedit.run.artifact import MANIFEST, BaseModelRecord, load_edited, write_fix_file
 from clmedit.serve.rwlock import RWLock
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,8 @@ class FixStore:
         """The store of the unedited `model`: the fix file in `directory` loaded (its editor then
         edits), else no fixes and `editor`. A missing or empty `directory` is created at the first fix."""
         base = BaseModelRecord.of(model, tok, model_id)
+        if directory is not None:
+            finish_dir_write(directory)  # a save cut short by a crash
         if directory is None or not (directory / MANIFEST).is_file():
             if directory is not None and directory.is_dir() and any(directory.iterdir()):
                 raise InputError(f"{directory} is not a clmedit fix file (no {MANIFEST}) and not empty")
@@ -101,7 +105,6 @@ class FixStore:
                 self._save()
             except BaseException:
                 self.layers.pop().result.restore()
-                self._resave()
                 raise
         return [fix_record(c) for c in cases]
 
@@ -122,7 +125,6 @@ class FixStore:
                 self._save()
             except BaseException:
                 self._reload(saved, every)
-                self._resave()
                 raise
         return fix_record(next(c for c in every if c.case_id == fix_id))
 
@@ -132,31 +134,19 @@ class FixStore:
             self.layers.pop().result.restore()
         self.layers.append(Layer(cases, self.editor.load_edit(self.model, self.tok, saved)))
 
-    def _resave(self) -> None:
-        """After a failed change: write the fix file of the model as it is again, should the failed
-        save have replaced some of its files (a second failure is logged; the first one is raised)."""
-        try:
-            self._save()
-        except Exception as err:
-            log.error(
-                "the fix file in %s could not be rewritten (%s); it may refuse to load", self.directory, err
-            )
-
     def _save(self) -> None:
-        """Make the fix file hold the live edit (nothing to write when the store has no folder).
+        """Make the fix file hold the live edit, replacing its folder whole (no folder: nothing to do).
 
-        With no fix left the files go, the manifest first, leaving an empty folder to start from.
+        With no fix left the folder is empty: a server started on it starts with no fixes.
         """
         if self.directory is None:
             return
-        if not self.layers:
-            for name in (MANIFEST, EDIT_FILE, FIXES_FILE):
-                (self.directory / name).unlink(missing_ok=True)
-            return
-        # once a save has checked that the editor's state holds its edit, later ones need not read every weight
-        write_fix_file(
-            self.model, self.editor, self.cases, self.directory, self.base, check=not self._checked
-        )
+
+        def write(tmp: Path) -> None:
+            if self.layers:  # once a save has checked that the state holds the edit, later ones need not
+                write_fix_file(self.model, self.editor, self.cases, tmp, self.base, check=not self._checked)
+
+        atomic_write_dir(self.directory, write)
         self._checked = True
 
 
