@@ -56,9 +56,14 @@ def create_app(store: FixStore, model_id: str, api_key: str | None = None, limit
                max_batch: int = 8) -> FastAPI:  # fmt: skip
     """The app serving `store`'s model as `model_id`; a request needs `api_key` when one is given."""
     generator = Generator(store, max_batch)
-    app = FastAPI(title="clmedit serve", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await run_in_threadpool(generator.close)  # the batch running finishes; nothing new starts
+
+    app = FastAPI(title="clmedit serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.add_middleware(Guard, api_key=api_key, max_body_bytes=limits.max_body_bytes)
-    app.router.on_shutdown.append(generator.close)
     _errors(app)
 
     def check_model(name: str) -> None:
