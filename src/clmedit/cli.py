@@ -24,6 +24,7 @@ from clmedit.cli_common import (
 )
 from clmedit.cli_data import data_app
 from clmedit.cli_fixes import apply_cmd, export_cmd
+from clmedit.cli_serve import serve_cmd
 
 app = typer.Typer(
     cls=Commands, no_args_is_help=True, add_completion=False, help="Edit code LLMs and measure the edits."
@@ -194,6 +195,7 @@ def study_cmd(
 
 app.command("apply")(apply_cmd)  # fix files: cli_fixes.py
 app.command("export")(export_cmd)
+app.command("serve")(serve_cmd)  # the OpenAI API: cli_serve.py
 
 
 # --- stats (room: locate) ------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -71,6 +72,50 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write `data` to `path` atomically."""
     return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def _dir_sides(path: Path) -> tuple[Path, Path]:
+    return path.with_name(f".{path.name}.new"), path.with_name(f".{path.name}.old")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_dir(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Replace the folder `path` by one `write(tmp)` fills: readers see the old folder or the new one.
+
+    The new folder is filled beside `path`, then put in place by two renames (old out, new in); a
+    crash between them leaves no `path`, which `finish_dir_write` repairs. The old folder goes whole,
+    with anything else it held.
+    """
+    path = Path(path)
+    new, old = _dir_sides(path)
+    path.mkdir(parents=True, exist_ok=True)  # so a missing `path` always means "cut between the renames"
+    shutil.rmtree(new, ignore_errors=True)
+    new.mkdir()
+    write(new)
+    _fsync_dir(new)
+    shutil.rmtree(old, ignore_errors=True)
+    os.rename(path, old)
+    os.rename(new, path)
+    _fsync_dir(path.parent)
+    shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def finish_dir_write(path: str | Path) -> None:
+    """Complete an `atomic_write_dir` of `path` that a crash cut short, and clear its leftovers."""
+    path = Path(path)
+    new, old = _dir_sides(path)
+    if not path.exists() and new.is_dir():  # cut between the renames: the new folder is whole
+        os.rename(new, path)
+    shutil.rmtree(new, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 @contextmanager

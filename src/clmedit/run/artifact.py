@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,36 +77,64 @@ def _check_covered(model: torch.nn.Module, before: dict[str, str], editor: Edito
         )
 
 
+@dataclass(frozen=True)
+class BaseModelRecord:
+    """What a fix file records of its unedited base model; take it before the first edit."""
+
+    model_id: str
+    fingerprint: str  # weights + tokenizer + config (`model_fingerprint(model, tok)`)
+    weights_fingerprint: str  # weights alone, for loads without a tokenizer
+    tensors: dict[str, str]  # per-tensor checksums (`records.fingerprint`): what an edit changed
+
+    @classmethod
+    def of(cls, model, tok, model_id: str) -> BaseModelRecord:
+        return cls(model_id, model_fingerprint(model, tok), model_fingerprint(model), fingerprint(model))
+
+
 def save_artifact(model, tok, editor: Editor, fixes: list[EditCase], out: str | Path, model_id: str) -> Path:
     """Apply `fixes` with `editor` (one apply call) and save the whole edit; the model stays edited.
 
     `model` must be the unedited base model (its fingerprints are recorded). If saving fails, the
     edit is restored and the error propagates.
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    base, base_weights = model_fingerprint(model, tok), model_fingerprint(model)
-    before = fingerprint(model)
+    base = BaseModelRecord.of(model, tok, model_id)
     result = editor.apply(model, tok, fixes)
     with undone_on_error(result):
-        state = editor.edit_state(model)
-        _check_covered(model, before, editor, state)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in state.tensors.items()}
-        try:
-            meta = json.loads(json.dumps(state.meta))
-        except (TypeError, ValueError) as err:
-            raise NotSavableError(f"{editor.name}: its edit_state meta is not JSON ({err})") from None
-        atomic_save_tensors(out / EDIT_FILE, tensors)
-        write_cases(out / "fixes.jsonl", fixes)
-        manifest: dict[str, Any] = {
-            "format": FORMAT, "model": model_id, "base_fingerprint": base,
-            "base_weights_fingerprint": base_weights, "editor": editor.name,
-            "hparams": editor.hparams.portable(),
-            "edit": {"meta": meta, "tensors": _declare(tensors)},
-            "fixes": len(fixes), "fixes_sha256": hashlib.sha256((out / "fixes.jsonl").read_bytes()).hexdigest(),
-            "apply_seconds": result.seconds, "peak_bytes": result.peak_bytes,
-        }  # fmt: skip
-        atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2))
+        write_fix_file(
+            model, editor, fixes, out, base, apply_seconds=result.seconds, peak_bytes=result.peak_bytes
+        )
+    return Path(out)
+
+
+def write_fix_file(model, editor: Editor, fixes: list[EditCase], out: str | Path, base: BaseModelRecord,
+                   check: bool = True, **cost: float) -> Path:  # fmt: skip
+    """Save the edit `editor` has made in `model` (every apply not restored), made from `fixes`, as
+    the fix file `out`; nothing is applied and the model is not changed. `check`: refuse an edit
+    its state does not hold whole (one read of every weight; an editor that passed once on this
+    model may skip it). `cost`: apply_seconds, peak_bytes. Each file is replaced atomically and the
+    manifest last: it declares the hashes of the other two, so a reader sees the new fix file
+    whole, or one that refuses to load."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    state = editor.edit_state(model)
+    if check:
+        _check_covered(model, base.tensors, editor, state)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.tensors.items()}
+    try:
+        meta = json.loads(json.dumps(state.meta))
+    except (TypeError, ValueError) as err:
+        raise NotSavableError(f"{editor.name}: its edit_state meta is not JSON ({err})") from None
+    atomic_save_tensors(out / EDIT_FILE, tensors)
+    write_cases(out / "fixes.jsonl", fixes)
+    manifest: dict[str, Any] = {
+        "format": FORMAT, "model": base.model_id, "base_fingerprint": base.fingerprint,
+        "base_weights_fingerprint": base.weights_fingerprint, "editor": editor.name,
+        "hparams": editor.hparams.portable(),
+        "edit": {"meta": meta, "tensors": _declare(tensors)},
+        "fixes": len(fixes), "fixes_sha256": hashlib.sha256((out / "fixes.jsonl").read_bytes()).hexdigest(),
+        "apply_seconds": cost.get("apply_seconds"), "peak_bytes": cost.get("peak_bytes"),
+    }  # fmt: skip
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2))
     log.info("saved a %s edit of %d fix(es) (%d tensors) to %s", editor.name, len(fixes), len(tensors), out)
     return out
 

@@ -21,7 +21,7 @@ def read_fixes(path: str | Path, task: str = "cnle") -> list[EditCase]:
     skipped = SkippedLines()
     for i, obj in enumerate(iter_jsonl(path, skipped)):
         try:
-            fixes.append(_fix(obj, i, task))
+            fixes.append(parse_fix(obj, i, task))
         except ValidationError as err:
             raise InputError(
                 f"{path}: fix {i + 1} is not a valid edit case ({describe_validation(err)})"
@@ -36,7 +36,9 @@ def read_fixes(path: str | Path, task: str = "cnle") -> list[EditCase]:
     return fixes
 
 
-def _fix(obj: dict[str, Any], i: int, task: str) -> EditCase:
+def parse_fix(obj: dict[str, Any], i: int = 0, task: str = "cnle") -> EditCase:
+    """One fix (the `i`-th; `fix-{i}` is its id unless it has one) from a JSON object of `read_fixes`'s
+    forms; ValidationError or InputError when it is none of them."""
     if "neighbours" in obj and "case_id" in obj:
         return EditCase.model_validate(obj)
     key = next((k for k in ("intent", "code", "prompt") if k in obj), None)
