@@ -246,3 +246,34 @@ def test_real_model_edit_is_effective_and_specific():
         assert out[: len(want)] == want
     assert outs[-1] == before
     result.restore()
+
+
+def test_value_training_stops_once_the_target_decodes(llama_tiny, cases):
+    """With stop_when_decoded a value stops at the first step whose target decodes greedily; without
+    it every allowed step is taken. Both edits produce their targets."""
+    model, tok = llama_tiny
+    n_iter = 60
+    used = {}
+    for stop in (True, False):
+        result = get_editor("grace", **{**TINY, "n_iter": n_iter, "stop_when_decoded": stop}).apply(
+            model, tok, cases
+        )
+        used[stop] = result.info["steps"]
+        for case, out in zip(cases, _greedy(model, tok, [c.prompt for c in cases], 12)):
+            want = target_ids(tok, case.prompt, case.target)
+            assert out[: len(want)] == want
+        result.restore()
+    assert used[False] == [n_iter] * len(cases)
+    assert all(0 < s < n_iter for s in used[True])
+
+
+def test_target_decodes_reads_the_shifted_argmax():
+    """Logits at position t predict the label at t+1; IGNORE labels are not scored."""
+    from clmedit.models.text import IGNORE, target_decodes
+
+    logits = torch.zeros(1, 3, 4)
+    logits[0, 0, 2] = 1.0  # predicts token 2 at position 1
+    logits[0, 1, 3] = 1.0  # predicts token 3 at position 2
+    assert target_decodes(logits, torch.tensor([[IGNORE, 2, 3]]))
+    assert not target_decodes(logits, torch.tensor([[IGNORE, 2, 1]]))
+    assert target_decodes(logits, torch.tensor([[IGNORE, IGNORE, 3]]))

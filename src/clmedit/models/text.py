@@ -165,3 +165,15 @@ def target_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return nn.functional.cross_entropy(
         shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), ignore_index=IGNORE
     )
+
+
+def target_decodes(logits: torch.Tensor, labels: torch.Tensor) -> bool:
+    """True iff every target token is the argmax of the logits before it (teacher-forced).
+
+    Same shapes and shift as `target_nll`. Under causal attention greedy decoding reproduces a
+    teacher-forced forward token for token, so this says the target is what greedy decoding gives.
+    """
+    pred = logits[:, :-1].argmax(-1)
+    shift_labels = labels[:, 1:]
+    scored = shift_labels != IGNORE
+    return bool(((pred == shift_labels) | ~scored).all())

@@ -51,7 +51,15 @@ from clmedit.locate.keys import key_distance
 from clmedit.models.arch import arch_of
 from clmedit.models.hooks import Trace
 from clmedit.models.partial import forward_from, trainable_only
-from clmedit.models.text import edit_batch, gather_rows, last_position, pad_batch, prompt_ids, target_nll
+from clmedit.models.text import (
+    edit_batch,
+    gather_rows,
+    last_position,
+    pad_batch,
+    prompt_ids,
+    target_decodes,
+    target_nll,
+)
 
 log = logging.getLogger(__name__)
 
@@ -137,12 +145,11 @@ class Grace(Editor):
             change = wrapper.codebook.checkpoint()
             book = wrapper.codebook
             result.undo.append(lambda: book.rollback(change))
-        info: dict[str, list] = {"keys": [], "ops": [], "nearest": [], "losses": []}
+        info: dict[str, list] = {"keys": [], "ops": [], "nearest": [], "losses": [], "steps": []}
         wrapper.enabled = False  # inserts see (and train against) the unedited layer output
         try:
             for case in cases:
-                key, op, nearest, loss = self._insert(model, tok, wrapper, layer, path, case, change)
-                for name, v in zip(("keys", "ops", "nearest", "losses"), (key, op, nearest, loss)):
+                for name, v in zip(info, self._insert(model, tok, wrapper, layer, path, case, change)):
                     info[name].append(v)
         finally:
             wrapper.enabled = True
@@ -152,6 +159,7 @@ class Grace(Editor):
             "ops": info["ops"],
             "nearest": info["nearest"],
             "losses": info["losses"],
+            "steps": info["steps"],  # optimisation steps each value took (of n_iter)
             "codebook": book,
             "continued": change is not None,
         }
@@ -211,14 +219,15 @@ class Grace(Editor):
             init = torch.rand(steps, dp.output.shape[-1], generator=gen).to(device)
         book = wrapper.codebook
         ins = book.insert(key, case.target, init, radius=self.entry_radius(key), change=change)
-        value, loss = self._train_value(model, layer, path, blk.input, batch, book.values[ins.index])
+        value, loss, steps = self._train_value(model, layer, path, blk.input, batch, book.values[ins.index])
         book.set_value(ins.index, value, change)
         companions = self.companion_keys(model, tok, case)
         for extra in [] if companions is None else companions:
             radius = self.entry_radius(extra)  # None: the codebook's eps, as insert reads it
             book.add(extra, book.eps_init if radius is None else radius, case.target, value, change)
-        log.debug("GRACE %s: %s (nearest %.3g), loss %.4f", case.case_id, ins.op, ins.distance or -1, loss)
-        return key.detach(), ins.op, ins.distance, loss
+        log.debug("GRACE %s: %s (nearest %.3g), loss %.4f after %d steps", case.case_id, ins.op,
+                  ins.distance or -1, loss, steps)
+        return key.detach(), ins.op, ins.distance, loss, steps
 
     # --- the edit as data (fix files) -----------------------------------------------------------
     def edit_state(self, model: nn.Module) -> EditState:
@@ -278,7 +287,9 @@ class Grace(Editor):
     def _train_value(self, model, layer: int, path: str, hidden, batch: dict, init: torch.Tensor):
         """min_V NLL(target | out[P-1+k] := v_k) by Adam; runs only layers >= `layer` per step.
 
-        Returns (V (S, d_out) float32, final loss). The model's parameters are not modified.
+        With `stop_when_decoded`, optimisation ends at the first step whose value already makes the
+        target the teacher-forced argmax (greedy decoding gives it); further steps only sharpen it.
+        Returns (V (S, d_out) float32, final loss, steps taken). The model's parameters are not modified.
         """
         hp = self.hparams
         p = batch["prompt_lens"][0]
@@ -294,11 +305,15 @@ class Grace(Editor):
 
         opt = torch.optim.Adam([value], lr=hp.edit_lr)
         loss = torch.tensor(float("nan"))
+        steps = 0
         with trainable_only(model, []), Trace(model, path, edit_output=put, retain_output=False):
-            for _ in range(hp.n_iter):
+            while steps < hp.n_iter:
                 logits = forward_from(model, layer, hidden, batch["attention_mask"], logits_to_keep=keep)
                 loss = target_nll(logits, labels)
+                if hp.stop_when_decoded and target_decodes(logits, labels):
+                    break  # the value as it is gives these logits: keep it untouched
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-        return value.detach(), loss.item()
+                steps += 1
+        return value.detach(), loss.item(), steps

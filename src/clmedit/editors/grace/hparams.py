@@ -26,7 +26,10 @@ class GraceHParams(EditorHParams):
 
     layer: int = Field(27, description="down_proj of this layer (of reference_layers) is wrapped")
     edit_lr: float = Field(1.0, gt=0, description="Adam learning rate of the value")
-    n_iter: int = Field(30, ge=1, description="optimisation steps per value")
+    n_iter: int = Field(30, ge=1, description="optimisation steps per value (at most)")
+    stop_when_decoded: bool = Field(
+        True, description="stop a value's optimisation once greedy decoding gives the target (teacher-forced)"
+    )
     eps: float = Field(1.0, gt=0, description="radius of a new codebook entry")
     dist_fn: Distance = Field("euc", description="key distance: euc (L2) or cos (1 - cosine)")
     val_init: Literal["warm", "cold"] = Field("cold", description="warm: unedited outputs; cold: U[0,1)")
