@@ -47,7 +47,7 @@ BENCH_LIMIT = 10  # cases per task: ~60 s CPU per CNLE+CSNE pair for none+ft+gra
 @app.command("run")
 def run_cmd(
     data: str = run_option("data"),
-    out: Path = run_option("out"),
+    out: str = run_option("out"),
     model: str = run_option("model"),
     editor: str = run_option("editor"),
     limit: int | None = run_option("limit"),
