@@ -103,6 +103,9 @@ def bench_cmd(
     """The main job: every editor on the default CNLE and CSNE cases; prints a Table IV-style table."""
     import time
 
+    from clmedit.outputs import output_path
+
+    output_path(out)
     set_threads(threads)
 
     from clmedit.run.bench import bench, bench_editor_names, bench_tasks
@@ -173,14 +176,17 @@ def study_cmd(
     full: bool = typer.Option(False, "--full", help="every built case and the presets' training"),
     limit: int | None = typer.Option(None, "--limit", "-n", min=1, help="N cases per run for every editor"),
     shard: str = typer.Option("0/1", "--shard", help="i/n: this process runs every n-th run of the grid"),
-    out: Path = typer.Option(Path("results/study"), "--out", "-o", help="study folder (resumes)"),
+    out: str = typer.Option("results/study", "--out", "-o", help="study folder (resumes)"),
     fluency: bool = typer.Option(True, "--fluency/--no-fluency"),
     device: str | None = typer.Option(None, "--device"),
     threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
 ) -> None:
     """The study's results section: every editor on CNLE and CSNE, then tables, figures and report.html."""
+    from clmedit.outputs import check_output_dir
+
     if sum((quick, full, limit is not None)) > 1:
         raise fail("choose one of --quick, --full and --limit N")
+    out = check_output_dir(out, ours=lambda p: (p / "study.json").is_file())  # before any model loads
     set_threads(threads)
     from clmedit.run.study import study
 
