@@ -11,21 +11,11 @@ from typer.testing import CliRunner
 
 from clmedit.cli import app
 from clmedit.data.schema import write_cases
-from clmedit.models.tiny import tiny_model
 from clmedit.run.records import summarise_records
 from tests.conftest import make_case
 
 cli = CliRunner()
 NO_MODEL = "no/such-model"  # a check that must come before loading a model uses this one
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny")
-    model, tok = tiny_model("llama")
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture

@@ -129,9 +129,12 @@ def report_cmd(
     """Table IV-style Markdown + LaTeX tables and the cost/distance/PCA figures from run directories."""
     from clmedit.errors import InputError
     from clmedit.files import atomic_write_text
+    from clmedit.outputs import output_path
     from clmedit.report.tables import render_latex, render_markdown
     from clmedit.results import load_summaries
 
+    if out is not None:
+        output_path(out)
     if len(run_dirs) == 1 and (run_dirs[0] / "study.json").is_file():
         from clmedit.report.study import write_study_report
 
