@@ -181,3 +181,40 @@ def test_hostile_labels_and_model_names_stay_text_in_every_report_format(tmp_pat
     assert "\\input" not in tex and "\\textbackslash{}input /etc/passwd \\textasciicircum{}\\textasciitilde{} \\%" in tex
     assert "\\$\\textbackslash{}frac\\{\\$" in tex
     assert (tmp_path / "rep" / "fig3_time.png").is_file()  # drawn: the label was not parsed as mathtext
+
+
+# --- the next adversarial cases ---------------------------------------------------------------------------
+
+
+def test_a_fifo_behind_a_link_or_as_a_preset_is_named_not_read(data, tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    (tmp_path / "link.jsonl").symlink_to(fifo)
+    result = cli.invoke(app, _run("--data", str(tmp_path / "link.jsonl"), "--out", str(tmp_path / "o")))
+    _one_line_error(result, "not a regular file")
+    (tmp_path / "preset.yaml").symlink_to(fifo)
+    preset = str(tmp_path / "preset.yaml")
+    result = cli.invoke(app, _run("--data", str(data), "--out", str(tmp_path / "o"), "-e", "ft", "--preset", preset))
+    _one_line_error(result, "hparams file", "not a regular file")
+
+
+def test_fix_file_and_export_outputs_are_guarded(data, tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "paper.md").write_text("x")
+    result = cli.invoke(app, ["apply", "--model", NO_MODEL, "--fixes", str(data), "--out", str(tmp_path / "mine")])
+    _one_line_error(result, "did not make")
+    fix = tmp_path / "fix"
+    fix.mkdir()
+    (fix / "manifest.json").write_text("{}")
+    _one_line_error(cli.invoke(app, ["export", "--load", str(fix), "--out", str(fix)]), "is an input")
+
+
+def test_a_run_folder_of_an_older_clmedit_is_adopted(tiny_dir, data, tmp_path):
+    out = tmp_path / "r"
+    assert cli.invoke(app, _run("--data", str(data), "--out", str(out), model=str(tiny_dir))).exit_code == 0
+    (out / "written.json").unlink()  # as an older clmedit left it: run.json and results
+    (out / "notes.txt").write_text("mine")
+    result = cli.invoke(app, _run("--data", str(data), "--out", str(out), "-e", "grace", "--overwrite",
+                                  model=str(tiny_dir)))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert (out / "notes.txt").is_file() and "cases.jsonl" in json.loads((out / "written.json").read_text())["names"]
