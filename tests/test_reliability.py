@@ -52,7 +52,8 @@ def test_a_run_never_writes_over_or_deletes_its_input(data, tmp_path, name, over
 
 
 @pytest.mark.parametrize("out", ["/", "", "  "])
-def test_root_and_empty_outputs_are_refused(data, out):
+def test_root_and_empty_outputs_are_refused(data, out, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # an empty --out used to mean the current folder
     _one_line_error(cli.invoke(app, _run("--data", str(data), "--out", out)), "--out")
 
 
