@@ -219,3 +219,13 @@ def test_a_run_folder_of_an_older_clmedit_is_adopted(tiny_dir, data, tmp_path):
                                   model=str(tiny_dir)))  # fmt: skip
     assert result.exit_code == 0, result.output
     assert (out / "notes.txt").is_file() and "cases.jsonl" in json.loads((out / "written.json").read_text())["names"]
+
+
+def test_a_tampered_manifest_is_named_before_the_model_loads(tmp_path):
+    fix = tmp_path / "fix"
+    fix.mkdir()
+    manifest = {"format": 3, "model": "m", "base_fingerprint": "x", "editor": "grace", "hparams": None,
+                "fixes": 1, "edit": {"meta": {}, "tensors": {}}}  # fmt: skip
+    (fix / "manifest.json").write_text(json.dumps(manifest))
+    result = cli.invoke(app, ["apply", "--model", NO_MODEL, "--load", str(fix), "-p", "sort a list"])
+    _one_line_error(result, "'hparams' is null, not an object")

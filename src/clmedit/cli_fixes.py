@@ -53,7 +53,7 @@ def apply_cmd(
         raise InputError("--trained is for making a fix file (--fixes); a fix file carries its trained part")
     from clmedit.files import regular_file
     from clmedit.outputs import check_output_dir
-    from clmedit.run.artifact import FIX_FILES, is_fix_file, load_artifact, save_artifact
+    from clmedit.run.artifact import FIX_FILES, is_fix_file, load_artifact, read_manifest, save_artifact
     from clmedit.run.checks import check_device, check_out_dir
     from clmedit.run.fixes import as_prompt, read_fixes
     from clmedit.run.runner import load_model_for, make_editor
@@ -72,6 +72,8 @@ def apply_cmd(
             )
         cases = read_fixes(fixes, task)
         check_out_dir(out)
+    else:
+        read_manifest(load)  # a tampered or unreadable manifest is named before the model loads
     m, tok = load_model_for(model, device, dtype)
     if fixes is not None:
         save_artifact(m, tok, ed, cases, out, model)
