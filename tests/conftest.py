@@ -40,6 +40,16 @@ def llama_tiny():
     return tiny_model("llama")
 
 
+@pytest.fixture
+def tiny_dir(tmp_path_factory):
+    """The tiny llama saved as a folder, usable as `--model`."""
+    folder = tmp_path_factory.mktemp("tiny")
+    model, tok = tiny_model("llama")
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
 def make_case(i: int = 0, task: str = "cnle", target: str = "sorted(xs, reverse=True)") -> EditCase:
     """A small CNLE case with distinct prompt, rephrase and five neighbours."""
     intents = [

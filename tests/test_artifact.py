@@ -156,3 +156,72 @@ def test_older_formats_are_refused_with_a_way_out(fix_files, tmp_path, old):
     m["format"] = old
     _write_manifest(art, m)
     _refused(art, "re-create it with `clmedit apply --editor grace --fixes")
+
+
+def _retensor(art, change):
+    """Rewrite the edit's tensors with `change(name, tensor)` and re-declare them (hashes that match)."""
+    weights = load_file(str(art / EDIT_FILE))
+    weights = {k: change(k, v) for k, v in weights.items()}
+    save_file(weights, str(art / EDIT_FILE))
+    m = _manifest(art)
+    for k, v in weights.items():
+        m["edit"]["tensors"][k] = {"shape": list(v.shape), "dtype": str(v.dtype)[6:], "sha256": tensor_sha256(v)}
+    _write_manifest(art, m)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("name", ["ft", "grace"])
+def test_non_finite_values_are_refused_even_with_matching_hashes(fix_files, tmp_path, name, bad):
+    art = _copy(fix_files[0] / name, tmp_path / "a")
+    _retensor(art, lambda k, v: v.flatten().index_fill(0, torch.tensor([0]), bad).view_as(v) if v.is_floating_point() else v)
+    _refused(art, "NaN or Inf")
+
+
+def test_declared_shape_is_checked_against_the_header_before_reading(fix_files, tmp_path):
+    art = _copy(fix_files[0] / "ft", tmp_path / "a")
+    m = _manifest(art)
+    decl = next(iter(m["edit"]["tensors"].values()))
+    decl["shape"] = [10**12, 10**12]  # reading this would allocate 4 zettabytes
+    _write_manifest(art, m)
+    _refused(art, "in the file but declared")
+
+
+@pytest.mark.parametrize(
+    "field, value, match",
+    [("hparams", None, "'hparams' is null, not an object"), ("editor", 3, "'editor' is 3, not a string"),
+     ("fixes", "2", "'fixes' is \"2\", not an integer")],
+)  # fmt: skip
+def test_manifest_fields_of_the_wrong_type_are_named(fix_files, tmp_path, field, value, match):
+    art = _copy(fix_files[0] / "grace", tmp_path / "a")
+    _write_manifest(art, {**_manifest(art), field: value})
+    _refused(art, match)
+
+
+def test_a_layer_given_as_a_string_is_named(fix_files, tmp_path):
+    art = _copy(fix_files[0] / "grace", tmp_path / "a")
+    m = _manifest(art)
+    m["edit"]["meta"]["layer"] = str(m["edit"]["meta"]["layer"])
+    _write_manifest(art, m)
+    _refused(art, "meta 'layer' is \"3\", not an integer")
+
+
+def test_only_regular_files_inside_the_fix_file_are_read(fix_files, tmp_path):
+    import os
+    import threading
+
+    art = _copy(fix_files[0] / "ft", tmp_path / "a")
+    fifo = art / EDIT_FILE
+    fifo.unlink()
+    os.mkfifo(fifo)
+    # a writer that sends nothing: a loader that opened the FIFO gets an empty stream, not a hang
+    writer = threading.Thread(target=lambda: open(fifo, "wb").close(), daemon=True)
+    writer.start()
+    try:
+        _refused(art, "not a regular file")
+    finally:
+        os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # releases the writer if nothing read
+        writer.join(5)
+    outside = _copy(fix_files[0] / "ft", tmp_path / "elsewhere")
+    fifo.unlink()
+    (art / EDIT_FILE).symlink_to(outside / EDIT_FILE)  # a link leaving the folder, to a valid edit
+    _refused(art, "links outside")

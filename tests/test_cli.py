@@ -62,15 +62,6 @@ class WrapWithoutState(WrapEdit):
 
 
 @pytest.fixture
-def tiny_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny")
-    model, tok = tiny_model("llama")
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture
 def data(tmp_path):
     return write_cases(tmp_path / "cases.jsonl", [make_case(i) for i in range(2)])
 

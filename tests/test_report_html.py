@@ -58,3 +58,36 @@ def test_case_browser_filters(page, tmp_path):
     assert only == [("cnle", "GRACE")]  # case cnle-1: specificity EM 0
     gen = _visible(_dom(page, tmp_path, "#failed=gen"))
     assert sorted(gen) == [("cnle", "A-GRACE"), ("cnle", "GRACE"), ("cnle", "GRACE"), ("csne", "GRACE")]
+
+
+PAYLOADS = [
+    "<!--<script>",
+    "</script><script>document.title='pwned'</script>",
+    '<img src=x onerror="document.title=\'pwned\'">',
+    "-->]]>\u2028\u2029",
+]
+
+
+def test_hostile_texts_stay_text_in_the_page(tmp_path):
+    """Case texts, a model name and an editor label holding markup: every case is still listed and
+    each payload shows as text; nothing runs and no element is injected."""
+    import json
+
+    study = make_study(tmp_path / "study")
+    for task in ("cnle", "csne"):
+        path = study / task / "study_cases.jsonl"
+        cases = [json.loads(line) for line in path.read_text().splitlines()]
+        for case, payload in zip(cases, PAYLOADS[:2] if task == "cnle" else PAYLOADS[2:]):
+            case["prompt"] = case["rephrase"] = case["target"] = payload
+        path.write_text("".join(json.dumps(c) + "\n" for c in cases))
+    summary = study / "cnle" / "grace" / "summary.json"
+    summary.write_text(json.dumps({**json.loads(summary.read_text()), "label": "$\\frac{$ <!--"}))
+    manifest = json.loads((study / "study.json").read_text())
+    (study / "study.json").write_text(json.dumps({**manifest, "model": "m</title><script>x=1</script>\n# h"}))
+    dom = _dom(write_study_report(study), tmp_path)
+    assert 'id="shown">8 of 8 shown' in dom
+    assert "<img src=x" not in dom and "pwned" not in re.search(r"<title>(.*?)</title>", dom, re.S)[1]
+    for payload in ("&lt;!--&lt;script&gt;", "&lt;/script&gt;&lt;script&gt;document.title='pwned'&lt;/script&gt;"):
+        assert f"<pre>{payload}</pre>" in dom
+    assert "$\\frac{$ &lt;!--" in dom  # the label, as text (and drawn in the figures without mathtext)
+    assert dom.count("<script>") == 1  # only the page's own

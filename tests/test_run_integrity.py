@@ -56,8 +56,9 @@ def test_results_without_a_configuration_are_not_adopted(llama_tiny, data, tmp_p
     out = tmp_path / "r"
     out.mkdir()
     (out / "cases.jsonl").write_text('{"case_id": "case-0", "error": null, "scores": {}}\n')
-    with pytest.raises(IntegrityError, match="no run.json"):
-        run(_config(data, out), model, tok, editor=Bump())
+    with pytest.raises(IntegrityError, match="which no clmedit run recorded"):
+        run(_config(data, out), model, tok, editor=Bump(), overwrite=True)
+    assert (out / "cases.jsonl").is_file()  # --overwrite removes only what a run wrote
 
 
 def test_a_shard_being_written_by_another_process_is_refused(llama_tiny, data, tmp_path):

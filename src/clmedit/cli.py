@@ -48,7 +48,7 @@ BENCH_LIMIT = 10  # cases per task: ~60 s CPU per CNLE+CSNE pair for none+ft+gra
 @app.command("run")
 def run_cmd(
     data: str = run_option("data"),
-    out: Path = run_option("out"),
+    out: str = run_option("out"),
     model: str = run_option("model"),
     editor: str = run_option("editor"),
     limit: int | None = run_option("limit"),
@@ -104,6 +104,9 @@ def bench_cmd(
     """The main job: every editor on the default CNLE and CSNE cases; prints a Table IV-style table."""
     import time
 
+    from clmedit.outputs import output_path
+
+    output_path(out)
     set_threads(threads)
 
     from clmedit.run.bench import bench, bench_editor_names, bench_tasks
@@ -127,9 +130,12 @@ def report_cmd(
     """Table IV-style Markdown + LaTeX tables and the cost/distance/PCA figures from run directories."""
     from clmedit.errors import InputError
     from clmedit.files import atomic_write_text
+    from clmedit.outputs import output_path
     from clmedit.report.tables import render_latex, render_markdown
     from clmedit.results import load_summaries
 
+    if out is not None:
+        output_path(out)
     if len(run_dirs) == 1 and (run_dirs[0] / "study.json").is_file():
         from clmedit.report.study import write_study_report
 
@@ -174,14 +180,17 @@ def study_cmd(
     full: bool = typer.Option(False, "--full", help="every built case and the presets' training"),
     limit: int | None = typer.Option(None, "--limit", "-n", min=1, help="N cases per run for every editor"),
     shard: str = typer.Option("0/1", "--shard", help="i/n: this process runs every n-th run of the grid"),
-    out: Path = typer.Option(Path("results/study"), "--out", "-o", help="study folder (resumes)"),
+    out: str = typer.Option("results/study", "--out", "-o", help="study folder (resumes)"),
     fluency: bool = typer.Option(True, "--fluency/--no-fluency"),
     device: str | None = typer.Option(None, "--device"),
     threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
 ) -> None:
     """The study's results section: every editor on CNLE and CSNE, then tables, figures and report.html."""
+    from clmedit.outputs import check_output_dir
+
     if sum((quick, full, limit is not None)) > 1:
         raise fail("choose one of --quick, --full and --limit N")
+    out = check_output_dir(out, ours=lambda p: (p / "study.json").is_file())  # before any model loads
     set_threads(threads)
     from clmedit.run.study import study
 

@@ -1,17 +1,25 @@
 """What every CLI command shares: the one error path, and options built from RunConfig's fields.
 
-A user error (a `ClmeditError`, an invalid option, a path that cannot be used) raised anywhere in a
-command ends as one line on stderr and exit code 2; anything else is a bug and keeps its traceback.
+A user error (a `ClmeditError`, an invalid option, a path that cannot be used, a value click refuses
+while parsing) raised anywhere in a command ends as one line on stderr and exit code 2; anything else
+is a bug and keeps its traceback. Values are checked here, at the edge, before any model loads.
 Options of run-like commands take their default, range and help from `RunConfig`, declared once.
 Imports stay light (no torch), so `clmedit --help` is instant.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 import typer
 from typer.core import TyperGroup
+
+try:  # recent typer parses options with its own copy of click, hence its own exception classes
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError
+except ImportError:  # pragma: no cover (older typer: click's)
+    from click.exceptions import NoArgsIsHelpError, UsageError
 
 
 def user_error_message(err: BaseException) -> str | None:
@@ -45,6 +53,11 @@ class Commands(TyperGroup):
     def invoke(self, ctx):  # noqa: ANN001, ANN201 (click's signature)
         try:
             return super().invoke(ctx)
+        except NoArgsIsHelpError:
+            raise
+        except UsageError as err:  # a bad option value: one line, not typer's boxed panel
+            where = f" (see `{err.ctx.command_path} --help`)" if err.ctx is not None else ""
+            raise fail(err.format_message().rstrip(".") + where) from None
         except Exception as err:
             message = user_error_message(err)
             if message is None:
@@ -74,16 +87,44 @@ def run_option(field: str, *decls: str, **kwargs):  # noqa: ANN202 (a typer Opti
             kwargs.setdefault("min", bound.ge)
         if getattr(bound, "gt", None) is not None:
             kwargs.setdefault("min", bound.gt + 1)
+        if getattr(bound, "le", None) is not None:
+            kwargs.setdefault("max", bound.le)
     default = ... if info.is_required() else info.get_default(call_default_factory=True)
     return typer.Option(default, *decls, help=info.description, **kwargs)
 
 
+def cpu_count() -> int:
+    """The CPUs this process may run on (its affinity where the OS tells it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def set_threads(threads: int | None) -> None:
-    """Cap torch's CPU threads: on a shared machine oversubscribed threads make forwards ~10x slower."""
+    """Cap torch's CPU threads: on a shared machine oversubscribed threads make forwards ~10x slower.
+
+    More threads than CPUs is refused: it only slows torch down, and a huge count exhausts memory."""
+    from clmedit.errors import InputError
+
     if threads is not None:
+        if not 1 <= threads <= cpu_count():
+            raise InputError(f"--threads {threads}: this machine has {cpu_count()} CPU(s); use 1 to {cpu_count()}")
         import torch
 
         torch.set_num_threads(threads)
+
+
+def check_embedder(name: str) -> str:
+    """`--embedder`: minilm, bm25, an existing local model folder, or a Hugging Face name (`org/name`)."""
+    from clmedit.errors import InputError
+
+    if name in ("minilm", "bm25") or Path(name).expanduser().is_dir():
+        return name
+    looks_like_path = name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
+    if looks_like_path or not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name):
+        raise InputError(
+            f"--embedder {name!r} is neither a local model folder nor a model name; use minilm, bm25, "
+            "a sentence-transformers name (org/name) or an existing folder"
+        )
+    return name
 
 
 def parse_hp(pairs: list[str]) -> dict:

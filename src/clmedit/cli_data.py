@@ -9,7 +9,8 @@ from pathlib import Path
 
 import typer
 
-from clmedit.cli_common import fail, user_error_message
+from clmedit.cli_common import check_embedder, fail, user_error_message
+from clmedit.run.settings import MAX_SEED
 
 data_app = typer.Typer(no_args_is_help=True, help="Build, import and inspect CLMEEval edit cases.")
 
@@ -21,11 +22,12 @@ def _data_errors() -> tuple[type[BaseException], ...]:
     from clmedit.data.schema import CaseFileError
     from clmedit.data.sources import SourceError
 
-    return (SourceError, CaseFileError, LLMError, ValidationError, ValueError, FileNotFoundError, ImportError)
+    # OSError: also a model name (embedder, tokenizer) that cannot be found or downloaded
+    return (SourceError, CaseFileError, LLMError, ValidationError, ValueError, OSError, ImportError)
 
 
 def _data_exit(err: BaseException) -> typer.Exit:
-    return fail(user_error_message(err) or str(err))
+    return fail(" ".join((user_error_message(err) or str(err)).split()))  # one line
 
 
 @data_app.command("build")
@@ -38,11 +40,11 @@ def data_build_cmd(
         help="stdlib | python-sources DIR... | conala PATH | codesearchnet PATH | hf:NAME",
     ),
     paths: list[Path] = typer.Argument(None, help="files or folders of the source"),
-    out: Path | None = typer.Option(
+    out: str | None = typer.Option(
         None, "--out", "-o", help="JSONL to write (default data/<task>-<source>.jsonl)"
     ),
     limit: int | None = typer.Option(None, "--limit", "-n", min=1, help="at most N edit cases"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", min=0, max=MAX_SEED),
     embedder: str = typer.Option(
         "minilm", "--embedder", help="minilm | any sentence-transformers name/path | bm25"
     ),
@@ -60,9 +62,13 @@ def data_build_cmd(
     """Build CLMEEval-style edit cases (default: from this Python's standard library, offline)."""
     from clmedit.data.build import BuildConfig, build_dataset, stats_path
     from clmedit.data.stats import format_stats
+    from clmedit.outputs import check_output_file, output_path
 
     label = source.replace("hf:", "hf-").replace("/", "-").replace(":", "-")
-    out = out or Path("data") / f"{task}-{label}.jsonl"
+    out = output_path(out if out is not None else Path("data") / f"{task}-{label}.jsonl")
+    check_embedder(embedder)
+    # a file this command built has its statistics beside it: only such a file is rebuilt in place
+    out = check_output_file(out, paths or (), ours=stats_path(out).is_file())
     try:
         cfg = BuildConfig(
             task=task, source=source, paths=tuple(str(p) for p in paths or ()), seed=seed, limit=limit,
@@ -84,14 +90,19 @@ def data_build_cmd(
 @data_app.command("import-clmeeval")
 def data_import_cmd(
     file: Path = typer.Argument(..., help="the released CLMEEval JSON (CNLE or CSNE)"),
-    out: Path = typer.Option(..., "--out", "-o", help="JSONL to write"),
+    out: str = typer.Option(..., "--out", "-o", help="JSONL to write (a new file)"),
 ) -> None:
     """Convert the released CLMEEval JSON into our case JSONL (neighbour answers kept per model)."""
     from collections import Counter
 
     from clmedit.data.clmeeval import read_clmeeval
     from clmedit.data.schema import write_cases
+    from clmedit.files import regular_file
+    from clmedit.outputs import check_output_file
 
+    if file.exists():
+        regular_file(file, "the CLMEEval file")
+    out = check_output_file(out, [file])
     skipped: Counter = Counter()
     try:
         cases = read_clmeeval(file, skipped)
@@ -113,9 +124,10 @@ def data_show_cmd(
     from clmedit.data.build import stats_path
     from clmedit.data.schema import read_cases
     from clmedit.data.stats import format_stats, length_table
+    from clmedit.files import regular_file
 
     try:
-        cases = read_cases(file)
+        cases = read_cases(regular_file(file, "case file") if file.exists() else file)
     except _data_errors() as err:
         raise _data_exit(err) from None
     for case in cases[:n]:

@@ -18,7 +18,7 @@ def apply_cmd(
     fixes: Path | None = typer.Option(
         None, "--fixes", help="JSONL of fixes: EditCase or {prompt|intent|code, target}"
     ),
-    out: Path | None = typer.Option(None, "--out", "-o", help="fix file (a directory) to write"),
+    out: str | None = typer.Option(None, "--out", "-o", help="fix file (a directory) to write"),
     load: Path | None = typer.Option(None, "--load", help="fix file to load (never trains)"),
     trained: Path | None = typer.Option(
         None, "--trained", help="the editor's trained part (a folder written by `clmedit train`)"
@@ -51,13 +51,17 @@ def apply_cmd(
         )
     if load is not None and trained is not None:
         raise InputError("--trained is for making a fix file (--fixes); a fix file carries its trained part")
-    from clmedit.run.artifact import load_artifact, save_artifact
+    from clmedit.files import regular_file
+    from clmedit.outputs import check_output_dir
+    from clmedit.run.artifact import FIX_FILES, is_fix_file, load_artifact, read_manifest, save_artifact
     from clmedit.run.checks import check_device, check_out_dir
     from clmedit.run.fixes import as_prompt, read_fixes
     from clmedit.run.runner import load_model_for, make_editor
 
     check_device(device)
     if fixes is not None:
+        regular_file(fixes, "--fixes")
+        out = check_output_dir(out, [fixes], FIX_FILES.__contains__, ours=is_fix_file)
         ed = make_editor(editor, model, preset, parse_hp(hp))
         if trained is not None:
             ed.load(trained)
@@ -68,6 +72,8 @@ def apply_cmd(
             )
         cases = read_fixes(fixes, task)
         check_out_dir(out)
+    else:
+        read_manifest(load)  # a tampered or unreadable manifest is named before the model loads
     m, tok = load_model_for(model, device, dtype)
     if fixes is not None:
         save_artifact(m, tok, ed, cases, out, model)
@@ -85,7 +91,7 @@ def apply_cmd(
 
 def export_cmd(
     load: Path = typer.Option(..., "--load", help="the fix file to export (made by `clmedit apply --out`)"),
-    out: Path = typer.Option(..., "--out", "-o", help="folder to write"),
+    out: str = typer.Option(..., "--out", "-o", help="a new folder to write"),
     model: str | None = typer.Option(None, "--model", "-m", help="the base model; default: the fix file's"),
     device: str | None = run_option("device"),
     dtype: str = run_option("dtype"),
@@ -93,6 +99,7 @@ def export_cmd(
     """Export a fix file: a plain Hugging Face checkpoint for weight editors (FT-L, ROME, MEMIT, PMET,
     AlphaEdit, MALMEN), adapter files for clmedit.load_edited(model, DIR) for GRACE-family and WISE."""
     from clmedit.errors import InputError
+    from clmedit.outputs import check_output_dir
     from clmedit.run.artifact import read_manifest
     from clmedit.run.checks import check_device, check_out_dir
     from clmedit.run.export import export_fix
@@ -102,11 +109,10 @@ def export_cmd(
         raise InputError(
             f"--load {load} is not a clmedit fix file (no manifest.json); make one with `clmedit apply --out`"
         )
-    if out.exists() and any(out.iterdir()):
-        raise InputError(f"--out {out} is not empty; give a new folder for the export")
+    out = check_output_dir(out, [load], ours=lambda p: False)  # an export goes to a new or empty folder
     manifest = read_manifest(load)
     check_device(device)
-    check_out_dir(out)
+    check_out_dir(out.absolute().parent)  # the folder itself appears only when the export succeeded
     m, tok = load_model_for(model or manifest["model"], device, dtype)
     done = export_fix(m, tok, load, out)
     how = "AutoModelForCausalLM.from_pretrained" if done["kind"] == "checkpoint" else "clmedit.load_edited"

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from clmedit.errors import InputError, describe_validation
+from clmedit.files import regular_file
 from clmedit.models.arch import check_layer, rescale_layer, rescale_layers
 
 PRESETS_DIR = Path(__file__).parent / "presets"
@@ -119,8 +120,9 @@ class EditorHParams(BaseModel):
     def from_yaml(cls: type[H], path: str | Path, **overrides: Any) -> H:
         """Load our YAML or the study's (detected by keys unknown to us); an unknown key is an error."""
         path = Path(path)
-        if not path.is_file():
+        if not path.exists():
             raise FileNotFoundError(f"hparams file {path} does not exist")
+        regular_file(path, "hparams file")  # a FIFO would block the read
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:

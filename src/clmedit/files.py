@@ -1,5 +1,6 @@
 """Small file-system helpers every room shares: the cache root, atomic writes, name slugs, file locks,
-and seals (size, line count, hash) that let a cache detect a cut or altered file.
+seals (size, line count, hash) that let a cache detect a cut or altered file, and the check that an
+input is a regular file (reading a FIFO or a device would hang or never end).
 
 Atomic writes go through a uniquely named temporary file in the target's folder, then `os.replace`,
 so a crash or a concurrent writer never leaves a torn file; the result gets the permissions a plain
@@ -13,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,6 +32,30 @@ def slug(text: str, fallback: str = "item") -> str:
     """`text` as a safe single file-name component (no separators, no leading dots)."""
     cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("._") or fallback
     return cleaned[:120]
+
+
+def regular_file(path: str | Path, what: str, inside: str | Path | None = None) -> Path:
+    """`path` if it is a regular file, else an `InputError` that says what it is instead.
+
+    With `inside`, a symbolic link whose target leaves that folder is refused too (a fix file must
+    not read, say, a file of another user's). Nothing is opened, so a FIFO cannot block.
+    """
+    from clmedit.errors import InputError
+
+    path = Path(path)
+    if inside is not None and not path.resolve().is_relative_to(Path(inside).resolve()):
+        raise InputError(f"{what} {path} links outside {inside}; refusing to read it")
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise InputError(f"{what} {path} does not exist") from None
+    except OSError as err:
+        raise InputError(f"{what} {path} cannot be read ({err.strerror or err})") from None
+    if stat.S_ISDIR(mode):
+        raise InputError(f"{what} {path} is a folder, not a file")
+    if not stat.S_ISREG(mode):
+        raise InputError(f"{what} {path} is not a regular file (a device, FIFO or socket); give a file")
+    return path
 
 
 def _umask() -> int:

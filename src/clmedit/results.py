@@ -8,6 +8,7 @@ the report reads results files only and neither package imports the other's modu
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -15,12 +16,13 @@ from typing import Any
 from clmedit.data.schema import iter_jsonl
 
 EDITS_FILE = "edits.jsonl"  # a sequential run's apply calls, one line each (run.sequential)
+CASES_FILE = re.compile(r"cases(\.\d+of\d+)?\.jsonl")  # cases.jsonl, or cases.<i>of<n>.jsonl per shard
 
 
 def read_records(out: str | Path) -> list[dict[str, Any]]:
     """One record per case_id over all shard files: its first success, else its latest failure."""
     seen: dict[str, dict[str, Any]] = {}
-    for path in sorted(Path(out).glob("cases*.jsonl")):
+    for path in sorted(p for p in Path(out).glob("cases*.jsonl") if CASES_FILE.fullmatch(p.name)):
         for rec in iter_jsonl(path):
             if "case_id" not in rec:
                 continue

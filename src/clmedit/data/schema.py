@@ -42,6 +42,12 @@ def prompt_input(task: Task, prompt: str) -> str | None:
     return prompt[len(head) : len(prompt) - len(tail)]
 
 
+def _require_text(v: str) -> str:
+    if not v.strip():  # an empty text has no tokens: nothing to edit, score or generate from
+        raise ValueError("must not be empty or only whitespace")
+    return v
+
+
 class Neighbour(BaseModel):
     """A non-target input near the edit prompt; editing must leave its output alone."""
 
@@ -52,6 +58,8 @@ class Neighbour(BaseModel):
         default_factory=dict,
         description="model name -> the unedited model's greedy 16-token output (the specificity reference)",
     )
+
+    _not_blank = field_validator("prompt")(_require_text)
 
 
 class EditCase(BaseModel):
@@ -70,12 +78,7 @@ class EditCase(BaseModel):
         description="provenance: raw input/output, source, rephrase kind, judge level, ...",
     )
 
-    @field_validator("prompt", "target")
-    @classmethod
-    def _not_blank(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("must not be empty or only whitespace")
-        return v
+    _not_blank = field_validator("prompt", "target")(_require_text)
 
     def has_answers(self, model_name: str) -> bool:
         return all(model_name in n.answers for n in self.neighbours)

@@ -31,6 +31,8 @@ def _plt():
     import matplotlib
 
     matplotlib.use("Agg")
+    # labels are dataset/model/results text, never formulas: a `$` must not start mathtext
+    matplotlib.rcParams["text.parse_math"] = False
     import matplotlib.pyplot as plt
 
     return plt

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 from pathlib import Path
 from typing import Any
 
+from clmedit.report.escape import script_json
 from clmedit.report.study_tables import Table
 
 CSS = """
@@ -131,7 +131,7 @@ def render_page(title: str, header: list[str], tables: list[Table], figures: lis
     neighbours [{prompt, expected}], runs {editor label: {outputs, scores, error, failed: [checks]}}."""
     tasks = sorted({c["task"] for c in cases})
     editors = sorted({e for c in cases for e in c["runs"] if e != unedited})
-    payload = json.dumps({"cases": cases, "unedited": unedited}, ensure_ascii=False).replace("</", "<\\/")
+    payload = script_json({"cases": cases, "unedited": unedited})
     failed = (
         '<option value="">any result</option><option value="any">some check failed</option>'
         '<option value="eff">effectiveness failed</option><option value="gen">generalization failed</option>'

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from clmedit.report import escape
 from clmedit.report.figures import _plt, _save
 from clmedit.report.tables import _order, editor_label
 from clmedit.results import per_edit_seconds, read_edits
@@ -74,13 +75,13 @@ def render_checkpoints(summaries: list[dict[str, Any]]) -> str:
             "| Excluded neighbours | s / edit | RSS (MiB) |\n|---|" + "---:|" * 10)  # fmt: skip
     parts = []
     for (model, task), runs in sorted(grouped.items()):
-        lines = [f"### Sequential editing: {model} — {task}", "", head]
+        lines = [f"### Sequential editing: {escape.markdown(model)} — {escape.markdown(task)}", "", head]
         for s in sorted(runs, key=lambda s: (_order(str(s.get("editor"))), run_label(s))):
             for r in checkpoints(s):
                 flu = (r.get("metrics") or {}).get("fluency")
                 rss = r.get("rss_bytes")
                 edits = f"{r.get('edits')}" + ("" if r.get("complete") else " (incomplete)")
-                cells = [run_label(s), edits, str(r.get("applied", "-")),
+                cells = [escape.markdown(run_label(s)), edits, str(r.get("applied", "-")),
                          *(_cell(em(r, g)) for g, _ in QUALITY), _cell(flu),
                          str(r.get("specificity_cases", "-")), str(r.get("neighbours_excluded", "-")),
                          _cell(r.get("seconds_per_edit"), "{:.3f}"), _cell(None if rss is None else rss / MIB, "{:.0f}")]  # fmt: skip

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clmedit.report import escape
 from clmedit.report.tables import GROUPS, METRICS, _order, _tex, editor_label, metric
 
 GRACE_FAMILY = ("grace", "agrace", "agrace-no-cl", "agrace-last")
@@ -167,14 +168,14 @@ def _published_note(published: list[dict[str, Any]] | None) -> str:
 
 def markdown(t: Table) -> str:
     out = [
-        f"### {t.title}",
+        f"### {escape.markdown(t.title)}",
         "",
-        "| " + " | ".join(t.head) + " |",
+        "| " + " | ".join(map(escape.markdown, t.head)) + " |",
         "|" + "|".join(["---"] + ["---:"] * (len(t.head) - 1)) + "|",
     ]
-    out += ["| " + " | ".join(r) + " |" for r in t.rows]
+    out += ["| " + " | ".join(map(escape.markdown, r)) + " |" for r in t.rows]
     if t.note:
-        out += ["", t.note]
+        out += ["", escape.markdown(t.note)]
     return "\n".join(out)
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from clmedit.editors.registry import editor_label as registry_label
 from clmedit.editors.registry import table_order
+from clmedit.report import escape
 from clmedit.results import load_summaries  # noqa: F401  (re-exported: tables are built from summaries)
 
 GROUPS = (("effectiveness", "Eff."), ("generalization", "Gen."), ("specificity", "Spec."))
@@ -85,10 +86,10 @@ def render_markdown(summaries: list[dict[str, Any]]) -> str:
     out = []
     for (model, task), rows in _rows(summaries).items():
         count = _case_count([s for s in summaries if _key(s) == (model, task)])
-        out.append(f"### {model} — {task} ({count} cases)\n")
+        out.append(f"### {escape.markdown(model)} — {escape.markdown(task)} ({count} cases)\n")
         out.append("| " + " | ".join(head) + " |")
         out.append("|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|")
-        out.extend("| " + " | ".join([label, *cells]) + " |" for label, cells in rows)
+        out.extend("| " + " | ".join([escape.markdown(label), *cells]) + " |" for label, cells in rows)
         out.append("")
     return "\n".join(out).rstrip()
 
@@ -121,4 +122,4 @@ def render_latex(summaries: list[dict[str, Any]]) -> str:
 
 
 def _tex(text: str) -> str:
-    return "".join("\\" + ch if ch in "&%$#_{}" else ch for ch in text)
+    return escape.latex(text)

@@ -14,7 +14,9 @@ Loading (`load_edited`, `load_artifact`) rebuilds the edit from the saved state 
 `Editor.load_edit`: it never applies, fits or trains. A fix file is untrusted input: loading
 refuses (IntegrityError) before the model changes when the manifest has no base fingerprint or
 another model's, when the file holds a tensor the manifest does not declare, or one whose shape,
-dtype or hash differs; the editor then refuses any tensor outside its edit (parameters other than
+dtype or hash differs (names, shapes and dtypes are checked against the file's header before any
+tensor is read), when a tensor holds NaN or Inf (but a scalar +inf, a threshold not set yet), when a part is not a regular file (a FIFO, a device,
+a link leaving the folder) or when the manifest's fields have the wrong types; the editor then refuses any tensor outside its edit (parameters other than
 the down projections of its layers, codebook or memory parts it does not have, widths that do not
 fit this model), and a refused load leaves the model bitwise as it was. Format 2 files (which
 replayed the fixes) are refused with the command that re-creates them.
@@ -34,14 +36,33 @@ from safetensors import safe_open
 
 from clmedit.data.schema import EditCase, write_cases
 from clmedit.editors.base import Editor, EditResult, EditState, editor_class, undone_on_error
-from clmedit.errors import IntegrityError, NotSavableError
-from clmedit.files import atomic_save_tensors, atomic_write_text
+from clmedit.errors import InputError, IntegrityError, NotSavableError
+from clmedit.files import atomic_save_tensors, atomic_write_text, regular_file
 from clmedit.models.fingerprint import model_fingerprint
 from clmedit.run.records import fingerprint, fingerprint_diff
 
 log = logging.getLogger(__name__)
 FORMAT = 3  # 3: the edit's own state, loaded without training; 2 replayed the fixes; 1 had no hashes
 EDIT_FILE, MANIFEST = "edit.safetensors", "manifest.json"
+FIX_FILES = (EDIT_FILE, MANIFEST, "fixes.jsonl")  # what `save_artifact` writes into its folder
+# safetensors' header names of the dtypes an edit holds -> torch's names (as the manifest declares them)
+_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+           "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}  # fmt: skip
+
+
+def is_fix_file(directory: str | Path) -> bool:
+    """True when `directory` holds a manifest clmedit wrote (so `apply --out` may replace it)."""
+    try:
+        return "format" in json.loads((Path(directory) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def _finite(t: torch.Tensor) -> bool:
+    """No NaN anywhere, no Inf in a tensor of values (a scalar +inf is a threshold's "none yet", WISE's)."""
+    if not t.is_floating_point():
+        return True
+    return not bool(torch.isnan(t).any()) and (t.dim() == 0 and bool(t > 0) or bool(torch.isfinite(t).all()))
 
 
 def tensor_sha256(t: torch.Tensor) -> str:
@@ -120,6 +141,9 @@ def write_fix_file(model, editor: Editor, fixes: list[EditCase], out: str | Path
     if check:
         _check_covered(model, base.tensors, editor, state)
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.tensors.items()}
+    bad = [k for k, v in tensors.items() if not _finite(v)]
+    if bad:
+        raise NotSavableError(f"{editor.name}: the edit holds NaN or Inf values in {bad[:5]}; nothing was saved")
     try:
         meta = json.loads(json.dumps(state.meta))
     except (TypeError, ValueError) as err:
@@ -143,10 +167,10 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     """The manifest of a fix file (or of an exported adapter), checked for format and completeness."""
     directory = Path(directory)
     mpath = directory / MANIFEST
-    if not mpath.is_file():
+    if not mpath.exists():
         raise FileNotFoundError(f"{directory} is not a clmedit fix file (no {MANIFEST})")
     try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+        manifest = json.loads(_part(mpath, directory).read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise IntegrityError(f"{mpath} is not valid JSON ({err}); re-create the fix file") from err
     got = manifest.get("format") if isinstance(manifest, dict) else None
@@ -166,11 +190,41 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
         or not isinstance(edit.get("meta"), dict)
     ):
         raise IntegrityError(f"{directory}: the manifest does not declare the edit's tensors and meta")
+    _check_fields(directory, manifest)
     return manifest
 
 
+def _part(path: Path, directory: Path) -> Path:
+    """`path` if it is a regular file inside the fix file's folder (a FIFO would block, a device never end)."""
+    try:
+        return regular_file(path, "fix-file part", inside=directory)
+    except InputError as err:
+        raise IntegrityError(f"{err}; refusing to load this fix file") from None
+
+
+def _check_fields(directory: Path, manifest: dict[str, Any]) -> None:
+    """Every field loading reads has the type it must have, so a tampered value is named, not a crash."""
+    expected = {"editor": str, "model": str, "hparams": dict, "fixes": int}
+    for key, kind in expected.items():
+        if not isinstance(manifest.get(key), kind) or isinstance(manifest.get(key), bool):
+            raise IntegrityError(
+                f"{directory}: the manifest's {key!r} is {json.dumps(manifest.get(key))}, not {_KIND[kind]}; "
+                "the fix file was altered or damaged; re-create it"
+            )
+    for name, decl in manifest["edit"]["tensors"].items():
+        shape = decl.get("shape") if isinstance(decl, dict) else None
+        ok = isinstance(shape, list) and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)
+        if not ok or decl.get("dtype") not in _DTYPES.values() or not isinstance(decl.get("sha256"), str):
+            raise IntegrityError(f"{directory}: the manifest's declaration of tensor {name!r} is malformed ({decl!r})")
+
+
+_KIND = {str: "a string", dict: "an object", int: "an integer"}
+
+
 def _read_declared(path: Path, declared: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The tensors of `path`, each checked against its declaration (name, shape, dtype, sha256)."""
+    """The tensors of `path`, each checked against its declaration (name, shape, dtype, sha256), the
+    header's shapes and dtypes before any tensor is read, the values after (no NaN or Inf)."""
+    _part(path, path.parent)
     try:
         with safe_open(str(path), framework="pt") as fh:
             names = set(fh.keys())
@@ -180,6 +234,13 @@ def _read_declared(path: Path, declared: dict[str, Any]) -> dict[str, torch.Tens
                     f"{path}: tensors not declared in the manifest {extra[:5]}, declared but absent "
                     f"{missing[:5]}; refusing to load this fix file"
                 )
+            for k in sorted(names):
+                head, want = fh.get_slice(k), declared[k]
+                if list(head.get_shape()) != want["shape"] or _DTYPES.get(head.get_dtype()) != want["dtype"]:
+                    raise IntegrityError(
+                        f"{path}: tensor {k!r} is {head.get_dtype()} {head.get_shape()} in the file but declared "
+                        f"{declared[k]['dtype']} {declared[k]['shape']}; the fix file was altered or damaged"
+                    )
             tensors = {k: fh.get_tensor(k) for k in sorted(names)}
     except IntegrityError:
         raise
@@ -191,6 +252,8 @@ def _read_declared(path: Path, declared: dict[str, Any]) -> dict[str, torch.Tens
                 f"{path}: tensor {k!r} does not match its declaration in the manifest (shape, dtype or "
                 f"sha256 differ); the fix file was altered or damaged"
             )
+        if not _finite(v):
+            raise IntegrityError(f"{path}: tensor {k!r} holds NaN or Inf values; refusing to load this fix file")
     return tensors
 
 
@@ -201,6 +264,17 @@ def editor_for(manifest: dict[str, Any]) -> Editor:
         return cls(cls.HParams.build(manifest["hparams"], "the fix file's hparams"))
     except Exception as err:
         raise IntegrityError(f"the fix file's editor/hparams are not valid here: {err}") from err
+
+
+def _check_meta(directory: Path, meta: dict[str, Any], editor: Editor) -> None:
+    """A meta value named like an integer hparam of the editor (the layer it edits) is an integer."""
+    for key, value in meta.items():
+        want = getattr(editor.hparams, key, None)
+        if isinstance(want, int) and not isinstance(want, bool) and (type(value) is not int):
+            raise IntegrityError(
+                f"{directory}: the edit's meta {key!r} is {json.dumps(value)}, not an integer like "
+                f"{editor.name}'s {key} ({want}); the fix file was altered or damaged"
+            )
 
 
 def load_edited(model, directory: str | Path, tok: Any = None) -> EditResult:
@@ -222,6 +296,7 @@ def load_edited(model, directory: str | Path, tok: Any = None) -> EditResult:
         )
     tensors = _read_declared(directory / EDIT_FILE, manifest["edit"]["tensors"])
     editor = editor_for(manifest)
+    _check_meta(directory, manifest["edit"]["meta"], editor)
     try:
         result = editor.load_edit(model, tok, EditState(tensors, manifest["edit"]["meta"]))
     except IntegrityError as err:

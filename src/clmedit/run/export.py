@@ -8,7 +8,8 @@
   them on any loaded copy of the base model (its fingerprint is checked).
 
 Which one is decided by what loading the fix did to the model: a changed module tree means a
-wrapper, hence adapter files.
+wrapper, hence adapter files. The files are written into a hidden folder beside `out`, renamed to
+`out` once complete: a failed export leaves no folder behind.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from clmedit.files import atomic_write_text
 from clmedit.models.load import save_model
+from clmedit.report import escape
 from clmedit.run.artifact import EDIT_FILE, MANIFEST, load_edited
 
 log = logging.getLogger(__name__)
@@ -34,7 +37,7 @@ onto the unedited base model, loaded any way you like:
 
 ```python
 import clmedit
-result = clmedit.load_edited(model, "{folder}", tok=tok)   # tok optional; checks the base model
+result = clmedit.load_edited(model, {folder}, tok=tok)   # tok optional; checks the base model
 # ... generate with `model` as usual; result.restore() takes the edit out again
 ```
 """
@@ -48,28 +51,39 @@ def export_fix(model, tok, fix_dir: str | Path, out: str | Path) -> dict[str, An
     """Load the fix file `fix_dir` into the unedited `model` and export it to `out` (see the module doc).
 
     Returns {"kind": "checkpoint" | "adapter", "path": out, "editor": name}. The model is left
-    edited.
+    edited. `out` must not exist or be empty.
     """
     fix_dir, out = Path(fix_dir), Path(out)
     before = _tree(model)
     result = load_edited(model, fix_dir, tok)
-    manifest = result.info["manifest"]
-    out.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.export-"))
+    try:
+        kind = _write(model, tok, fix_dir, result.info["manifest"], staging, out, changed=_tree(model) != before)
+        if out.is_dir():
+            out.rmdir()  # empty (checked by the caller); refuses, and keeps everything, if not
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log.info("exported the %s edit of %s as %s files to %s", result.info["manifest"]["editor"], fix_dir, kind, out)
+    return {"kind": kind, "path": str(out), "editor": result.info["manifest"]["editor"]}
+
+
+def _write(model, tok, fix_dir: Path, manifest: dict[str, Any], into: Path, out: Path, changed: bool) -> str:
+    """Write the export's files into `into` (to become `out`); returns its kind."""
     summary = {"editor": manifest["editor"], "fixes": manifest["fixes"], "model": manifest["model"]}
-    if _tree(model) == before:
-        save_model(model, tok, out)
+    if not changed:
+        save_model(model, tok, into)
         provenance = {**summary, "base_fingerprint": manifest["base_fingerprint"], "fix_file": str(fix_dir)}
-        atomic_write_text(out / PROVENANCE, json.dumps(provenance, indent=2))
-        kind = "checkpoint"
-    else:
-        for name in (EDIT_FILE, MANIFEST):  # the manifest last: a folder without it is not loadable
-            shutil.copyfile(fix_dir / name, out / f".{name}.tmp")
-            (out / f".{name}.tmp").replace(out / name)
-        meta = ", ".join(f"{k}={v}" for k, v in manifest["edit"]["meta"].items() if isinstance(v, (int, str)))
-        readme = _ADAPTER_README.format(
-            **summary, meta=meta or "no settings", fingerprint=manifest["base_fingerprint"], folder=out
-        )
-        atomic_write_text(out / "README.md", readme)
-        kind = "adapter"
-    log.info("exported the %s edit of %s as %s files to %s", manifest["editor"], fix_dir, kind, out)
-    return {"kind": kind, "path": str(out), "editor": manifest["editor"]}
+        atomic_write_text(into / PROVENANCE, json.dumps(provenance, indent=2))
+        return "checkpoint"
+    for name in (EDIT_FILE, MANIFEST):
+        shutil.copyfile(fix_dir / name, into / name)
+    meta = ", ".join(f"{k}={v}" for k, v in manifest["edit"]["meta"].items() if isinstance(v, (int, str)))
+    text = {k: escape.markdown(v) for k, v in {**summary, "meta": meta or "no settings"}.items()}
+    readme = _ADAPTER_README.format(  # the fix file's text is data: escaped; the folder a Python string
+        **text, fingerprint=escape.markdown(manifest["base_fingerprint"]), folder=json.dumps(str(out))
+    )
+    atomic_write_text(into / "README.md", readme)
+    return "adapter"

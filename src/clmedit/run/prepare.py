@@ -19,7 +19,7 @@ from pathlib import Path
 
 from clmedit.data.schema import EditCase
 from clmedit.errors import InputError
-from clmedit.files import atomic_write_text, cache_root, locked
+from clmedit.files import atomic_write_text, cache_root, locked, regular_file
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +36,9 @@ def resolve_data(spec: str, seed: int = 0) -> Path:
             raise InputError(f"unknown default dataset {spec!r}; use default:cnle or default:csne")
         return Path(default_dataset(task, seed=seed))
     path = Path(spec)
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise FileNotFoundError(f"data file {path} does not exist (or use default:cnle / default:csne)")
-    return path
+    return regular_file(path, "--data")
 
 
 def answers_fingerprint(model, tok) -> str:

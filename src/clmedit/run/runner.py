@@ -93,9 +93,11 @@ class RunSetup:
 
 def setup_run(config: RunConfig, editor=None) -> RunSetup:
     """Check the folder and device, read the cases, make the editor; shared by `run` and `run_sequential`."""
-    out = check_out_dir(config.out)
+    given = [] if config.data.startswith("default:") else [Path(config.data)]
+    rundir.check_folder(config.out, given)  # before a default dataset is built
     check_device(config.device)
     data = resolve_data(config.data, seed=config.seed)
+    out = check_out_dir(rundir.check_folder(config.out, [data]))
     skipped = SkippedLines()
     every = read_cases(data, skipped)
     skip_info = skipped_summary(data, skipped)
@@ -132,7 +134,8 @@ def run(config: RunConfig, model=None, tok=None, editor=None, overwrite: bool = 
     path = records.cases_file(out, config.shard_tuple)
     with rundir.writing(path, config.shard):
         about = {"data": config.data, "preset": config.preset, "hp": config.hparams}
-        rundir.claim(out, rundir.identity(config, editor.name, hparams, setup.every), about, overwrite)
+        ident = rundir.identity(config, editor.name, hparams, setup.every)
+        rundir.claim(out, ident, about, overwrite, writes=path.name)
         done = records.done_ids(out)
         scored = scored_cases(cases, config)
         todo = [c for c in shard_cases(scored, config.shard_tuple) if c.case_id not in done]

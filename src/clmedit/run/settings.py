@@ -10,9 +10,12 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from clmedit.errors import InputError
+
+MAX_SEED = 2**32 - 1  # numpy's seeds (set with torch's before every edit) are 32-bit
+DEFAULT_CHECKPOINTS = "1,10,100,1000"
 
 
 class RunConfig(BaseModel):
@@ -27,7 +30,7 @@ class RunConfig(BaseModel):
     limit: int | None = Field(None, gt=0, description="use the first N cases (before sharding)")
     preset: str | None = Field(None, description="hparams preset name or YAML path; default: by model")
     hparams: dict[str, Any] = Field(default_factory=dict, description="hparams overrides")
-    seed: int = Field(0, description="seed fixed before every apply and evaluation")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seed fixed before every apply and evaluation")
     shard: str = Field("0/1", description="'i/n': run every n-th case starting at i")
     batch_size: int = Field(1, gt=0, description="cases per apply call (1 = single edits)")
     folds: int = Field(1, ge=1, description="k-fold protocol for trainable editors (the study: 2)")
@@ -46,8 +49,15 @@ class RunConfig(BaseModel):
         None, gt=0, description="lifelong editing: apply the first N cases one after another, never restoring"
     )
     checkpoints: str = Field(
-        "1,10,100,1000", description="with --sequential: after how many edits every edited case is evaluated"
+        DEFAULT_CHECKPOINTS, description="with --sequential: after how many edits every edited case is evaluated"
     )
+
+    @field_validator("out", mode="before")
+    @classmethod
+    def _check_out(cls, v: Any) -> Any:
+        if isinstance(v, str) and not v.strip():
+            raise InputError("is empty; give the run's folder")
+        return v
 
     @field_validator("shard")
     @classmethod
@@ -60,6 +70,15 @@ class RunConfig(BaseModel):
     def _check_checkpoints(cls, v: str) -> str:
         parse_checkpoints(v)
         return v
+
+    @model_validator(mode="after")
+    def _no_option_ignored(self) -> RunConfig:
+        """An option that only means something with another one is refused alone, never ignored."""
+        if self.eval_limit is not None and self.folds < 2:
+            raise InputError("--eval-limit scores the first N cases of each fold: it needs --folds 2 or more")
+        if self.sequential is None and parse_checkpoints(self.checkpoints) != parse_checkpoints(DEFAULT_CHECKPOINTS):
+            raise InputError("--checkpoints says when a sequential run evaluates: it needs --sequential N")
+        return self
 
     @property
     def shard_tuple(self) -> tuple[int, int]:
