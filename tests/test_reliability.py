@@ -229,3 +229,27 @@ def test_a_tampered_manifest_is_named_before_the_model_loads(tmp_path):
     (fix / "manifest.json").write_text(json.dumps(manifest))
     result = cli.invoke(app, ["apply", "--model", NO_MODEL, "--load", str(fix), "-p", "sort a list"])
     _one_line_error(result, "'hparams' is null, not an object")
+
+
+def test_report_and_bench_never_write_into_a_users_folder(tmp_path):
+    """A folder holding anything but a report's tables and figures is refused whole, before any write;
+    a report folder of our own is written again."""
+    run = tmp_path / "run"
+    run.mkdir()
+    triple = {"em": 1.0, "bleu": 1.0, "rouge_l": 1.0}
+    scores = {"case_id": "a", "effectiveness": triple, "generalization": triple, "specificity": triple}
+    recs = [{"case_id": "a", "task": "cnle", "editor": "grace", "model": "m", "error": None, "seconds": 1.0,
+             "peak_bytes": 1, "scores": scores}]  # fmt: skip
+    (run / "summary.json").write_text(json.dumps(summarise_records(recs)))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "table.md").write_text("my notes")
+    (mine / "thesis.tex").write_text("chapter")
+    _one_line_error(cli.invoke(app, ["report", str(run), "--out", str(mine), "--no-figures"]), "--out")
+    assert (mine / "table.md").read_text() == "my notes" and sorted(os.listdir(mine)) == ["table.md", "thesis.tex"]
+    _one_line_error(cli.invoke(app, ["report", str(run), "--out", str(run)]), "--out")
+    ours = tmp_path / "rep"
+    for _ in range(2):  # a report folder is ours to rewrite
+        assert cli.invoke(app, ["report", str(run), "--out", str(ours), "--no-figures"]).exit_code == 0
+    _one_line_error(cli.invoke(app, ["bench", "--model", NO_MODEL, "--out", str(mine)]), "--out")
+    assert sorted(os.listdir(mine)) == ["table.md", "thesis.tex"]

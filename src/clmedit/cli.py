@@ -104,9 +104,10 @@ def bench_cmd(
     """The main job: every editor on the default CNLE and CSNE cases; prints a Table IV-style table."""
     import time
 
-    from clmedit.outputs import output_path
+    from clmedit.outputs import check_output_dir, foreign_entries
 
-    output_path(out)
+    # bench writes table.md and one run folder per (model, task, editor), each checked by the runner
+    check_output_dir(out, ours=lambda p: not foreign_entries(p, lambda e: e.name == "table.md" or e.is_dir()))
     set_threads(threads)
 
     from clmedit.run.bench import bench, bench_editor_names, bench_tasks
@@ -121,6 +122,11 @@ def bench_cmd(
     report_outcome(summaries, out)
 
 
+def _report_file(p: Path) -> bool:
+    """A name `clmedit report` writes (tables and figures)."""
+    return p.name in ("table.md", "table.tex", "sequential.md") or p.suffix == ".png"
+
+
 @app.command("report")
 def report_cmd(
     run_dirs: list[Path] = typer.Argument(..., help="run directories (searched for summary.json), or a study folder"),
@@ -130,7 +136,7 @@ def report_cmd(
     """Table IV-style Markdown + LaTeX tables and the cost/distance/PCA figures from run directories."""
     from clmedit.errors import InputError
     from clmedit.files import atomic_write_text
-    from clmedit.outputs import output_path
+    from clmedit.outputs import check_output_dir, foreign_entries, output_path
     from clmedit.report.tables import render_latex, render_markdown
     from clmedit.results import load_summaries
 
@@ -157,6 +163,8 @@ def report_cmd(
             "rerun `clmedit run` into its folder to rewrite it"
         ) from None
     out = out or (run_dirs[0] / "report" if run_dirs[0].is_dir() else Path("report"))
+    # a folder holding anything but what a report writes is the user's: never written over
+    check_output_dir(out, run_dirs, lambda n: _report_file(Path(n)), ours=lambda p: not foreign_entries(p, _report_file))
     if summaries or not lifelong:
         atomic_write_text(out / "table.md", markdown + "\n")
         atomic_write_text(out / "table.tex", latex + "\n")
