@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from collections import Counter
@@ -13,13 +14,19 @@ import pytest
 import torch
 
 from clmedit.data.schema import iter_jsonl, write_cases
+from clmedit.errors import InputError
 from clmedit.models.tiny import tiny_model
 from clmedit.results import read_records
+from clmedit.run.distributed import Cluster, run_grid
 from clmedit.run.runner import RunConfig, run
+from clmedit.run.study import study
 from tests.conftest import make_case
 
-ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[ray]')")
-from clmedit.run.distributed import Cluster, run_grid  # noqa: E402 (only with Ray)
+try:
+    import ray
+except ImportError:
+    ray = None
+needs_ray = pytest.mark.skipif(ray is None, reason="Ray is not installed (pip install -e '.[ray]')")
 
 
 @pytest.fixture(scope="module")
@@ -46,13 +53,18 @@ def grid_inputs(tmp_path_factory):
 
 
 def _config(model, data, out, editor, **kw) -> RunConfig:
-    return RunConfig(model=model, editor=editor, data=data, out=out, preset="tiny", fluency=False, device="cpu", **kw)
+    return RunConfig(
+        model=model, editor=editor, data=data, out=out, preset="tiny", fluency=False, device="cpu", **kw
+    )
 
 
 def _by_case(out) -> dict[str, dict]:
-    return {r["case_id"]: {k: r.get(k) for k in ("scores", "outputs", "fold", "error")} for r in read_records(out)}
+    return {
+        r["case_id"]: {k: r.get(k) for k in ("scores", "outputs", "fold", "error")} for r in read_records(out)
+    }
 
 
+@needs_ray
 def test_grid_on_ray_gives_the_records_of_one_machine(local_cluster, grid_inputs, tmp_path):
     model, data = grid_inputs
     grid = {"ft": {}, "grace": {}, "malmen": {"folds": 2}}  # malmen: trained once per fold, then shared
@@ -82,6 +94,7 @@ def _shard_worker_pid() -> int | None:
     return None
 
 
+@needs_ray
 def test_a_killed_worker_costs_only_its_unfinished_cases(local_cluster, grid_inputs, tmp_path):
     model, data = grid_inputs
     config = _config(model, data, tmp_path / "ft", "ft")
@@ -100,15 +113,42 @@ def test_a_killed_worker_costs_only_its_unfinished_cases(local_cluster, grid_inp
     assert killed_at is not None and killed_at < 12, "the worker was not killed mid-run"
     assert outcome == [None]
     ok = Counter(
-        r["case_id"] for p in (tmp_path / "ft").glob("cases*.jsonl") for r in iter_jsonl(p) if not r.get("error")
+        r["case_id"]
+        for p in (tmp_path / "ft").glob("cases*.jsonl")
+        for r in iter_jsonl(p)
+        if not r.get("error")
     )
     assert sorted(ok) == sorted(f"case-{i}" for i in range(12)) and set(ok.values()) == {1}
     assert json.loads((tmp_path / "ft" / "summary.json").read_text())["counts"]["ok"] == 12
 
 
+@needs_ray
 def test_cluster_options_are_checked():
-    from clmedit.errors import InputError
-
     for bad in ({"address": "http://x"}, {"workers": 0}, {"gpus_per_worker": -1}):
         with pytest.raises(InputError):
             Cluster(**bad)
+
+
+@needs_ray
+def test_quick_study_on_ray_writes_the_tables_of_one_machine(local_cluster, grid_inputs, tmp_path):
+    model, data = grid_inputs
+    here = study(
+        model, ("cnle",), "quick", out=tmp_path / "here", data={"cnle": data}, fluency=False, device="cpu"
+    )
+    there = study(model, ("cnle",), "quick", out=tmp_path / "ray", data={"cnle": data}, fluency=False, device="cpu",
+                  cluster=local_cluster)  # fmt: skip
+    assert "FAILED" not in there.read_text()
+    for table in ("table3.md", "table4.md", "table5.md", "table6.md"):  # (cost.md: measured times differ)
+        assert (here.parent / table).read_text() == (there.parent / table).read_text(), table
+
+
+def test_without_ray_the_cli_says_how_to_install_it(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from clmedit.cli import app
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` does where it is not installed
+    with pytest.raises(InputError, match=r"pip install 'clmedit\[ray\]'"):
+        Cluster("local")
+    result = CliRunner().invoke(app, ["study", "--quick", "--ray", "local", "--out", str(tmp_path / "s")])
+    assert result.exit_code == 2 and "--ray needs Ray" in result.output and "Traceback" not in result.output

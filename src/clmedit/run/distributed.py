@@ -53,7 +53,9 @@ POLL_SECONDS = 1.0  # how often the driver refreshes the progress bar while work
 class Cluster:
     """Where a grid runs and how wide; checked on construction."""
 
-    address: str = "local"  # 'local': a new cluster on this machine; 'auto': the running one; 'ray://HOST:PORT'
+    address: str = (
+        "local"  # 'local': a new cluster on this machine; 'auto': the running one; 'ray://HOST:PORT'
+    )
     workers: int = 1  # Ray actors, each holding one model for the items it is given
     gpus_per_worker: float = 0.0  # GPUs each worker reserves; a fraction packs small models on one GPU
     threads: int = 1  # CPUs (torch threads) each worker reserves
@@ -61,6 +63,7 @@ class Cluster:
     retries: int = 3  # restarts of a dead worker, and retries of the item it was running
 
     def __post_init__(self) -> None:
+        _ray()  # installed? (one clear line if not)
         if not re.fullmatch(r"local|auto|ray://[^\s/:]+:\d+|[^\s/:]+:\d+", self.address):
             raise InputError(f"--ray {self.address!r}: use local, auto, ray://HOST:PORT or HOST:PORT")
         if self.workers < 1 or self.threads < 1 or (self.shards is not None and self.shards < 1):
@@ -70,6 +73,7 @@ class Cluster:
 
 
 def _ray():
+    """The `ray` module, or one line saying how to install it (checked before any work)."""
     try:
         import ray
     except ImportError:
@@ -263,14 +267,26 @@ def _execute(ray, configs, cluster: Cluster, items: list[_Item], total: int, fai
         ray.kill(w)
 
 
-def run_grid(configs: list[RunConfig], cluster: Cluster = Cluster(), progress: bool = True) -> list[str | None]:
+def _placed(config: RunConfig) -> RunConfig:
+    """`config` unsharded, its local paths absolute: a worker's working directory is not the driver's."""
+    update: dict[str, Any] = {"shard": "0/1", "out": Path(config.out).resolve()}
+    for field in ("data", "model"):
+        if Path(getattr(config, field)).exists():
+            update[field] = str(Path(getattr(config, field)).resolve())
+    return config.model_copy(update=update)
+
+
+def run_grid(
+    configs: list[RunConfig], cluster: Cluster = Cluster(), progress: bool = True
+) -> list[str | None]:
     """Run every config on `cluster` (resuming each); per config, None when it finished, else why not.
 
-    A config's own `shard` is ignored (the cluster shards the run). Every run that finished has
-    its `summary.json` over all its cases, as a single-machine `run` writes it.
+    A config's own `shard` is ignored (the cluster shards the run), and its local paths are made
+    absolute. Every run that finished has its `summary.json` over all its cases, as a single-machine
+    `run` writes it.
     """
     ray = _ray()
-    configs = [c.model_copy(update={"shard": "0/1"}) for c in configs]
+    configs = [_placed(c) for c in configs]
     failed: list[str | None] = [None] * len(configs)
     items, total = _plan(configs, cluster, failed)
     started = _connect(ray, cluster) if items else False
