@@ -152,3 +152,5 @@ def test_without_ray_the_cli_says_how_to_install_it(monkeypatch, tmp_path):
         Cluster("local")
     result = CliRunner().invoke(app, ["study", "--quick", "--ray", "local", "--out", str(tmp_path / "s")])
     assert result.exit_code == 2 and "--ray needs Ray" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(app, ["study", "--workers", "2", "--out", str(tmp_path / "s")])
+    assert result.exit_code == 2 and "need --ray" in result.output

@@ -259,7 +259,10 @@ def _execute(ray, configs, cluster: Cluster, items: list[_Item], total: int, fai
                     workers[w] = _worker(ray, cluster)
             training[it.run] -= it.kind == "train"
             left[it.run] -= 1
-            runs_done += not left[it.run]
+            if not left[it.run]:
+                runs_done += 1
+                log.info("run %d/%d done: %s%s", runs_done, len(left), configs[it.run].out,
+                         " (FAILED)" if failed[it.run] else "")  # fmt: skip
         bar.update(min(tail.new_records(), bar.total - bar.n))
         bar.set_postfix_str(f"runs {runs_done}/{len(left)}")
     bar.close()

@@ -226,6 +226,7 @@ def study(
     if cluster is not None:  # the cells run on Ray workers (run.distributed shows their progress)
         from clmedit.run.distributed import run_grid
 
+        lm = tok = None  # the workers load their own copies: free this one (a GPU's memory above all)
         why = run_grid([c for _, c in mine], cluster)
         failed = [f"{e} on {t}: {w}" for ((t, e), _), w in zip(mine, why) if w is not None]
     for k, ((task, editor), config) in enumerate([] if cluster else mine, 1):
