@@ -53,9 +53,8 @@ POLL_SECONDS = 1.0  # how often the driver refreshes the progress bar while work
 class Cluster:
     """Where a grid runs and how wide; checked on construction."""
 
-    address: str = (
-        "local"  # 'local': a new cluster on this machine; 'auto': the running one; 'ray://HOST:PORT'
-    )
+    # 'local': a new cluster on this machine; 'auto': the one this node belongs to; 'ray://HOST:PORT'
+    address: str = "local"
     workers: int = 1  # Ray actors, each holding one model for the items it is given
     gpus_per_worker: float = 0.0  # GPUs each worker reserves; a fraction packs small models on one GPU
     threads: int = 1  # CPUs (torch threads) each worker reserves
@@ -227,7 +226,7 @@ def _execute(ray, configs, cluster: Cluster, items: list[_Item], total: int, fai
     left = {r: sum(it.run == r for it in items) for r in {it.run for it in items}}  # items per run to go
     training = {r: sum(it.run == r and it.kind == "train" for it in items) for r in left}
     tail = _Tail(sorted({Path(configs[r].out) for r in left}))
-    bar = tqdm(total=total, unit="case", desc=f"grid on Ray ({cluster.workers} workers)", disable=not progress,
+    bar = tqdm(total=total, unit="case", desc=f"grid on Ray, workers: {cluster.workers}", disable=not progress,
                dynamic_ncols=True)  # fmt: skip
     runs_done = 0
     while waiting or running:
