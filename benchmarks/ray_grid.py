@@ -45,7 +45,7 @@ def main() -> None:
     run(RunConfig(model=args.model, data=args.data, out=root / "warm-up", limit=args.cases, fluency=False,
                   device="cpu"))  # fmt: skip
     t0 = time.perf_counter()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     init = time.perf_counter() - t0
 
     seconds = {}

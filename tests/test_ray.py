@@ -34,7 +34,7 @@ def local_cluster(_private_cache):
     """Two CPUs, no dashboard; one thread per process so the local runs compute what the workers do."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield Cluster(workers=2)
     ray.shutdown()
     torch.set_num_threads(threads)
