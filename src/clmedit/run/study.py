@@ -229,7 +229,7 @@ def study(
         lm = tok = None  # the workers load their own copies: free this one (a GPU's memory above all)
         why = run_grid([c for _, c in mine], cluster)
         failed = [f"{e} on {t}: {w}" for ((t, e), _), w in zip(mine, why) if w is not None]
-    for k, ((task, editor), config) in enumerate([] if cluster else mine, 1):
+    for k, ((task, editor), config) in enumerate(mine if cluster is None else [], 1):
         t_run = time.perf_counter()
         try:
             summary = json.loads(
