@@ -77,6 +77,19 @@ def test_fit_apply_restore_bitwise_and_save_load(llama_tiny, tmp_path):
     assert extra["layers"] == [1]
 
 
+def test_a_fit_does_not_depend_on_the_global_random_state(llama_tiny):
+    """A fold trained in another process (a Ray worker, `clmedit train`) is the one a run trains itself."""
+    model, tok = llama_tiny
+    train = [make_case(i) for i in range(4)]
+    nets = []
+    for state in (1, 2):
+        torch.manual_seed(state)  # what earlier work in the process left behind
+        editor = Malmen(MalmenHParams(steps=1, batch_size=2, val_every=1))
+        editor.fit(model, tok, train)
+        nets.append(editor.net.state_dict())
+    assert all(torch.equal(v, nets[1][k]) for k, v in nets[0].items())
+
+
 def test_step_size_calibration_picks_the_grid_minimum_on_training_cases(llama_tiny):
     model, tok = llama_tiny
     train = [make_case(i) for i in range(6)]

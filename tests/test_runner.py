@@ -154,16 +154,6 @@ def test_base_answers_are_cached_under_the_model_fingerprint(llama_tiny, data, t
     assert not list(data.parent.glob("*.answers.*"))  # one home: nothing beside the data
 
 
-def test_distributed_without_ray_says_how_to_install(monkeypatch, tmp_path):
-    import sys
-
-    from clmedit.run.distributed import run_grid
-
-    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
-    with pytest.raises(ImportError, match=r"pip install 'clmedit\[ray\]'"):
-        run_grid([RunConfig(data="x.jsonl", out=tmp_path)], shards=2)
-
-
 @pytest.mark.slow
 def test_grace_on_the_default_model_end_to_end(tmp_path):
     """The real slice: smollm2-135m, GRACE, one case; the edit works and leaves no trace."""

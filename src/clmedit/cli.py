@@ -191,20 +191,28 @@ def study_cmd(
     out: str = typer.Option("results/study", "--out", "-o", help="study folder (resumes)"),
     fluency: bool = typer.Option(True, "--fluency/--no-fluency"),
     device: str | None = typer.Option(None, "--device"),
-    threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
-) -> None:
+    threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP + " (with --ray: per worker, default 1)"),
+    ray: str | None = typer.Option(None, "--ray", help="run the grid on Ray: local (a cluster here), auto (the running one) or ray://HOST:PORT"),
+    workers: int = typer.Option(1, "--workers", min=1, help="with --ray: Ray workers, each holding one model"),
+    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", min=0.0, help="with --ray: GPUs each worker reserves (fractions share one)"),
+) -> None:  # fmt: skip
     """The study's results section: every editor on CNLE and CSNE, then tables, figures and report.html."""
     from clmedit.outputs import check_output_dir
 
     if sum((quick, full, limit is not None)) > 1:
         raise fail("choose one of --quick, --full and --limit N")
+    if ray is None and (workers != 1 or gpus_per_worker):
+        raise fail("--workers and --gpus-per-worker need --ray local|auto|ray://HOST:PORT")
     out = check_output_dir(out, ours=lambda p: (p / "study.json").is_file())  # before any model loads
     set_threads(threads)
+    from clmedit.run.distributed import Cluster
     from clmedit.run.study import study
 
     size = "quick" if quick else "full" if full else "default"
+    cluster = None if ray is None else Cluster(ray, workers, gpus_per_worker, threads or 1)
     try:
-        page = study(model, tuple(tasks.split(",")), size, limit, shard, out, device=device, fluency=fluency)
+        page = study(model, tuple(tasks.split(",")), size, limit, shard, out, device=device, fluency=fluency,
+                     cluster=cluster)  # fmt: skip
     except RuntimeError as err:  # some runs of the grid failed; the others and the report are written
         raise fail(str(err), code=1) from None
     typer.echo(f"report: {page}")

@@ -129,13 +129,11 @@ def run(config: RunConfig, model=None, tok=None, editor=None, overwrite: bool = 
     from clmedit.models.text import model_name as name_of
 
     setup = setup_run(config, editor)
-    out, data, editor, hparams = setup.out, setup.data, setup.editor, setup.hparams
+    out, data, editor = setup.out, setup.data, setup.editor
     cases = setup.cases
     path = records.cases_file(out, config.shard_tuple)
     with rundir.writing(path, config.shard):
-        about = {"data": config.data, "preset": config.preset, "hp": config.hparams}
-        ident = rundir.identity(config, editor.name, hparams, setup.every)
-        rundir.claim(out, ident, about, overwrite, writes=path.name)
+        claim_run(config, setup, overwrite)
         done = records.done_ids(out)
         scored = scored_cases(cases, config)
         todo = [c for c in shard_cases(scored, config.shard_tuple) if c.case_id not in done]
@@ -146,16 +144,23 @@ def run(config: RunConfig, model=None, tok=None, editor=None, overwrite: bool = 
             _run_cases(
                 config, editor, model, tok, cases, todo, data, path, out, evaluate_case, name_of(model)
             )
-        ids = {c.case_id for c in scored}
-        write_summary(
-            out,
-            config,
-            case_ids=ids,
-            hparams=hparams,
-            skipped_lines=setup.skip_info,
-            label=editor_label(editor.name),
-        )
+        write_run_summary(config, setup)
     return out
+
+
+def claim_run(config: RunConfig, setup: RunSetup, overwrite: bool = False) -> None:
+    """Make `setup.out` this configuration's folder, or refuse one of another configuration (rundir.claim)."""
+    about = {"data": config.data, "preset": config.preset, "hp": config.hparams}
+    ident = rundir.identity(config, setup.editor.name, setup.hparams, setup.every)
+    writes = records.cases_file(setup.out, config.shard_tuple).name
+    rundir.claim(setup.out, ident, about, overwrite, writes=writes)
+
+
+def write_run_summary(config: RunConfig, setup: RunSetup) -> dict[str, Any]:
+    """The run's summary.json over every shard's records of the cases it scores."""
+    ids = {c.case_id for c in scored_cases(setup.cases, config)}
+    return write_summary(setup.out, config, case_ids=ids, hparams=setup.hparams,
+                         skipped_lines=setup.skip_info, label=editor_label(setup.editor.name))  # fmt: skip
 
 
 def _run_cases(config, editor, model, tok, cases, todo, data, path, out, evaluate_case, mname) -> None:

@@ -19,13 +19,16 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
 from clmedit.errors import InputError
 from clmedit.files import atomic_write_text, slug
 from clmedit.run.runner import RunConfig, load_model_for, parse_shard, run
+
+if TYPE_CHECKING:
+    from clmedit.run.distributed import Cluster
 
 log = logging.getLogger(__name__)
 
@@ -166,12 +169,13 @@ def study(
     model: str = "smollm2-135m", tasks: tuple[str, ...] = ("cnle", "csne"), size: str = "default",
     limit: int | None = None, shard: str = "0/1", out: str | Path = "results/study",
     data: dict[str, str] | None = None, device: str | None = None, fluency: bool = True, seed: int = 0,
-    lm=None, tok=None,
+    lm=None, tok=None, cluster: Cluster | None = None,
 ) -> Path:  # fmt: skip
     """Run the grid (resuming), then write the report; returns the path of report.html.
 
     `data` maps a task to a case file (default: the built-in `default:<task>` cases); `lm`/`tok` reuse
-    a loaded model (it must be the unedited model).
+    a loaded model (it must be the unedited model). With a `cluster` the runs go to Ray workers
+    (run.distributed: the same records, sooner); this process still fills the datasets' answers.
     """
     from clmedit.data.schema import read_cases
     from clmedit.report.study import write_study_report
@@ -216,9 +220,16 @@ def study(
         "datasets": datasets,
     }
     atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
-    bar = tqdm(total=round(total), unit="s", desc="study (estimated seconds of work)", dynamic_ncols=True)
+    bar = tqdm(total=round(total), unit="s", desc="study (estimated seconds of work)", dynamic_ncols=True,
+               disable=cluster is not None)  # fmt: skip
     done_cases, failed, clean = 0, [], fingerprint(lm)
-    for k, ((task, editor), config) in enumerate(mine, 1):
+    if cluster is not None:  # the cells run on Ray workers (run.distributed shows their progress)
+        from clmedit.run.distributed import run_grid
+
+        lm = tok = None  # the workers load their own copies: free this one (a GPU's memory above all)
+        why = run_grid([c for _, c in mine], cluster)
+        failed = [f"{e} on {t}: {w}" for ((t, e), _), w in zip(mine, why) if w is not None]
+    for k, ((task, editor), config) in enumerate(mine if cluster is None else [], 1):
         t_run = time.perf_counter()
         try:
             summary = json.loads(

@@ -115,6 +115,7 @@ class Malmen(Editor):
         """Meta-train a fresh hypernetwork on `train_cases`; kwargs override hparams (e.g. steps=200)."""
         self.hparams = self.hparams.override("fit arguments", **kwargs)
         layers = self._layers(model)
+        torch.manual_seed(self.hparams.seed)  # the fresh net's init too: a fit depends on its inputs only
         self.net, history = meta_train(model, tok, train_cases, self.new_net(model), layers, self.hparams)
         self.trained_layers = layers
         return history
