@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument("--eval-limit", type=int, default=150)
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--folds-overlap", action="store_true", help="fit on the plain split (test probes included)")
     ap.add_argument("--hp", action="append", default=[],
                     help="key=value for every variant, e.g. a smaller training budget shared by all")  # fmt: skip
     ap.add_argument("--out", type=Path, default=None, help="JSON file for the figures")
@@ -59,6 +60,7 @@ def main() -> None:
     from clmedit.data.schema import read_cases
     from clmedit.editors.base import get_editor
     from clmedit.models.load import load_model
+    from clmedit.run.folds import training_half
     from clmedit.run.prepare import resolve_data
     from clmedit.run.runner import RunConfig, scored_cases, split_folds
 
@@ -74,7 +76,7 @@ def main() -> None:
         hits = {"inside": 0, "kept": 0, "ceiling": 0, "n": 0}
         for k, fold in enumerate(folds):
             editor = get_editor("scope", preset=args.model, **{**shared, **VARIANTS[name]})
-            editor.fit(model, tok, [c for j, f in enumerate(folds) if j != k for c in f])
+            editor.fit(model, tok, training_half(folds, k, args.folds_overlap)[0])  # probe-disjoint by default
             for case in (c for c in fold if c.case_id in scored):
                 d = editor.key_record(model, tok, case)["distances"]
                 nearest = min(d["neighbours"], default=float("inf"))

@@ -58,6 +58,7 @@ def run_cmd(
     batch_size: int = run_option("batch_size"),
     folds: int = run_option("folds"),
     eval_limit: int | None = run_option("eval_limit"),
+    folds_overlap: bool = run_option("folds_overlap"),
     fluency: bool = run_option("fluency"),
     device: str | None = run_option("device"),
     dtype: str = run_option("dtype"),
@@ -177,6 +178,7 @@ def study_cmd(
     fluency: bool = typer.Option(True, "--fluency/--no-fluency"),
     device: str | None = typer.Option(None, "--device"),
     threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
+    folds_overlap: bool = run_option("folds_overlap"),
 ) -> None:
     """The study's results section: every editor on CNLE and CSNE, then tables, figures and report.html."""
     if sum((quick, full, limit is not None)) > 1:
@@ -186,7 +188,8 @@ def study_cmd(
 
     size = "quick" if quick else "full" if full else "default"
     try:
-        page = study(model, tuple(tasks.split(",")), size, limit, shard, out, device=device, fluency=fluency)
+        page = study(model, tuple(tasks.split(",")), size, limit, shard, out, device=device, fluency=fluency,
+                     folds_overlap=folds_overlap)  # fmt: skip
     except RuntimeError as err:  # some runs of the grid failed; the others and the report are written
         raise fail(str(err), code=1) from None
     typer.echo(f"report: {page}")
@@ -262,6 +265,7 @@ def train_cmd(
     model: str = run_option("model"),
     fold: int = typer.Option(0, "--fold", min=0, help="train for fold k: on every case outside fold k"),
     folds: int = typer.Option(2, "--folds", min=2, help="number of folds (the study: 2)"),
+    folds_overlap: bool = run_option("folds_overlap"),
     limit: int | None = run_option("limit"),
     preset: str | None = run_option("preset"),
     hp: list[str] = typer.Option([], "--hp", help=HP_HELP),
