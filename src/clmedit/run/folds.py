@@ -140,6 +140,6 @@ def train_fold(config: Any, fold: int) -> dict[str, Any]:
     (out / "DONE").unlink(missing_ok=True)  # training anew: what was saved before is stale
     history = fit_fold(editor, model, tok, train, out)
     summary = {"editor": editor.name, "model": config.model, "fold": fold, "folds": config.folds,
-               "training": removed, "protocol": protocol(config), "history": {k: v for k, v in history.items() if not isinstance(v, list)}}  # fmt: skip
+               "train_cases": len(train), "training": removed, "protocol": protocol(config), "history": {k: v for k, v in history.items() if not isinstance(v, list)}}  # fmt: skip
     atomic_write_text(out / "train.json", json.dumps(records.jsonable(summary), indent=2))
     return summary
