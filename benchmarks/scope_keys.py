@@ -14,6 +14,10 @@ prompt, rephrase and neighbours are keyed as the codebook would key them. It pri
     ceiling   cases whose rephrase is nearer the prompt's key than every neighbour: the most one
               ball per entry can give both to (the limit of the key space itself)
 
+`--trained RUN` loads each fold's fitted part from a run folder (`RUN/fold<k>`, as `clmedit run --folds 2`
+saved it) instead of fitting, and scores only the folds that have one; `--editor agrace` keys A-GRACE
+(one radius) the same way.
+
 Fitting dominates the cost (about 5-15 min per fold on one CPU core with the preset's 4 initial
 scales x 3 selection seeds; `--hp enc_selection_seeds=1 --hp "enc_init_pos_fractions=[0.5]"` gives
 every variant the same smaller budget).
@@ -46,6 +50,9 @@ def main() -> None:
     ap.add_argument("--eval-limit", type=int, default=150)
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--editor", default="scope", help="scope, or agrace (then only the variant 'scope': its defaults)")
+    ap.add_argument("--trained", type=Path, default=None, help="run folder whose fold<k>/ parts to load")
+    ap.add_argument("--folds-overlap", action="store_true", help="fit on the plain split (test probes included)")
     ap.add_argument("--hp", action="append", default=[],
                     help="key=value for every variant, e.g. a smaller training budget shared by all")  # fmt: skip
     ap.add_argument("--out", type=Path, default=None, help="JSON file for the figures")
@@ -59,6 +66,7 @@ def main() -> None:
     from clmedit.data.schema import read_cases
     from clmedit.editors.base import get_editor
     from clmedit.models.load import load_model
+    from clmedit.run.folds import training_half
     from clmedit.run.prepare import resolve_data
     from clmedit.run.runner import RunConfig, scored_cases, split_folds
 
@@ -73,8 +81,14 @@ def main() -> None:
         t0 = time.perf_counter()
         hits = {"inside": 0, "kept": 0, "ceiling": 0, "n": 0}
         for k, fold in enumerate(folds):
-            editor = get_editor("scope", preset=args.model, **{**shared, **VARIANTS[name]})
-            editor.fit(model, tok, [c for j, f in enumerate(folds) if j != k for c in f])
+            editor = get_editor(args.editor, preset=args.model, **{**shared, **VARIANTS[name]})
+            if args.trained is not None:
+                if not (args.trained / f"fold{k}" / "DONE").is_file():
+                    continue
+                editor.load(args.trained / f"fold{k}")
+            else:
+                editor.fit(model, tok, training_half(folds, k, args.folds_overlap)[0])  # probe-disjoint by default
+            before = dict(hits)
             for case in (c for c in fold if c.case_id in scored):
                 d = editor.key_record(model, tok, case)["distances"]
                 nearest = min(d["neighbours"], default=float("inf"))
@@ -83,6 +97,9 @@ def main() -> None:
                 hits["kept"] += all(min(b["neighbours"], default=float("inf")) > b["radius"] for b in balls)
                 hits["ceiling"] += d["rephrase"] < nearest
                 hits["n"] += 1
+            n = hits["n"] - before["n"]
+            print(f"  fold {k}: " + "  ".join(f"{m} {100 * (hits[m] - before[m]) / max(n, 1):5.1f}"
+                                            for m in ("inside", "kept", "ceiling")) + f"  ({n} cases)", flush=True)  # fmt: skip
         rows[name] = {k: round(100 * v / hits["n"], 1) for k, v in hits.items() if k != "n"}
         rows[name].update(cases=hits["n"], minutes=round((time.perf_counter() - t0) / 60, 1))
         print(f"{name:13s} inside {rows[name]['inside']:5.1f}  kept {rows[name]['kept']:5.1f}  "

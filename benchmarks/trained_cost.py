@@ -19,6 +19,7 @@ from clmedit.data.schema import read_cases
 from clmedit.editors.base import get_editor
 from clmedit.models.cost import CostMeter
 from clmedit.models.load import load_model
+from clmedit.run.folds import disjoint_training
 from clmedit.run.prepare import resolve_data
 
 
@@ -44,6 +45,7 @@ def main() -> None:
 
     cases = read_cases(resolve_data(args.data))
     train, test = cases[: args.train], cases[args.train : args.train + args.apply]
+    train = disjoint_training(train, test)[0]  # as the runner fits: no probe of the applied cases
     model, tok = load_model(args.model, device=args.device)
     rows = []
     for name, fit_kwargs in (

@@ -13,6 +13,7 @@ import torch
 from clmedit.config import preset_path
 from clmedit.editors.base import get_editor
 from clmedit.editors.wise.editor import WiseHParams
+from clmedit.editors.wise.locality import irrelevant_prompts
 from clmedit.editors.wise.memory import WiseMemory, attach, ties_merge
 from clmedit.models.arch import arch_of
 from clmedit.models.text import target_ids
@@ -39,20 +40,24 @@ def _memory(model) -> WiseMemory:
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])  # gpt2: Conv1D stores the weight as (in, out)
-def test_edit_answers_from_side_memory_and_neighbours_from_main(family):
+def test_edit_answers_from_side_memory_and_irrelevant_inputs_from_main(family):
     model, tok = tiny_model(family)
     case = make_case(0, target=TARGETS[0])
-    neighbours = [n.prompt for n in case.neighbours]
-    before = _logits(model, tok, [case.prompt, *neighbours])
-    result = _wise().apply(model, tok, [case])
+    editor = _wise()
+    # the inputs the edit trained to keep out: the locality set's draw for the first edit
+    others = irrelevant_prompts(case.task, case.prompt, editor.hparams.irrelevant, editor.hparams.seed)
+    assert len(others) == editor.hparams.irrelevant and not {n.prompt for n in case.neighbours} & set(others)
+    before = _logits(model, tok, [case.prompt]), _logits(model, tok, others)
+    result = editor.apply(model, tok, [case])
     want = target_ids(tok, case.prompt, case.target)
     assert greedy_ids(model, tok, case.prompt, len(want)) == want
-    assert result.info["acts"][0] > max(result.info["neighbour_acts"][0])
-    # one left-padded batch: the edit row goes to the side memory, every neighbour row to the main
-    after = _logits(model, tok, [case.prompt, *neighbours])
-    assert _memory(model).route.tolist() == [0] + [-1] * len(neighbours)
-    assert torch.equal(after[1:], before[1:])
-    assert not torch.equal(after[0], before[0])
+    assert result.info["acts"][0] > max(result.info["irrelevant_acts"][0])
+    # the edit goes to the side memory; a left-padded batch of the irrelevant inputs, row by row, to the main
+    # (apart: padding the edit prompt would shift gpt2's absolute positions, hence its activation)
+    assert not torch.equal(_logits(model, tok, [case.prompt]), before[0])
+    assert _memory(model).route.tolist() == [0]
+    assert torch.equal(_logits(model, tok, others), before[1])
+    assert _memory(model).route.tolist() == [-1] * len(others)
     result.restore()
 
 

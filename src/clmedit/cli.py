@@ -59,6 +59,7 @@ def run_cmd(
     batch_size: int = run_option("batch_size"),
     folds: int = run_option("folds"),
     eval_limit: int | None = run_option("eval_limit"),
+    folds_overlap: bool = run_option("folds_overlap"),
     fluency: bool = run_option("fluency"),
     device: str | None = run_option("device"),
     dtype: str = run_option("dtype"),
@@ -195,6 +196,7 @@ def study_cmd(
     ray: str | None = typer.Option(None, "--ray", help="run the grid on Ray: local (a cluster here), auto (the running one) or ray://HOST:PORT"),
     workers: int = typer.Option(1, "--workers", min=1, help="with --ray: Ray workers, each holding one model"),
     gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", min=0.0, help="with --ray: GPUs each worker reserves (fractions share one)"),
+    folds_overlap: bool = run_option("folds_overlap"),
 ) -> None:  # fmt: skip
     """The study's results section: every editor on CNLE and CSNE, then tables, figures and report.html."""
     from clmedit.outputs import check_output_dir
@@ -212,7 +214,7 @@ def study_cmd(
     cluster = None if ray is None else Cluster(ray, workers, gpus_per_worker, threads or 1)
     try:
         page = study(model, tuple(tasks.split(",")), size, limit, shard, out, device=device, fluency=fluency,
-                     cluster=cluster)  # fmt: skip
+                     folds_overlap=folds_overlap, cluster=cluster)  # fmt: skip
     except RuntimeError as err:  # some runs of the grid failed; the others and the report are written
         raise fail(str(err), code=1) from None
     typer.echo(f"report: {page}")
@@ -289,6 +291,7 @@ def train_cmd(
     model: str = run_option("model"),
     fold: int = typer.Option(0, "--fold", min=0, help="train for fold k: on every case outside fold k"),
     folds: int = typer.Option(2, "--folds", min=2, help="number of folds (the study: 2)"),
+    folds_overlap: bool = run_option("folds_overlap"),
     limit: int | None = run_option("limit"),
     preset: str | None = run_option("preset"),
     hp: list[str] = typer.Option([], "--hp", help=HP_HELP),

@@ -4,6 +4,9 @@ Every other room speaks this type. A case carries everything the protocol needs:
 the formatted edit prompt X, the target Y, a formatted rephrase X' (generalization)
 and five neighbours U (specificity), each with the unedited model's own output per
 model name (computed once per model and cached here).
+
+An edit itself sees only an `EditRequest` (case id, task, X, Y): `Editor.apply` hands editors
+requests, never the rephrase and neighbours a case is scored on.
 """
 
 from __future__ import annotations
@@ -62,6 +65,19 @@ class Neighbour(BaseModel):
     _not_blank = field_validator("prompt")(_require_text)
 
 
+class EditRequest(BaseModel):
+    """What an edit receives: the fix (X, Y) with its id and task, and nothing it is scored on."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    case_id: str
+    task: Task
+    prompt: str = Field(description="X: the edit input, formatted")
+    target: str = Field(description="Y: the desired output")
+
+    _not_blank = field_validator("prompt", "target")(_require_text)
+
+
 class EditCase(BaseModel):
     """One editing instance. `prompt`, `rephrase` and neighbour prompts are already formatted."""
 
@@ -80,8 +96,21 @@ class EditCase(BaseModel):
 
     _not_blank = field_validator("prompt", "target")(_require_text)
 
+    def request(self) -> EditRequest:
+        """The edit request of this case: its id, task, prompt and target, nothing else."""
+        return EditRequest(case_id=self.case_id, task=self.task, prompt=self.prompt, target=self.target)
+
     def has_answers(self, model_name: str) -> bool:
         return all(model_name in n.answers for n in self.neighbours)
+
+
+def as_request(item: EditCase | EditRequest) -> EditRequest:
+    """The request an editor may see for `item` (a case is stripped of its rephrase and neighbours)."""
+    if isinstance(item, EditRequest):
+        return item
+    if isinstance(item, EditCase):
+        return item.request()
+    raise TypeError(f"an edit takes EditCase or EditRequest items, not {type(item).__name__}")
 
 
 class CaseFileError(InputError):

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from pydantic import Field
 
+from clmedit.data.schema import EditRequest
 from clmedit.editors.base import EditResult
 from clmedit.editors.memit import Memit, MemitHParams
 from clmedit.editors.session import Snapshot
@@ -77,7 +78,7 @@ class AlphaEdit(Memit):
 
         return update
 
-    def _apply(self, model, tok, cases, result: EditResult) -> None:
+    def _apply(self, model, tok, cases: list[EditRequest], result: EditResult) -> None:
         """MEMIT's edit with the projected solve; afterwards this edit's keys join the prior.
 
         Invariant: only the edited down_proj weights (and this editor's prior) change; restore()

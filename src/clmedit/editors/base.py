@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from clmedit.config import EditorHParams, load_hparams
-from clmedit.data.schema import EditCase
+from clmedit.data.schema import EditCase, EditRequest, as_request
 from clmedit.editors.registry import (  # noqa: F401  (re-exported: the registry's one home is registry.py)
     ALIASES,
     EDITORS,
@@ -112,6 +112,9 @@ class Editor(ABC):
       - `prepare(model, tok)`: one-off work for this model (statistics, ...) outside any timing;
         idempotent. The runner calls it once before the first case; `apply` calls it too.
       - `apply`: edits in place and returns an EditResult whose `restore()` undoes it bitwise.
+        It is the one boundary between cases and editors: it takes EditCases or EditRequests and
+        hands `_apply` requests only (case id, task, prompt, target), so no editor can read the
+        rephrase or neighbours an edit is scored on.
         If `_apply` raises, every undo it registered so far runs (in reverse) and the error
         propagates: the model is then bitwise what it was.
       - `key_record(model, tok, case)`: keys and key distances for the report, or None.
@@ -132,22 +135,26 @@ class Editor(ABC):
         """Load or compute what every edit of `model` needs (no-op here). Must be idempotent."""
         return None
 
-    def apply(self, model: nn.Module, tok: Any, cases: list[EditCase]) -> EditResult:
-        """Edit `model` so each case's prompt yields its target; measure the cost of `_apply` alone."""
+    def apply(self, model: nn.Module, tok: Any, cases: list[EditCase | EditRequest]) -> EditResult:
+        """Edit `model` so each case's prompt yields its target; measure the cost of `_apply` alone.
+
+        `_apply` receives each item's `EditRequest` (see the class doc), never the whole case.
+        """
         if not cases:
             raise InputError(f"{self.name}: apply needs at least one edit case")
+        requests = [as_request(c) for c in cases]
         self.prepare(model, tok)
         device = next(model.parameters()).device
         result = EditResult()
         with undone_on_error(result), CostMeter(device) as meter:
-            self._apply(model, tok, cases, result)
+            self._apply(model, tok, requests, result)
         result.seconds, result.peak_bytes = meter.seconds, meter.peak_bytes
         result.resident_peak_bytes = meter.resident_peak_bytes
         return result
 
     @abstractmethod
-    def _apply(self, model: nn.Module, tok: Any, cases: list[EditCase], result: EditResult) -> None:
-        """Edit in place. Append an undo to `result.undo` *before* each change it covers (so a
+    def _apply(self, model: nn.Module, tok: Any, cases: list[EditRequest], result: EditResult) -> None:
+        """Edit in place, knowing of each edit only its request (id, task, prompt, target). Append an undo to `result.undo` *before* each change it covers (so a
         failure later in `_apply` is undone too) and put editor-specific facts in `result.info`."""
 
     # --- the edit as data (fix files) ---------------------------------------------------------

@@ -27,7 +27,7 @@ from pydantic import Field
 from torch import nn
 
 from clmedit.config import EditorHParams
-from clmedit.data.schema import EditCase
+from clmedit.data.schema import EditRequest
 from clmedit.editors.base import Editor, EditResult, backup_weights
 from clmedit.models.arch import ArchAdapter, arch_of
 from clmedit.models.hooks import Trace
@@ -67,7 +67,7 @@ class FineTune(Editor):
     name = "ft"
     HParams = FineTuneHParams
 
-    def _apply(self, model: nn.Module, tok: Any, cases: list[EditCase], result: EditResult) -> None:
+    def _apply(self, model: nn.Module, tok: Any, cases: list[EditRequest], result: EditResult) -> None:
         hp = self.hparams
         arch = arch_of(model)
         layers = hp.layers_for(hp.layers, arch.num_layers(model))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from clmedit.data.schema import EditRequest
 from clmedit.editors.base import Editor, EditResult
 
 
 class NoEdit(Editor):
     name = "none"
 
-    def _apply(self, model, tok, cases, result: EditResult) -> None:
+    def _apply(self, model, tok, cases: list[EditRequest], result: EditResult) -> None:
         pass
 
     def edited_parameters(self, model) -> list[str]:

@@ -43,10 +43,17 @@ def _order(editor: str) -> tuple[int, str]:
     return table_order(editor)
 
 
+OVERLAP = "overlapping folds"  # run.folds.protocol's name for the study's split
+
+
 def editor_label(summary: dict[str, Any]) -> str:
-    """The row label: the summary's own `label` (written by the run), else the registry's label."""
+    """The row label: the summary's own `label` (written by the run), else the registry's label; a
+    trained editor fitted on overlapping folds (its test probes among its training inputs) says so."""
     label = summary.get("label")
-    return label if isinstance(label, str) and label else registry_label(str(summary.get("editor", "?")))
+    label = label if isinstance(label, str) and label else registry_label(str(summary.get("editor", "?")))
+    if summary.get("folds_protocol") == OVERLAP:
+        label += f" [{OVERLAP}]"
+    return label
 
 
 def _case_count(summaries: list[dict[str, Any]]) -> int:

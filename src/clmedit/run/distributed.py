@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from clmedit.errors import InputError
 from clmedit.run import records
 from clmedit.run.checks import case_problem, context_window
-from clmedit.run.folds import fit_fold, split_folds
+from clmedit.run.folds import fit_fold, split_folds, training_half
 from clmedit.run.prepare import ensure_base_answers
 from clmedit.run.runner import (
     RunConfig,
@@ -125,7 +125,7 @@ def fit_run_fold(config: RunConfig, fold: int, model, tok) -> None:
                         config.answers_from)  # fmt: skip
     setup.editor.prepare(model, tok)
     parts = split_folds(setup.cases, config.folds, config.seed)
-    train = [c for k, part in enumerate(parts) if k != fold for c in part]
+    train, _ = training_half(parts, fold, config.folds_overlap)  # probe-disjoint, as the runner's
     fit_fold(setup.editor, model, tok, train, setup.out / f"fold{fold}")
 
 

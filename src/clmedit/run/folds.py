@@ -1,8 +1,13 @@
-"""The k-fold protocol of trainable editors (MALMEN, A-GRACE): split, fit on the other folds, save, reload.
+"""The k-fold protocol of trainable editors (MALMEN, A-GRACE, SCOPE): split, fit on the other folds, save, reload.
 
 Fold k's cases are edited by an editor fitted on every other fold (the study: 2 folds, 1:1). A fitted
 part is saved in `<run>/fold<k>` with a DONE marker written last, so a resumed run loads it instead
 of training again, and `clmedit train --fold k` can prepare it on another machine.
+
+Folds are probe-disjoint by default (`training_half`): the neighbours of all cases come from one pool,
+so the other folds' inputs include, verbatim, many of fold k's probes. Every training input equal to a
+probe of fold k (one of its prompts, rephrases or neighbour prompts) is removed before `fit`, so no
+editor is fitted on what it is scored on. `overlap=True` keeps the study's plain split (fidelity checks).
 """
 
 from __future__ import annotations
@@ -30,6 +35,59 @@ def split_folds(cases: list[EditCase], folds: int, seed: int = 0) -> list[list[E
     return [[cases[j] for j in sorted(order[k::folds])] for k in range(folds)]
 
 
+def probe_texts(cases: list[EditCase]) -> set[str]:
+    """Every input the protocol scores `cases` on: their prompts, rephrases and neighbour prompts."""
+    return {t for c in cases for t in (c.prompt, c.rephrase, *(n.prompt for n in c.neighbours))}
+
+
+def disjoint_training(train: list[EditCase], test: list[EditCase]) -> tuple[list[EditCase], dict[str, int]]:
+    """`train` without any input that is a probe of `test`, and how many inputs that removed.
+
+    A training case whose prompt or rephrase is a probe is dropped whole (its other inputs counted as
+    removed too); a neighbour equal to a probe is dropped from the case that keeps the rest.
+    """
+    probes = probe_texts(test)
+    kept: list[EditCase] = []
+    dropped_cases = dropped_neighbours = removed = 0
+    for case in train:
+        if case.prompt in probes or case.rephrase in probes:
+            dropped_cases += 1
+            removed += 2 + len(case.neighbours)
+            continue
+        neighbours = [n for n in case.neighbours if n.prompt not in probes]
+        if len(neighbours) < len(case.neighbours):
+            dropped_neighbours += len(case.neighbours) - len(neighbours)
+            case = case.model_copy(update={"neighbours": neighbours})
+        kept.append(case)
+    removed += dropped_neighbours
+    return kept, {"train_cases": len(kept), "dropped_cases": dropped_cases,
+                  "dropped_neighbours": dropped_neighbours, "removed_inputs": removed}  # fmt: skip
+
+
+def training_half(
+    folds: list[list[EditCase]], k: int, overlap: bool = False
+) -> tuple[list[EditCase], dict[str, int]]:
+    """What an editor scored on fold k is fitted on: every other fold, probe-disjoint from fold k
+    (see `disjoint_training`) unless `overlap` (the study's split, kept for fidelity checks)."""
+    train = [c for j, fold in enumerate(folds) if j != k for c in fold]
+    if overlap:
+        return train, {
+            "train_cases": len(train),
+            "dropped_cases": 0,
+            "dropped_neighbours": 0,
+            "removed_inputs": 0,
+        }
+    return disjoint_training(train, folds[k])
+
+
+def fold_training(
+    cases: list[EditCase], folds: int, seed: int = 0, overlap: bool = False
+) -> dict[str, dict[str, int]]:
+    """Per test fold ("0", "1", ...), the counts `training_half` reports: what summary.json records."""
+    parts = split_folds(cases, folds, seed)
+    return {str(k): training_half(parts, k, overlap)[1] for k in range(folds)}
+
+
 def fit_fold(editor, model, tok, train: list[EditCase], fold_dir: Path) -> dict[str, Any]:
     """Fit a trainable editor on the other folds and save it, or load what an earlier run saved.
 
@@ -46,6 +104,13 @@ def fit_fold(editor, model, tok, train: list[EditCase], fold_dir: Path) -> dict[
         editor.save(fold_dir)
         atomic_write_text(fold_dir / "DONE", "")
     return history
+
+
+def protocol(config: Any) -> str:
+    """The fold protocol's name as summaries and tables show it."""
+    from clmedit.report.tables import OVERLAP
+
+    return OVERLAP if getattr(config, "folds_overlap", False) else "probe-disjoint folds"
 
 
 def train_fold(config: Any, fold: int) -> dict[str, Any]:
@@ -70,11 +135,11 @@ def train_fold(config: Any, fold: int) -> dict[str, Any]:
     check_device(config.device)
     cases = read_cases(resolve_data(config.data, seed=config.seed))[: config.limit]
     parts = split_folds(cases, config.folds, config.seed)
-    train = [c for k, part in enumerate(parts) if k != fold for c in part]
+    train, removed = training_half(parts, fold, config.folds_overlap)
     model, tok = load_model_for(config.model, config.device, config.dtype)
     (out / "DONE").unlink(missing_ok=True)  # training anew: what was saved before is stale
     history = fit_fold(editor, model, tok, train, out)
     summary = {"editor": editor.name, "model": config.model, "fold": fold, "folds": config.folds,
-               "train_cases": len(train), "history": {k: v for k, v in history.items() if not isinstance(v, list)}}  # fmt: skip
+               "train_cases": len(train), "training": removed, "protocol": protocol(config), "history": {k: v for k, v in history.items() if not isinstance(v, list)}}  # fmt: skip
     atomic_write_text(out / "train.json", json.dumps(records.jsonable(summary), indent=2))
     return summary

@@ -50,6 +50,7 @@ NOT_IDENTITY = frozenset(
         "sequential",
         "checkpoints",
         "eval_limit",
+        "folds_overlap",
     }
 )
 # The files and folders a sequential run writes (run.sequential); they are results like cases*.jsonl.
@@ -82,6 +83,7 @@ def identity(config: Any, editor_name: str, hparams: dict[str, Any], cases: list
     fields = {k: v for k, v in config.model_dump(mode="json").items() if k not in NOT_IDENTITY}
     if getattr(config, "folds", 1) > 1:  # folds are drawn from the first `limit` cases: another limit,
         fields["limit"] = config.limit  # other training halves, other results for the same case
+        fields["folds_overlap"] = config.folds_overlap  # (absent from folders fitted before it existed)
     mode = {"mode": "sequential"} if getattr(config, "sequential", None) else {}
     return {**fields, **mode, "editor": editor_name, "hparams": hparams, "data_digest": data_digest(cases)}
 

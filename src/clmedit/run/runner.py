@@ -31,7 +31,7 @@ from clmedit.errors import InputError
 from clmedit.files import atomic_write_text
 from clmedit.run import records, rundir
 from clmedit.run.checks import case_problem, check_device, check_out_dir, context_window, skipped_summary
-from clmedit.run.folds import fit_fold, split_folds, train_fold  # noqa: F401 (train_fold: public here too)
+from clmedit.run.folds import fit_fold, fold_training, protocol, split_folds, train_fold, training_half  # noqa: F401 (train_fold: public here too)
 from clmedit.run.prepare import ensure_base_answers, resolve_data
 from clmedit.run.settings import RunConfig, parse_shard  # noqa: F401 (the runner's public names)
 
@@ -51,6 +51,14 @@ def scored_cases(cases: list[EditCase], config: RunConfig) -> list[EditCase]:
         return cases
     chosen = {c.case_id for fold in split_folds(cases, config.folds, config.seed) for c in fold[: config.eval_limit]}
     return [c for c in cases if c.case_id in chosen]
+
+
+def fold_facts(config: RunConfig, editor, cases: list[EditCase]) -> dict[str, Any]:
+    """For a trained editor's summary: the fold protocol and, per test fold, the training inputs removed."""
+    if not editor.trainable or config.folds < 2:
+        return {}
+    return {"folds_protocol": protocol(config),
+            "fold_training": fold_training(cases, config.folds, config.seed, config.folds_overlap)}  # fmt: skip
 
 
 def make_editor(name: str, model: str, preset: str | None = None, hparams: dict[str, Any] | None = None):
@@ -160,7 +168,8 @@ def write_run_summary(config: RunConfig, setup: RunSetup) -> dict[str, Any]:
     """The run's summary.json over every shard's records of the cases it scores."""
     ids = {c.case_id for c in scored_cases(setup.cases, config)}
     return write_summary(setup.out, config, case_ids=ids, hparams=setup.hparams,
-                         skipped_lines=setup.skip_info, label=editor_label(setup.editor.name))  # fmt: skip
+                         skipped_lines=setup.skip_info, label=editor_label(setup.editor.name),
+                         **fold_facts(config, setup.editor, setup.cases))  # fmt: skip
 
 
 def _run_cases(config, editor, model, tok, cases, todo, data, path, out, evaluate_case, mname) -> None:
@@ -189,7 +198,7 @@ def _run_cases(config, editor, model, tok, cases, todo, data, path, out, evaluat
         if not fold_todo:
             continue
         if editor.trainable:
-            train = [c for j, f in enumerate(folds) if j != k for c in f]
+            train, _ = training_half(folds, k, config.folds_overlap)
             fit_fold(editor, model, tok, train, out / f"fold{k}")
         for start in range(0, len(fold_todo), config.batch_size):
             batch = fold_todo[start : start + config.batch_size]

@@ -55,7 +55,7 @@ from clmedit.results import EDITS_FILE, read_edits
 from clmedit.run import checkpoint as ckpt
 from clmedit.run import records, rundir
 from clmedit.run.checks import case_problem, context_window
-from clmedit.run.folds import fit_fold, split_folds
+from clmedit.run.folds import fit_fold, split_folds, training_half
 from clmedit.run.prepare import ensure_base_answers
 from clmedit.run.runner import error_record, load_model_for, setup_run
 from clmedit.run.sequential_summary import plan_calls, write_sequential_summary
@@ -65,11 +65,12 @@ log = logging.getLogger(__name__)
 
 
 def sequence_pool(config: RunConfig, cases: list[EditCase]) -> tuple[list[EditCase], list[EditCase]]:
-    """(the cases the sequence is taken from, the cases a trainable editor is fitted on)."""
+    """(the cases the sequence is taken from, the cases a trainable editor is fitted on: the other
+    folds, probe-disjoint from the first unless `config.folds_overlap`; see run/folds.py)."""
     if config.folds < 2:
         return cases, []
     folds = split_folds(cases, config.folds, config.seed)
-    return folds[0], [c for f in folds[1:] for c in f]
+    return folds[0], training_half(folds, 0, config.folds_overlap)[0]
 
 
 def usable_sequence(

@@ -20,6 +20,7 @@ from clmedit.editors.registry import editor_label
 from clmedit.files import atomic_write_text
 from clmedit.results import per_edit_seconds, read_edits
 from clmedit.run import checkpoint as ckpt
+from clmedit.run.folds import protocol, split_folds, training_half
 
 
 def _median(values: list[float]) -> float | None:
@@ -114,6 +115,10 @@ def write_sequential_summary(
             "checkpoints": rows,
         },
     }
+    if setup.editor.trainable and config.folds > 1:  # the sequence is fold 0; the editor fitted on the rest
+        summary["folds_protocol"] = protocol(config)
+        folds = split_folds(setup.cases, config.folds, config.seed)
+        summary["fold_training"] = {"0": training_half(folds, 0, config.folds_overlap)[1]}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     atomic_write_text(out / "table.md", render_checkpoints([summary]) + "\n")
     return summary

@@ -37,6 +37,11 @@ class RunConfig(BaseModel):
     eval_limit: int | None = Field(
         None, gt=0, description="with --folds: score the first N cases of each fold (training uses whole folds)"
     )
+    folds_overlap: bool = Field(
+        False,
+        description="with --folds: fit on the other folds as they are, probes of the test fold included "
+        "(the study's split; default: probe-disjoint, see run/folds.py)",
+    )
     fluency: bool = Field(True, description="compute the fluency metric (sampling; the slowest part)")
     device: str | None = Field(None, description="torch device; default: cuda if available")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(

@@ -169,13 +169,15 @@ def study(
     model: str = "smollm2-135m", tasks: tuple[str, ...] = ("cnle", "csne"), size: str = "default",
     limit: int | None = None, shard: str = "0/1", out: str | Path = "results/study",
     data: dict[str, str] | None = None, device: str | None = None, fluency: bool = True, seed: int = 0,
-    lm=None, tok=None, cluster: Cluster | None = None,
+    lm=None, tok=None, folds_overlap: bool = False, cluster: Cluster | None = None,
 ) -> Path:  # fmt: skip
     """Run the grid (resuming), then write the report; returns the path of report.html.
 
     `data` maps a task to a case file (default: the built-in `default:<task>` cases); `lm`/`tok` reuse
-    a loaded model (it must be the unedited model). With a `cluster` the runs go to Ray workers
-    (run.distributed: the same records, sooner); this process still fills the datasets' answers.
+    a loaded model (it must be the unedited model). `folds_overlap`: the study's own split for the
+    trained editors (their test probes among their training inputs; rows are labelled so). With a
+    `cluster` the runs go to Ray workers (run.distributed: the same records, sooner); this process
+    still fills the datasets' answers.
     """
     from clmedit.data.schema import read_cases
     from clmedit.report.study import write_study_report
@@ -195,7 +197,8 @@ def study(
                          f"use another --out for model {model!r}, size {sz.name!r}")  # fmt: skip
     specs = {t: (data or {}).get(t, f"default:{t}") for t in tasks}
     built = {t: len(read_cases(resolve_data(specs[t], seed=seed))) for t in tasks}  # builds defaults once
-    configs = plan(model, tasks, sz, out, specs, seed=seed, device=device, fluency=fluency)
+    configs = plan(model, tasks, sz, out, specs, seed=seed, device=device, fluency=fluency,
+                   folds_overlap=folds_overlap)  # fmt: skip
     cells = [(t, e) for t in tasks for e in STUDY_EDITORS]  # the order of plan()
     mine = list(zip(cells, configs))[i::n]
     todo = {id(c): max(0, min(built[t], c.limit or built[t]) - len(done_ids(c.out))) for (t, _), c in mine}

@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from clmedit.data.schema import EditCase
+from clmedit.data.schema import EditCase, EditRequest
 from clmedit.editors.base import Editor, EditResult, EditState, replace_module
 from clmedit.editors.grace.codebook import Codebook
 from clmedit.editors.grace.hparams import DECODE, GraceHParams
@@ -83,12 +83,12 @@ class Grace(Editor):
         """The radius of a new codebook entry at `key`; None: the codebook's `eps` (GRACE)."""
         return None
 
-    def companion_keys(self, model: nn.Module, tok: Any, case: EditCase) -> torch.Tensor | None:
+    def companion_keys(self, model: nn.Module, tok: Any, case: EditRequest) -> torch.Tensor | None:
         """Further keys (J, d_key) that answer with `case`'s entry, each a ball of its own
         (`entry_radius`); None: the inserted key alone (GRACE)."""
         return None
 
-    def insert_key(self, model: nn.Module, tok: Any, case: EditCase, inputs: torch.Tensor,
+    def insert_key(self, model: nn.Module, tok: Any, case: EditRequest, inputs: torch.Tensor,
                    prompt_mask: torch.Tensor) -> torch.Tensor:  # fmt: skip
         """The key `case` is inserted under: `keys` over the prompt positions of the edit sequence's
         down_proj inputs (B=1, T, d), which the value training traced anyway."""
@@ -123,7 +123,7 @@ class Grace(Editor):
         }
 
     # --- apply ----------------------------------------------------------------------------------
-    def _apply(self, model: nn.Module, tok: Any, cases: list[EditCase], result: EditResult) -> None:
+    def _apply(self, model: nn.Module, tok: Any, cases: list[EditRequest], result: EditResult) -> None:
         """Insert each case into the codebook of this editor's wrapper at the edit layer.
 
         The first apply wraps the down_proj; its restore() takes the wrapper (and the hook) out.
@@ -193,7 +193,7 @@ class Grace(Editor):
         result.undo.append(model.register_forward_pre_hook(wrapper.observe, with_kwargs=True).remove)
         return wrapper
 
-    def _insert(self, model, tok, wrapper: GraceLayer, layer: int, path: str, case: EditCase, change=None):
+    def _insert(self, model, tok, wrapper: GraceLayer, layer: int, path: str, case: EditRequest, change=None):
         """Insert one case's key, then train the value of the entry it landed in (recorded in `change`)."""
         hp = self.hparams
         device = next(model.parameters()).device

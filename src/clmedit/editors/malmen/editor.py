@@ -20,6 +20,7 @@ import torch
 from pydantic import Field
 
 from clmedit.config import EditorHParams, study_keys
+from clmedit.data.schema import EditRequest
 from clmedit.editors.base import Editor, EditResult, backup_weights
 from clmedit.editors.malmen.hypernet import HypernetConfig, MalmenNet, load_hypernet, save_hypernet
 from clmedit.editors.malmen.pairs import key_grad_pairs
@@ -131,7 +132,7 @@ class Malmen(Editor):
         self.net, extra = load_hypernet(directory)
         self.trained_layers = extra.get("layers")
 
-    def _apply(self, model, tok, cases, result: EditResult) -> None:
+    def _apply(self, model, tok, cases: list[EditRequest], result: EditResult) -> None:
         """W_l += S_l for every edited layer, all cases jointly; see the module docstring."""
         if self.net is None:
             raise RuntimeError(

@@ -8,9 +8,10 @@ random subspace (density ρ = mask_ratio) and W' clamped to W_v ± norm_constrai
     min_W'  NLL(target | W') + ReLU(β - Δ_e) + mean_i ReLU(Δ_i - α) + mean_i ReLU(γ - (Δ_e - Δ_i))
 
 with Δ = Δ_act (memory.activation) of the edit prompt (Δ_e) and of irrelevant inputs (Δ_i).
-The irrelevant inputs are the case's own neighbour prompts (EditCase.neighbours: the nearest
-non-target inputs, which must keep their unedited answers); a case without neighbours trains
-the β term only. Δ is taken over the prompt's tokens, the input the router sees at prefill.
+The irrelevant inputs are `irrelevant` prompts drawn from a fixed locality set of the task
+(wise/locality.py), as the paper's come from a pre-collected set: an edit receives only its
+request, never the neighbours it is scored on (`irrelevant: 0` trains the β term only). Δ is
+taken over the prompt's tokens, the input the router sees at prefill.
 The edit's threshold is ε = act_ratio * Δ_e after training (per shard: the lowest of its edits).
 
 Knowledge sharding and merging: `shard_size` successive edits share one shard (one random
@@ -39,8 +40,9 @@ from pydantic import Field
 from torch import nn
 
 from clmedit.config import EditorHParams, study_keys
-from clmedit.data.schema import EditCase
+from clmedit.data.schema import EditRequest
 from clmedit.editors.base import Editor, EditResult, EditState
+from clmedit.editors.wise.locality import irrelevant_prompts
 from clmedit.editors.wise.memory import EDITS, MERGES, WORK_EDITS, WiseMemory, activation, attach
 from clmedit.errors import InputError, IntegrityError, NotSavableError
 from clmedit.models.arch import arch_of
@@ -67,6 +69,9 @@ class WiseHParams(EditorHParams):
     alpha: float = Field(5.0, ge=0, description="irrelevant inputs: Δ_act pushed below alpha")
     beta: float = Field(20.0, ge=0, description="edit inputs: Δ_act pushed above beta")
     gamma: float = Field(10.0, ge=0, description="edit Δ_act must exceed irrelevant Δ_act by gamma")
+    irrelevant: int = Field(
+        5, ge=0, le=16, description="irrelevant inputs per edit, from the fixed locality set"
+    )
     act_ratio: float = Field(0.88, gt=0, description="threshold ε = act_ratio x the edit's Δ_act")
     shard_size: int = Field(500, ge=1, description="edits per knowledge shard (EasyEdit save_freq)")
     n_shards: int = Field(2, ge=1, description="closed shards merged at once (merge_freq / save_freq)")
@@ -102,7 +107,7 @@ class Wise(Editor):
     name = "wise"
     HParams = WiseHParams
 
-    def _apply(self, model: nn.Module, tok: Any, cases: list[EditCase], result: EditResult) -> None:
+    def _apply(self, model: nn.Module, tok: Any, cases: list[EditRequest], result: EditResult) -> None:
         """Edit the side memory of one layer (wrapping its down_proj on the first apply).
 
         Invariant: restore() (or a failure) removes the whole memory and its hook, so the model is
@@ -120,7 +125,7 @@ class Wise(Editor):
         else:
             memory = WiseMemory(memory, conv1d=arch.conv1d)
             result.undo.append(attach(model, path, memory))
-        info: dict[str, list] = {"acts": [], "neighbour_acts": [], "losses": [], "steps": []}
+        info: dict[str, list] = {"acts": [], "irrelevant_acts": [], "losses": [], "steps": []}
         for case in cases:
             if int(memory.counts[WORK_EDITS]) == 0:  # the working shard is empty: a new random subspace
                 memory.start_shard(self._shard_mask(memory))
@@ -180,7 +185,7 @@ class Wise(Editor):
         shape = memory.work.shape
         return (torch.rand(shape, generator=gen) < self.hparams.mask_ratio).to(memory.work.device)
 
-    def _edit(self, model: nn.Module, tok: Any, memory: WiseMemory, layer: int, case: EditCase) -> dict:
+    def _edit(self, model: nn.Module, tok: Any, memory: WiseMemory, layer: int, case: EditRequest) -> dict:
         """Train the working shard W' on one case (objective in the module doc); record it.
 
         The model's parameters are not modified; only `memory.work` and its threshold change.
@@ -200,10 +205,9 @@ class Wise(Editor):
         edit_x = dp.input[:, :p]
         edit_mask = torch.ones(1, p, dtype=torch.bool, device=device)
         near_x = near_mask = None
-        if case.neighbours:
-            enc = tok(
-                [n.prompt for n in case.neighbours], return_tensors="pt", padding=True, padding_side="right"
-            )
+        seed = hp.seed + int(memory.counts[EDITS])  # reproducible, and another draw per edit
+        if others := irrelevant_prompts(case.task, case.prompt, hp.irrelevant, seed):
+            enc = tok(others, return_tensors="pt", padding=True, padding_side="right")
             ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
             with (
                 torch.no_grad(),
@@ -256,7 +260,7 @@ class Wise(Editor):
         log.debug("WISE %s: loss %.4f, Δ_act %.3g, steps %d", case.case_id, loss.item(), float(act_e), steps)
         return {
             "acts": float(act_e),
-            "neighbour_acts": [] if act_n is None else act_n.tolist(),
+            "irrelevant_acts": [] if act_n is None else act_n.tolist(),
             "losses": loss.item(),
             "steps": steps,
         }
