@@ -22,7 +22,7 @@ def test_quick_study_runs_every_editor_and_writes_the_report(tmp_path):
     out = tmp_path / "study"
     (out / "csne").mkdir(parents=True)
     (out / "csne" / "ft").write_text("in the way")  # this run cannot write its folder: it fails alone
-    with pytest.raises(RuntimeError, match="1 of 20 runs failed"):
+    with pytest.raises(RuntimeError, match=f"1 of {2 * len(STUDY_EDITORS)} runs failed"):
         study("tiny", ("cnle", "csne"), "quick", out=out, data=data, lm=lm, tok=tok, fluency=False)
     assert (out / "csne" / "agrace" / "summary.json").is_file()  # the grid went on after the failure
     assert "FAILED runs" in (out / "report.html").read_text()

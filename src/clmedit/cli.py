@@ -59,6 +59,7 @@ def run_cmd(
     folds: int = run_option("folds"),
     eval_limit: int | None = run_option("eval_limit"),
     fluency: bool = run_option("fluency"),
+    budget: str = run_option("budget"),
     device: str | None = run_option("device"),
     dtype: str = run_option("dtype"),
     verify_restore: bool = run_option("verify_restore"),
@@ -175,6 +176,7 @@ def study_cmd(
     shard: str = typer.Option("0/1", "--shard", help="i/n: this process runs every n-th run of the grid"),
     out: Path = typer.Option(Path("results/study"), "--out", "-o", help="study folder (resumes)"),
     fluency: bool = typer.Option(True, "--fluency/--no-fluency"),
+    budget: str = run_option("budget"),
     device: str | None = typer.Option(None, "--device"),
     threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
 ) -> None:
@@ -186,7 +188,8 @@ def study_cmd(
 
     size = "quick" if quick else "full" if full else "default"
     try:
-        page = study(model, tuple(tasks.split(",")), size, limit, shard, out, device=device, fluency=fluency)
+        page = study(model, tuple(tasks.split(",")), size, limit, shard, out, device=device, fluency=fluency,
+                     budget=budget)  # fmt: skip
     except RuntimeError as err:  # some runs of the grid failed; the others and the report are written
         raise fail(str(err), code=1) from None
     typer.echo(f"report: {page}")
