@@ -107,9 +107,9 @@ def test_summarise_is_means_times_100_and_records_round_trip(tiny):
 def _alone_shorter_than_in_context(tok) -> str:
     """A word that is one token alone but more after the prompt (where it follows a space)."""
     for piece in sorted(tok.get_vocab()):
-        if piece.isalpha() and len(tok(piece, add_special_tokens=False)["input_ids"]) == 1:
-            if len(tok(" " + piece, add_special_tokens=False)["input_ids"]) > 1:
-                return piece
+        alone, after = (len(tok(t, add_special_tokens=False)["input_ids"]) for t in (piece, " " + piece))
+        if piece.isalpha() and alone == 1 < after:
+            return piece
     raise AssertionError("the tiny vocabulary has no such word")
 
 
