@@ -94,10 +94,9 @@ def budget_note(summaries: list[dict[str, Any]]) -> str:
         for s in sorted((s for s in rows if _key(s)[1] == task), key=lambda s: _order(str(s.get("editor")))):
             c = s["counts"]
             counts[f"{c['budget_short']} of {c.get('ok', 0)}"].append(editor_label(s))
-        if len(counts) == 1:
-            parts.append(f"{task}: {next(iter(counts))} cases in every row")
-        else:
-            parts.append(f"{task}: " + ", ".join(f"{' / '.join(v)} {k}" for k, v in counts.items()))
+        main = max(counts, key=lambda k: len(counts[k]))  # the count most rows share; the others named
+        rest = [f"{' / '.join(v)}: {k}" for k, v in counts.items() if k != main]
+        parts.append(f"{task}: {main} cases" + (f" ({'; '.join(rest)})" if rest else " in every row"))
     rule = " and ".join("len(tok.encode(target)), the study's" if r == "study" else r for r in rules)
     return (f"Generation budget {rule}: shorter than the target's tokens after the prompt or rephrase "
             f"(EM cannot be 1) in " + "; ".join(parts) + ".")  # fmt: skip
