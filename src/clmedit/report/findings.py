@@ -192,15 +192,14 @@ def f6(grid: Grid) -> Check:
             continue
         c.evidence.append(f"{t.upper()}: weakest EM " + ", ".join(f"{_name(e)} {v:.1f} ({SHORT[k]})"
                                                                   for e, (v, k) in worst.items()))  # fmt: skip
-        if len(worst) < 3:
+        if len(worst) < 3:  # every task needs all three
             c.ok = None
-            continue
-        if c.ok is not None:
+        elif c.ok is not None:
             c.ok = bool(c.ok and worst["scope"][0] > max(worst["grace"][0], worst["agrace"][0]))
-        c.used += [(t, e) for e in worst]
-    if not c.evidence:
-        return Check(None, ["needs SCOPE, GRACE and A-GRACE"])
-    return c if c.used else Check(None, c.evidence)
+            c.used += [(t, e) for e in worst]
+    if c.ok is None or not c.used:
+        return Check(None, c.evidence or ["needs SCOPE, GRACE and A-GRACE"])
+    return c
 
 
 RULES: list[tuple[str, str, str, Callable[[Grid], Check]]] = [
