@@ -1,9 +1,8 @@
 """`report.html`: one self-contained page (inline CSS and JS, figures as data URIs, no network).
 
 Sections: a header (model, size, what was reduced), the tables, the findings (report.findings), the
-figures, and a case browser. The
-browser lists one entry per (case, editor): prompt, target, rephrase, the five neighbours with their
-expected (unedited) answers, the unedited and edited outputs with word differences highlighted, and
+figures, and a case browser. The browser lists one entry per (case, editor): prompt, target,
+rephrase, the five neighbours with their expected (unedited) answers, the unedited and edited outputs with word differences highlighted, and
 the scores; it filters by task, editor and failed check. Filters can be preset from the URL hash
 (`#task=cnle&editor=GRACE&failed=gen`), which is also how the browser test drives it.
 """

@@ -1,10 +1,10 @@
 """`clmedit study`: the study's whole results section, one resumable command.
 
 The grid is task x editor (the unedited row first, then FT-L, ROME, MEMIT, PMET, MALMEN, GRACE,
-A-GRACE and its two ablations, and our SCOPE beside them); trained editors use the 2-fold protocol. Each cell is one `run()`
-into `out/<task>/<editor>`, so a rerun resumes case by case, trained parts (encoders, hypernetworks)
-are loaded from the run's fold folders, and MEMIT/PMET statistics come from their disk cache. The
-model is loaded once. `--shard i/n` takes every n-th cell. At the end the report (tables, figures,
+A-GRACE and its two ablations, and our SCOPE beside them); trained editors use the 2-fold protocol.
+Each cell is one `run()` into `out/<task>/<editor>`, so a rerun resumes case by case, trained parts
+(encoders, hypernetworks) are loaded from the run's fold folders, and MEMIT/PMET statistics come from
+their disk cache. The model is loaded once. `--shard i/n` takes every n-th cell. At the end the report (tables, figures,
 report.html) is written from the results files.
 
 Sizes: `quick` (every editor and table, fewer cases and training steps), `default` (about 2 hours on
