@@ -2,9 +2,10 @@
 
 Sections: a header (model, size, what was reduced), the tables, the findings (report.findings), the
 figures, and a case browser. The browser lists one entry per (case, editor): prompt, target,
-rephrase, the five neighbours with their expected (unedited) answers, the unedited and edited outputs with word differences highlighted, and
-the scores; it filters by task, editor and failed check. Filters can be preset from the URL hash
-(`#task=cnle&editor=GRACE&failed=gen`), which is also how the browser test drives it.
+rephrase, the five neighbours with their expected (unedited) answers, the unedited and edited outputs
+with word differences highlighted, and the scores; it filters by task, editor and failed check.
+Filters can be preset from the URL hash (`#task=cnle&editor=GRACE&failed=gen`), which is also how the
+browser test drives it.
 """
 
 from __future__ import annotations
