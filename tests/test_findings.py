@@ -50,7 +50,11 @@ def test_every_finding_holds_on_a_run_made_to_hold():
 @pytest.mark.parametrize(
     "key, change, seconds",
     [
-        ("F1", {"grace": (9, 10, 0, 10), "ft": (10, 1, 1, 5)}, None),  # FT-L's CSNE effectiveness above GRACE's
+        (
+            "F1",
+            {"grace": (9, 10, 0, 10), "ft": (10, 1, 1, 5)},
+            None,
+        ),  # FT-L's CSNE effectiveness above GRACE's
         ("F2", {"rome": (7, 3, 3, 8)}, None),  # ROME keeps 80 of the unedited model's 100 specificity
         ("F3", {"rome": (7, 7, 3, 0)}, None),  # ROME loses nothing from CSNE to CNLE
         ("F4", {"agrace": (10, 10, 1, 6)}, None),  # generalization 0 -> 10: not 20 points
@@ -72,9 +76,14 @@ def test_a_tie_at_the_top_is_still_the_best():
 def test_too_few_cases_and_not_run_are_said_plainly():
     few = _verdicts(HOLDING, n=4)  # 4 cases per run (k of 4 capped at 4): nothing can be told
     assert all(v.startswith(fd.FEW) and "(4)" in v for v in few.values())
-    assert "lean to 'holds'" in few["F1"] and "lean to 'does not hold'" in few["F4"]  # A-GRACE spec. 100 = GRACE's
+    assert (
+        "lean to 'holds'" in few["F1"] and "lean to 'does not hold'" in few["F4"]
+    )  # A-GRACE spec. 100 = GRACE's
     missing = _verdicts({e: v for e, v in HOLDING.items() if e not in ("scope", "malmen")})
     assert missing["F6"] == missing["F5"] == fd.NOT_RUN and missing["F1"] == fd.HOLDS
+    partial = [s for s in _summaries(HOLDING) if (s["tasks"], s["editor"]) != (["csne"], "grace")]
+    f1 = fd.findings(partial)[0]  # GRACE ran on CNLE only: F1 is told on CNLE
+    assert f1.verdict == fd.HOLDS and [line[:5] for line in f1.evidence] == ["CNLE:"]
 
 
 def test_memory_that_differs_much_fails_f5():
@@ -87,7 +96,9 @@ def test_memory_that_differs_much_fails_f5():
 
 def test_the_same_rules_on_the_published_models():
     found = {f.key: f for f in fd.findings(_summaries(HOLDING))}
-    assert all("published, CodeLlama-7B: holds" in " ".join(found[k].published) for k in ("F1", "F2", "F3", "F4"))
+    assert all(
+        "published, CodeLlama-7B: holds" in " ".join(found[k].published) for k in ("F1", "F2", "F3", "F4")
+    )
     # the paper's own CodeQwen CSNE row: FT-L's effectiveness EM 96.05 is above GRACE's 95.79
     codeqwen = next(line for line in found["F1"].published if "CodeQwen1.5-7B" in line)
     assert codeqwen.startswith("published, CodeQwen1.5-7B: does not hold") and "FT-L 96.0" in codeqwen
