@@ -223,11 +223,14 @@ def verdict(check: Check, grid: Grid) -> str:
     """The plain verdict of a check on our grid (see the module docstring)."""
     if check.ok is None:
         return NOT_RUN
-    few = sorted({f"{_name(e)} on {t.upper()} ({grid[(t, e)]['n']})" for t, e in check.used
-                  if (grid.get((t, e)) or {}).get("n", MIN_CASES) < MIN_CASES})  # fmt: skip
+    few = {(t, e): grid[(t, e)]["n"] for t, e in check.used if grid[(t, e)].get("n", MIN_CASES) < MIN_CASES}
     if few:
+        sizes = sorted(set(few.values()))
+        each = f"{sizes[0]}" if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
+        where = (", ".join(f"{_name(e)} on {t.upper()} ({n})" for (t, e), n in sorted(few.items())) if len(few) <= 3
+                 else f"{len(few)} of the {len(set(check.used))} runs it reads ({each} each)")  # fmt: skip
         lean = "they lean to 'holds'" if check.ok else "they lean to 'does not hold'"
-        return f"{FEW} (fewer than {MIN_CASES} cases in {', '.join(few)}; {lean})"
+        return f"{FEW} (fewer than {MIN_CASES} cases in {where}; {lean})"
     return HOLDS if check.ok else FAILS
 
 
