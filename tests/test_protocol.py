@@ -102,3 +102,36 @@ def test_summarise_is_means_times_100_and_records_round_trip(tiny):
     assert CaseScores.model_validate({**dumped, "outputs": {}}).outputs.prompt == ""
     with pytest.raises(ValueError):
         summarise([])
+
+
+def _alone_shorter_than_in_context(tok) -> str:
+    """A word that is one token alone but more after the prompt (where it follows a space)."""
+    for piece in sorted(tok.get_vocab()):
+        alone, after = (len(tok(t, add_special_tokens=False)["input_ids"]) for t in (piece, " " + piece))
+        if piece.isalpha() and alone == 1 < after:
+            return piece
+    raise AssertionError("the tiny vocabulary has no such word")
+
+
+def test_study_budget_short_cases_are_counted_and_in_context_budget_fits(tiny):
+    from clmedit.models.text import in_context_budget
+    from clmedit.run.records import summarise_records
+
+    model, tok = tiny
+    case = make_case(3, target=_alone_shorter_than_in_context(tok))
+    fill_base_answers(model, tok, [case])
+    need = in_context_budget(tok, case.prompt, case.target)
+    assert generation_budget(tok, case.target) == 1 < need
+    study = evaluate_case(model, tok, case, fluency=False)
+    assert study.budget_short == ["effectiveness", "generalization"]  # EM cannot be 1 on either
+    assert study.outputs.prompt == generate(model, tok, [case.prompt], 1)[0].strip()
+    fitted = evaluate_case(model, tok, case, fluency=False, budget="in-context")
+    assert fitted.budget_short == []
+    assert fitted.outputs.prompt == generate(model, tok, [case.prompt], need)[0].strip()
+    ok = make_case(4)  # its target is 11 tokens alone, 10 after the prompt: the budget fits
+    fill_base_answers(model, tok, [ok])
+    recs = []
+    for c, s in ((case, study), (ok, evaluate_case(model, tok, ok, fluency=False))):
+        dumped = s.model_dump(mode="json")
+        recs.append({"case_id": c.case_id, "task": c.task, "scores": dumped, "outputs": dumped.pop("outputs")})
+    assert summarise_records(recs)["counts"]["budget_short"] == 1

@@ -77,12 +77,24 @@ def test_run_writes_records_summary_and_table(llama_tiny, data, tmp_path):
     assert len(dist["neighbours"]) == 5 and len(recs[0]["info"]["keys"]["neighbours"]) == 5
     assert set(recs[0]["scores"]["effectiveness"]) == {"em", "bleu", "rouge_l"}
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["counts"] == {"cases": 3, "ok": 3, "failed": 0, "apply_calls": 3}
+    assert summary["counts"] == {"cases": 3, "ok": 3, "failed": 0, "apply_calls": 3, "budget_short": 0}
     assert summary["editor"] == "bump" and summary["config"]["editor"] == "bump"
     assert summary["label"] == "bump"  # unregistered: its name
     assert "| Eff. EM |" in (out / "table.md").read_text()
     assert not list(out.glob(".*.tmp"))  # atomic writes leave no temporary files behind
     assert records.fingerprint(model) == before  # every edit was undone
+
+
+def test_budget_is_part_of_the_run_and_its_count_in_the_table(llama_tiny, tmp_path):
+    model, tok = llama_tiny
+    data = write_cases(tmp_path / "x.jsonl", [make_case(i, target="x") for i in range(2)])  # "x": 1 token, " x": 2
+    out = run(_config(data, tmp_path / "r"), model, tok, editor=Bump())
+    assert json.loads((out / "summary.json").read_text())["counts"]["budget_short"] == 2
+    assert "CNLE: 2 of 2 cases in every row" in (out / "table.md").read_text()
+    with pytest.raises(IntegrityError, match="budget"):  # results of the study's rule are never relabelled
+        run(_config(data, tmp_path / "r", budget="in-context"), model, tok, editor=Bump())
+    fitted = run(_config(data, tmp_path / "r2", budget="in-context"), model, tok, editor=Bump())
+    assert json.loads((fitted / "summary.json").read_text())["counts"]["budget_short"] == 0
 
 
 def test_killed_run_resumes_with_only_the_rest(llama_tiny, data, tmp_path):
@@ -289,7 +301,7 @@ def test_batches_share_one_apply_call(llama_tiny, tmp_path):
     assert recs[0]["batch"] == recs[1]["batch"] != recs[2]["batch"]
     assert recs[0]["seconds"] == recs[1]["seconds"]  # one apply call, one cost
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["counts"] == {"cases": 3, "ok": 3, "failed": 0, "apply_calls": 2}
+    assert summary["counts"] == {"cases": 3, "ok": 3, "failed": 0, "apply_calls": 2, "budget_short": 0}
     assert records.fingerprint(model) == before
 
 
@@ -313,7 +325,8 @@ def test_bench_runs_every_editor_on_a_tiny_model(tmp_path, monkeypatch):
     monkeypatch.setattr(build, "build_dataset", quick)
     table, summaries = bench(str(folder), ["none", "grace"], ["cnle"], 2, tmp_path / "b", fluency=False)
     assert [s["editor"] for s in summaries] == ["none", "grace"]
-    assert all(s["counts"] == {"cases": 2, "ok": 2, "failed": 0, "apply_calls": 2} for s in summaries)
+    assert all(s["counts"] | {"budget_short": 0} == {"cases": 2, "ok": 2, "failed": 0, "apply_calls": 2, "budget_short": 0}
+               for s in summaries)  # (how many targets the tiny tokenizer spells longer after the prompt: not asked here)
     runs = tmp_path / "b" / "tiny-llama" / "cnle"
     outputs = {
         e: {r["case_id"]: r["outputs"]["prompt"] for r in map(json.loads, (runs / e / "cases.jsonl").open())}

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from clmedit.data.schema import write_cases
+from clmedit.errors import InputError
 from clmedit.models.tiny import tiny_model
 from clmedit.run.study import STUDY_EDITORS, study
 from tests.conftest import make_case
@@ -22,7 +23,7 @@ def test_quick_study_runs_every_editor_and_writes_the_report(tmp_path):
     out = tmp_path / "study"
     (out / "csne").mkdir(parents=True)
     (out / "csne" / "ft").write_text("in the way")  # this run cannot write its folder: it fails alone
-    with pytest.raises(RuntimeError, match="1 of 20 runs failed"):
+    with pytest.raises(RuntimeError, match=f"1 of {2 * len(STUDY_EDITORS)} runs failed"):
         study("tiny", ("cnle", "csne"), "quick", out=out, data=data, lm=lm, tok=tok, fluency=False)
     assert (out / "csne" / "agrace" / "summary.json").is_file()  # the grid went on after the failure
     assert "FAILED runs" in (out / "report.html").read_text()
@@ -36,14 +37,21 @@ def test_quick_study_runs_every_editor_and_writes_the_report(tmp_path):
             assert summary["counts"]["ok"] >= 2, (task, editor, summary["failures"])
         assert (out / task / "malmen" / "fold0" / "DONE").is_file()  # trained once, reused on resume
     table4 = (out / "table4.md").read_text()
-    assert table4.count("| CNLE |") == len(STUDY_EDITORS) and table4.count("| CSNE |") == len(STUDY_EDITORS)
-    assert "Specificity target" in (out / "table3.md").read_text()
+    ours = [line for line in table4.splitlines() if line.startswith("| C") and "published" not in line]
+    assert len(ours) == 2 * len(STUDY_EDITORS) and "| CNLE | SCOPE (ours) |" in table4
+    assert "(published, CodeLlama-7B)" in table4 and "CNLE: 4 of 4 cases (ROME / MEMIT / PMET: 2 of 2)" in table4
+    # (the tiny tokenizer spells "x0" in one token alone, in two after the prompt: every case is budget-short)
+    table3 = (out / "table3.md").read_text()
+    assert "Specificity target" in table3 and "the tokenizer of tiny-llama" in table3  # not the regex proxy
+    for name in ("findings.md", "findings.tex", "tables.md"):
+        assert "F6" in (out / name).read_text() and "CodeLlama-7B" in (out / name).read_text()
     assert {p.name for p in (out / "figures").iterdir()} >= {
         "fig3_time.png",
         "fig4_memory.png",
         "fig6_keys_cnle.png",
     }
     html = page.read_text()
+    assert 'id="findings"' in html and "(published, CodeQwen1.5-7B)" in html
     assert (
         "FAILED" not in html
         and "QUICK" in html
@@ -54,3 +62,8 @@ def test_quick_study_runs_every_editor_and_writes_the_report(tmp_path):
     before = (out / "cnle" / "grace" / "cases.jsonl").read_text()
     study("tiny", ("cnle", "csne"), "quick", out=out, data=data, lm=lm, tok=tok, fluency=False)
     assert (out / "cnle" / "grace" / "cases.jsonl").read_text() == before
+
+
+def test_study_budget_is_checked_before_any_work(tmp_path):
+    with pytest.raises(InputError, match="--budget"):
+        study("tiny", ("cnle",), "quick", out=tmp_path / "s", budget="whole")

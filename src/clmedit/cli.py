@@ -61,6 +61,7 @@ def run_cmd(
     eval_limit: int | None = run_option("eval_limit"),
     folds_overlap: bool = run_option("folds_overlap"),
     fluency: bool = run_option("fluency"),
+    budget: str = run_option("budget"),
     device: str | None = run_option("device"),
     dtype: str = run_option("dtype"),
     verify_restore: bool = run_option("verify_restore"),
@@ -191,6 +192,7 @@ def study_cmd(
     shard: str = typer.Option("0/1", "--shard", help="i/n: this process runs every n-th run of the grid"),
     out: str = typer.Option("results/study", "--out", "-o", help="study folder (resumes)"),
     fluency: bool = typer.Option(True, "--fluency/--no-fluency"),
+    budget: str = run_option("budget"),
     device: str | None = typer.Option(None, "--device"),
     threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP + " (with --ray: per worker, default 1)"),
     ray: str | None = typer.Option(None, "--ray", help="run the grid on Ray: local (a cluster here), auto (the running one) or ray://HOST:PORT"),
@@ -214,7 +216,7 @@ def study_cmd(
     cluster = None if ray is None else Cluster(ray, workers, gpus_per_worker, threads or 1)
     try:
         page = study(model, tuple(tasks.split(",")), size, limit, shard, out, device=device, fluency=fluency,
-                     folds_overlap=folds_overlap, cluster=cluster)  # fmt: skip
+                     folds_overlap=folds_overlap, cluster=cluster, budget=budget)  # fmt: skip
     except RuntimeError as err:  # some runs of the grid failed; the others and the report are written
         raise fail(str(err), code=1) from None
     typer.echo(f"report: {page}")

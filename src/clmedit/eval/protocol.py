@@ -2,12 +2,16 @@
 
 - Effectiveness / generalization: greedy decoding of the prompt / rephrase with max_new_tokens =
   len(tok.encode(target)) without special tokens (models.text.generation_budget); the stripped output vs the target: EM, BLEU, ROUGE-L.
+  That budget can be shorter than the target's tokens after the prompt, so EM cannot be 1 there: each
+  case records those checks (`budget_short`). `budget="in-context"` gives each text the target's length
+  after it instead (models.text.in_context_budget); the study's rule stays the default.
 - Specificity: greedy 16 tokens for each neighbour; reference = the unedited model's own 16-token
   output (cached in the case per model name). EM = 1 iff all match; BLEU = corpus BLEU over the
   pairs; ROUGE-L = their mean.
 - Fluency: 64 tokens sampled (top-k 5) from prompt and rephrase; mean n-gram entropy of the two.
 
-Three generate calls per case, each one batch: [prompt, rephrase], the neighbours, fluency.
+Three generate calls per case, each one batch: [prompt, rephrase], the neighbours, fluency (with the
+in-context budget, prompt and rephrase are two calls when their budgets differ).
 Scores are in [0, 1] per case; `summarise` reports means x100 (the study's convention).
 """
 
@@ -16,13 +20,14 @@ from __future__ import annotations
 import logging
 import statistics
 from collections.abc import Sequence
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
 from clmedit.data.schema import EditCase
 from clmedit.eval.generate import generate
 from clmedit.eval.metrics import bleu, exact_match, ngram_entropy, rouge_l
-from clmedit.models.text import generation_budget
+from clmedit.models.text import generation_budget, in_context_budget
 from clmedit.models.text import model_name as name_of
 
 log = logging.getLogger(__name__)
@@ -30,6 +35,7 @@ log = logging.getLogger(__name__)
 NEIGHBOUR_TOKENS = 16  # specificity: new tokens per neighbour, for the reference and the edited model
 FLUENCY_TOKENS = 64  # fluency: sampled tokens per text
 FLUENCY_TOP_K = 5
+Budget = Literal["study", "in-context"]
 
 
 class Triple(BaseModel):
@@ -55,6 +61,9 @@ class CaseScores(BaseModel):
     generalization: Triple
     specificity: Triple
     fluency: float | None = Field(None, description="mean n-gram entropy (bits); None when not measured")
+    budget_short: list[str] = Field(
+        default_factory=list, description="checks whose budget is shorter than the target after their text"
+    )
     outputs: CaseOutputs = Field(default_factory=CaseOutputs)
 
 
@@ -75,15 +84,31 @@ def neighbour_refs(case: EditCase, model_name: str) -> list[str]:
     return [n.answers[model_name].strip() for n in case.neighbours]
 
 
+def _target_outputs(model, tok, case: EditCase, budget: Budget) -> tuple[list[str], list[str]]:
+    """Greedy outputs on [prompt, rephrase] (stripped) and the checks whose budget is too short."""
+    texts = [case.prompt, case.rephrase]
+    needed = [in_context_budget(tok, text, case.target) for text in texts]
+    given = [generation_budget(tok, case.target)] * 2 if budget == "study" else needed
+    short = [check for check, g, n in zip(("effectiveness", "generalization"), given, needed) if g < n]
+    if given[0] == given[1]:  # one batch (batched greedy == one at a time, so splitting changes nothing)
+        out = generate(model, tok, texts, given[0])
+    else:
+        out = [generate(model, tok, [text], g)[0] for text, g in zip(texts, given)]
+    return [o.strip() for o in out], short
+
+
 def evaluate_case(
-    model, tok, case: EditCase, model_name: str | None = None, fluency: bool = True, seed: int = 0
-) -> CaseScores:
-    """Score the (edited) model on one case with the study's protocol. The model is not changed."""
+    model, tok, case: EditCase, model_name: str | None = None, fluency: bool = True, seed: int = 0,
+    budget: Budget = "study",
+) -> CaseScores:  # fmt: skip
+    """Score the (edited) model on one case with the study's protocol. The model is not changed.
+
+    `budget`: the generation budget of effectiveness and generalization (module docstring).
+    """
     name = model_name or name_of(model)
     refs = neighbour_refs(case, name)  # fail before spending any generation time
     target = case.target.strip()
-    edit_out = generate(model, tok, [case.prompt, case.rephrase], generation_budget(tok, case.target))
-    edit_out = [o.strip() for o in edit_out]
+    edit_out, short = _target_outputs(model, tok, case, budget)
     neigh_out = [
         o.strip() for o in generate(model, tok, [n.prompt for n in case.neighbours], NEIGHBOUR_TOKENS)
     ]
@@ -115,6 +140,7 @@ def evaluate_case(
         generalization=_pair(edit_out[1], target),
         specificity=specificity,
         fluency=flu,
+        budget_short=short,
         outputs=CaseOutputs(prompt=edit_out[0], rephrase=edit_out[1], neighbours=neigh_out, fluency=flu_out),
     )
 

@@ -60,6 +60,14 @@ def generation_budget(tok, target: str) -> int:
     return len(encode(tok, target))
 
 
+def in_context_budget(tok, prompt: str, target: str) -> int:
+    """The target's tokens as they follow `prompt` (`target_ids`): the fewest new tokens that can spell it.
+
+    It can exceed `generation_budget` (SmolLM2: "Align ..." is 8 tokens alone, 9 after "Description:").
+    """
+    return len(target_ids(tok, prompt, target))
+
+
 def model_inputs(enc) -> dict:
     """A tokenizer's output as model keyword arguments, without `token_type_ids`."""
     return {k: v for k, v in dict(enc).items() if k != "token_type_ids"}

@@ -101,6 +101,7 @@ def distance_envelope(records: list[dict[str, Any]], out_path: str | Path, title
     radii = np.array([r for _, _, r in rows])
     if not np.isnan(radii).all():  # the edit's own radius: a match is a distance at or below it
         ax.plot(x, radii, color="#555555", lw=0.8, ls="--", label=f"entry radius ({np.nanmean(radii):.2f} mean)")
+    ax.xaxis.set_major_locator(_plt().MaxNLocator(integer=True))  # cases are whole: no tick at 2.5
     ax.set_xlabel("case (sorted by rephrase distance)")
     ax.set_ylabel("key distance")
     ax.set_title(title, fontsize=10)

@@ -1,10 +1,11 @@
 """`report.html`: one self-contained page (inline CSS and JS, figures as data URIs, no network).
 
-Sections: a header (model, size, what was reduced), the tables, the figures, and a case browser. The
-browser lists one entry per (case, editor): prompt, target, rephrase, the five neighbours with their
-expected (unedited) answers, the unedited and edited outputs with word differences highlighted, and
-the scores; it filters by task, editor and failed check. Filters can be preset from the URL hash
-(`#task=cnle&editor=GRACE&failed=gen`), which is also how the browser test drives it.
+Sections: a header (model, size, what was reduced), the tables, the findings (report.findings), the
+figures, and a case browser. The browser lists one entry per (case, editor): prompt, target,
+rephrase, the five neighbours with their expected (unedited) answers, the unedited and edited outputs
+with word differences highlighted, and the scores; it filters by task, editor and failed check.
+Filters can be preset from the URL hash (`#task=cnle&editor=GRACE&failed=gen`), which is also how the
+browser test drives it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from clmedit.report.escape import script_json
+from clmedit.report.findings import LEGEND, Finding
 from clmedit.report.study_tables import Table
 
 CSS = """
@@ -23,6 +25,7 @@ h1{font-size:22px}h2{margin-top:32px;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;margin:8px 0;font-size:12.5px}td,th{border:1px solid #ddd;padding:3px 6px}
 th{background:#f3f3f3}td{text-align:right}td:first-child,td.l{text-align:left}
 tr.published td{color:#666;font-style:italic;background:#fafafa}.note{color:#666;font-size:12px}
+.finding h3{font-size:15px;margin-bottom:2px}.verdict{font-weight:600}li.published{color:#666;font-style:italic}
 figure{display:inline-block;margin:8px;vertical-align:top}figure img{max-width:560px;border:1px solid #eee}
 .filters{position:sticky;top:0;background:#fff;padding:8px 0;border-bottom:1px solid #ddd}
 .case{border:1px solid #ddd;border-radius:4px;margin:6px 0;padding:4px 8px}.case summary{cursor:pointer}
@@ -106,6 +109,14 @@ def _table_html(t: Table) -> str:
     return f"<h3>{html.escape(t.title)}</h3><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{note}"
 
 
+def _finding_html(f: Finding) -> str:
+    items = [f"<li>ours: {html.escape(x)}</li>" for x in f.evidence]
+    items += [f'<li class="published">{html.escape(x)}</li>' for x in f.published]
+    return (f'<div class="finding"><h3>{html.escape(f.key)}: {html.escape(f.claim)} — <span class="verdict">'
+            f"{html.escape(f.verdict)}</span></h3><p class=\"note\">Rule: {html.escape(f.rule)}.</p>"
+            f"<ul>{''.join(items)}</ul></div>")  # fmt: skip
+
+
 def _num(text: str) -> bool:
     try:
         float(text)
@@ -126,7 +137,8 @@ def _options(values: list[str], all_label: str) -> str:
 
 
 def render_page(title: str, header: list[str], tables: list[Table], figures: list[tuple[str, Path]],
-                cases: list[dict[str, Any]], unedited: str = "Unedited") -> str:  # fmt: skip
+                cases: list[dict[str, Any]], unedited: str = "Unedited",
+                findings: list[Finding] | None = None) -> str:  # fmt: skip
     """The whole page as one string. `cases`: dicts with task, case_id, prompt, target, rephrase,
     neighbours [{prompt, expected}], runs {editor label: {outputs, scores, error, failed: [checks]}}."""
     tasks = sorted({c["task"] for c in cases})
@@ -143,6 +155,8 @@ def render_page(title: str, header: list[str], tables: list[Table], figures: lis
         "".join(f"<p>{html.escape(line)}</p>" for line in header),
         '<h2 id="tables">Tables</h2>',
         *(_table_html(t) for t in tables),
+        *([f'<h2 id="findings">Findings</h2><p class="note">{html.escape(LEGEND)}</p>'] if findings else []),
+        *(_finding_html(f) for f in findings or []),
         '<h2 id="figures">Figures</h2>',
         *(_figure_html(c, p) for c, p in figures),
         '<h2 id="browser">Case browser</h2><div class="filters">',

@@ -1,4 +1,5 @@
-"""The study's report from a `clmedit study` folder: tables (Markdown + LaTeX), figures (PNG), report.html.
+"""The study's report from a `clmedit study` folder: tables (Markdown + LaTeX) with the paper's published
+rows beside ours, the findings checked on this run (findings.md/.tex), figures (PNG), report.html.
 
 Reads results files only: `study.json` (the grid, sizes, dataset statistics), each run's
 `summary.json` and `cases*.jsonl`, and the study's slim case files. Everything is written inside
@@ -14,6 +15,7 @@ from typing import Any
 
 from clmedit.data.schema import iter_jsonl
 from clmedit.files import atomic_write_text
+from clmedit.report import findings as fd
 from clmedit.report import study_tables as st
 from clmedit.report.figures import all_figures
 from clmedit.report.html import render_page
@@ -82,19 +84,21 @@ def write_study_report(study_dir: str | Path, out: str | Path | None = None) -> 
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     out = Path(out) if out is not None else study_dir
     summaries = study_runs(study_dir, manifest)
-    pairs = {(t, str(s.get("editor"))) for s in summaries for t in s.get("tasks") or []}
-    published = st.published_rows(pairs)
     tables = {
         "table3": st.table3(manifest.get("datasets") or {}),
-        "table4": st.table4(summaries, published),
+        "table4": st.table4(summaries),
         "table5": st.table5(summaries),
-        "table6": st.table6(summaries, published),
+        "table6": st.table6(summaries),
         "cost": st.cost_table(summaries),
     }
     for stem, t in tables.items():
         atomic_write_text(out / f"{stem}.md", st.markdown(t) + "\n")
         atomic_write_text(out / f"{stem}.tex", st.latex(t) + "\n")
-    atomic_write_text(out / "tables.md", "\n\n".join(st.markdown(t) for t in tables.values()) + "\n")
+    found, model = fd.findings(summaries), str(manifest.get("model"))
+    atomic_write_text(out / "findings.md", fd.markdown(found, model) + "\n")
+    atomic_write_text(out / "findings.tex", fd.latex(found, model) + "\n")
+    atomic_write_text(out / "tables.md", "\n\n".join([*(st.markdown(t) for t in tables.values()),
+                                                       fd.markdown(found, model)]) + "\n")  # fmt: skip
     figures = all_figures(summaries, out / "figures")
     captions = [(_caption(p.stem), p) for p in figures]
     header = [
@@ -106,8 +110,10 @@ def write_study_report(study_dir: str | Path, out: str | Path | None = None) -> 
         header.append("FAILED runs (rerun the study to retry): " + "; ".join(map(str, manifest["failed_runs"])))
     if manifest.get("wall_seconds"):
         header.append(f"Wall time of the last invocation: {manifest['wall_seconds'] / 60:.1f} min.")
+    if st.budget_note(summaries):
+        header.append(st.budget_note(summaries))
     page = render_page("clmedit study — " + str(manifest.get("model")), header, list(tables.values()),
-                       captions, browser_cases(study_dir, manifest, summaries))  # fmt: skip
+                       captions, browser_cases(study_dir, manifest, summaries), findings=found)  # fmt: skip
     return atomic_write_text(out / "report.html", page)
 
 

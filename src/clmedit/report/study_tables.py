@@ -1,21 +1,23 @@
-"""The study's other tables, as Markdown and LaTeX: III (dataset lengths), V (CSNE -> CNLE drop), VI (the
-GRACE family), the cost table (Fig. 3/4 in numbers), and the published reference rows.
+"""The study's other tables, as Markdown and LaTeX: III (dataset lengths), V (CSNE -> CNLE decrease), VI
+(the GRACE family, SCOPE beside it), the cost table (Fig. 3/4 in numbers).
 
-Input: summaries (`summary.json` dicts) and the study's dataset statistics; pure formatting, no torch.
-A `Table` is a title, a header and rows of cells; `markdown()` and `latex()` render any of them.
+Input: summaries (`summary.json` dicts), the study's dataset statistics and the paper's published
+figures (`report.published`), shown beside ours as rows or columns marked "published", never averaged
+with ours. Pure formatting, no torch. A `Table` is a title, a header and rows of cells; `markdown()`
+and `latex()` render any of them.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from clmedit.report import escape
-from clmedit.report.tables import GROUPS, METRICS, _order, _tex, editor_label, metric
+from clmedit.report import published as pub
+from clmedit.report.findings import decrease, grid_of
+from clmedit.report.tables import GROUPS, METRICS, _order, _tex, budget_note, editor_label, metric
 
-GRACE_FAMILY = ("grace", "agrace", "agrace-no-cl", "agrace-last")
+GRACE_FAMILY = ("grace", "agrace", "agrace-no-cl", "agrace-last", "scope")
 LENGTH_ROWS = (
     ("input", "Input"),
     ("target", "Target"),
@@ -23,7 +25,6 @@ LENGTH_ROWS = (
     ("neighbour", "Specificity input"),
     ("neighbour_answer", "Specificity target"),
 )
-PUBLISHED = Path(__file__).with_name("published.json")
 
 
 @dataclass
@@ -44,21 +45,30 @@ def _task_of(summary: dict[str, Any]) -> str:
     return "+".join(str(t).lower() for t in tasks) or "?"
 
 
+def _length(row: dict[str, Any] | None) -> str:
+    return f"{row['mean']:.2f} / {row['median']:.1f}" if row and (row.get("n") or row.get("count")) else "-"
+
+
 def table3(datasets: dict[str, dict[str, Any]]) -> Table:
-    """Table III: mean (median) token length per field and task; `datasets[task]` holds `lengths`, `cases`."""
+    """Table III: mean / median token length per field, ours beside the paper's, per task.
+
+    `datasets[task]` holds `lengths` and `cases`; the paper's column counts its whole dataset.
+    """
     tasks = sorted(datasets)
-    t = Table(
-        "Table III: dataset statistics (mean / median length in tokens)", ["Field", *map(str.upper, tasks)]
-    )
-    t.rows.append(["Cases", *(str(datasets[k].get("cases", "-")) for k in tasks)])
+    theirs = {task: pub.table3_stats(task) for task in tasks}
+    head = ["Field"] + [f"{task.upper()} {who}" for task in tasks for who in ("(ours)", "(published)")]
+    t = Table("Table III: dataset statistics (mean / median length in tokens)", head)
+    cases = [str(datasets[k].get("cases", "-")) for k in tasks]
+    paper = [str((theirs[k].get("input") or {}).get("count", "-")) for k in tasks]
+    t.rows.append(["Cases", *(c for pair in zip(cases, paper) for c in pair)])
     for key, label in LENGTH_ROWS:
-        cells = []
-        for task in tasks:
-            row = (datasets[task].get("lengths") or {}).get(key)
-            cells.append(f"{row['mean']:.2f} / {row['median']:.1f}" if row and row.get("n") else "-")
-        t.rows.append([label, *cells])
+        cells = [(_length((datasets[k].get("lengths") or {}).get(key)), _length(theirs[k].get(key))) for k in tasks]
+        t.rows.append([label, *(c for pair in cells for c in pair)])
     counters = sorted({str(d.get("token_counter")) for d in datasets.values() if d.get("token_counter")})
-    t.note = "Tokens: " + ", ".join(counters) if counters else ""
+    t.note = ("Ours: " + ", ".join(counters) + ". " if counters else "") + (
+        "Published: the study's whole CNLE / CSNE datasets, each model's own tokenizer "
+        f"({pub.source()})."
+    )
     t.classes = ["ours"] * len(t.rows)
     return t
 
@@ -82,7 +92,7 @@ def metric_table(
         cells = [metric(s, g, n) for g, _ in GROUPS for n, _ in METRICS] + [metric(s, "fluency")]
         label = editor_label(s)
         if s.get("published"):
-            label += f" [published, {s.get('model')}]"
+            label += f" ({pub.model_label(str(s.get('model')))})"
         elif (s.get("counts") or {}).get("failed"):
             label += f" ({s['counts']['failed']} failed)"
         t.rows.append([_task_of(s).upper(), label, *(_fmt(v) for v in cells)])
@@ -90,36 +100,55 @@ def metric_table(
     return t
 
 
-def table4(summaries: list[dict[str, Any]], published: list[dict[str, Any]] | None = None) -> Table:
-    t = metric_table("Table IV: every editor on both tasks (x100)", summaries + (published or []))
-    t.note = _published_note(published)
+def _pairs(summaries: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    return {(str(t).lower(), str(s.get("editor"))) for s in summaries for t in s.get("tasks") or []}
+
+
+def table4(summaries: list[dict[str, Any]]) -> Table:
+    """Table IV: our rows, then the paper's rows of the same (task, editor) for its three models."""
+    published = pub.metric_rows("table4_editors", _pairs(summaries))
+    t = metric_table("Table IV: every editor on both tasks (x100)", summaries + published)
+    t.note = " ".join(x for x in (_published_note(published), budget_note(summaries)) if x)
     return t
 
 
-def table6(summaries: list[dict[str, Any]], published: list[dict[str, Any]] | None = None) -> Table:
-    t = metric_table(
-        "Table VI: A-GRACE, GRACE and the ablations (x100)", summaries + (published or []), GRACE_FAMILY
-    )
+def table6(summaries: list[dict[str, Any]]) -> Table:
+    """Table VI: the GRACE family and SCOPE (ours), with the paper's rows of its Table VI."""
+    published = pub.metric_rows("table6_agrace", _pairs(summaries))
+    t = metric_table("Table VI: A-GRACE, GRACE, the ablations and SCOPE (ours) (x100)", summaries + published,
+                     GRACE_FAMILY)  # fmt: skip
     t.note = _published_note(published)
     return t
 
 
 def table5(summaries: list[dict[str, Any]]) -> Table:
-    """Table V: effectiveness on CSNE and on CNLE and the drop CSNE - CNLE, per editor and metric."""
-    head = ["Editor"] + [f"{task} {m}" for task in ("CSNE", "CNLE", "Drop") for _, m in METRICS]
-    t = Table("Table V: drop of effectiveness from CSNE to CNLE (x100)", head)
-    by: dict[str, dict[str, dict[str, Any]]] = {}
-    for s in summaries:
-        if not s.get("published"):
-            by.setdefault(str(s.get("editor")), {})[_task_of(s)] = s
-    for editor in sorted(by, key=_order):
-        csne, cnle = by[editor].get("csne"), by[editor].get("cnle")
-        a = [metric(csne, "effectiveness", m) if csne else None for m, _ in METRICS]
-        b = [metric(cnle, "effectiveness", m) if cnle else None for m, _ in METRICS]
-        drop = [x - y if x is not None and y is not None else None for x, y in zip(a, b)]
-        t.rows.append([editor_label((csne or cnle) or {}), *(_fmt(v) for v in a + b + drop)])
-        t.classes.append("ours")
+    """Table V as the paper computes it: (CSNE - CNLE) / CSNE x 100 of effectiveness EM, per editor.
+
+    Rows: our effectiveness EM on each task and our decrease, then the paper's decrease per model and
+    its average row over the three models. A CSNE EM of 0 has no decrease ("-").
+    """
+    ours = [s for s in summaries if not s.get("published")]
+    grid = grid_of(ours)
+    theirs = pub.table5_decrease()
+    editors = sorted({e for _, e in grid if e != "none"}, key=_order)
+    t = Table("Table V: decrease (%) of effectiveness EM from CSNE to CNLE", ["Row", *map(_label, editors)])
+    model = next((str(s.get("model")) for s in ours if s.get("model")), "ours")
+    for task in ("csne", "cnle"):
+        em = [metric(next((s for s in ours if _task_of(s) == task and s.get("editor") == e), {}),
+                     "effectiveness", "em") for e in editors]  # fmt: skip
+        t.rows.append([f"{task.upper()} effectiveness EM (ours)", *(_fmt(v) for v in em)])
+    t.rows.append([f"Decrease % (ours, {model})", *(_fmt(decrease(grid, e)) for e in editors)])
+    t.classes = ["ours"] * 3
+    for name, row in theirs.items():
+        label = "published, average of the three models" if name == "average" else pub.model_label(name)
+        t.rows.append([label, *(_fmt(row.get(e)) for e in editors)])
+        t.classes.append("published")
+    t.note = "Decrease = (CSNE - CNLE) / CSNE x 100. " + _published_note(list(theirs))
     return t
+
+
+def _label(editor: str) -> str:
+    return editor_label({"editor": editor})
 
 
 def cost_table(summaries: list[dict[str, Any]]) -> Table:
@@ -140,30 +169,11 @@ def cost_table(summaries: list[dict[str, Any]]) -> Table:
     return t
 
 
-def published_rows(
-    model_task_editors: set[tuple[str, str]] | None = None, path: Path = PUBLISHED
-) -> list[dict[str, Any]]:
-    """The study's own numbers for its three models as summary-like rows marked `published`.
-
-    Rows whose numbers are not filled in (null in published.json) are left out.
-    """
-    data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    rows = []
-    for r in data.get("rows") or []:
-        if not isinstance(r, dict) or not isinstance(r.get("metrics"), dict):
-            continue
-        if model_task_editors is not None and (r.get("task"), r.get("editor")) not in model_task_editors:
-            continue
-        rows.append({"editor": r.get("editor"), "model": r.get("model"), "tasks": [r.get("task")],
-                     "metrics": r["metrics"], "published": True})  # fmt: skip
-    return rows
-
-
-def _published_note(published: list[dict[str, Any]] | None) -> str:
-    if published:
-        return "Rows marked [published, MODEL] are the study's figures for other models (arXiv 2411.06638)."
-    return ("The study's published figures (arXiv 2411.06638) are not filled in: add them to "
-            "clmedit/report/published.json to show them as reference rows.")  # fmt: skip
+def _published_note(published: list[Any]) -> str:
+    if not published:
+        return ""
+    return (f"Rows marked (published, MODEL) are the study's figures for its models, not ours and never in "
+            f"our averages: {pub.source()}")  # fmt: skip
 
 
 def markdown(t: Table) -> str:

@@ -87,6 +87,29 @@ def _rows(summaries: list[dict[str, Any]]) -> dict[tuple[str, str], list[tuple[s
     return table
 
 
+def budget_note(summaries: list[dict[str, Any]]) -> str:
+    """How many scored cases have a generation budget shorter than the target after the prompt, per task.
+
+    EM cannot be 1 on those (eval.protocol); "" when no summary recorded the count (older runs).
+    """
+    rows = [s for s in summaries if not s.get("published") and "budget_short" in (s.get("counts") or {})]
+    if not rows:
+        return ""
+    rules = sorted({str((s.get("config") or {}).get("budget", "study")) for s in rows})
+    parts = []
+    for task in sorted({_key(s)[1] for s in rows}):
+        counts: dict[str, list[str]] = defaultdict(list)
+        for s in sorted((s for s in rows if _key(s)[1] == task), key=lambda s: _order(str(s.get("editor")))):
+            c = s["counts"]
+            counts[f"{c['budget_short']} of {c.get('ok', 0)}"].append(editor_label(s))
+        main = max(counts, key=lambda k: len(counts[k]))  # the count most rows share; the others named
+        rest = [f"{' / '.join(v)}: {k}" for k, v in counts.items() if k != main]
+        parts.append(f"{task}: {main} cases" + (f" ({'; '.join(rest)})" if rest else " in every row"))
+    rule = " and ".join("len(tok.encode(target)), the study's" if r == "study" else r for r in rules)
+    return (f"Generation budget {rule}: shorter than the target's tokens after the prompt or rephrase "
+            f"(EM cannot be 1) in " + "; ".join(parts) + ".")  # fmt: skip
+
+
 def render_markdown(summaries: list[dict[str, Any]]) -> str:
     """Markdown tables, one per (model, task), headed `### model — TASK (n cases)`."""
     head = ["Editor"] + [f"{short} {m}" for _, short in GROUPS for _, m in METRICS] + ["Fluency"]
@@ -97,7 +120,8 @@ def render_markdown(summaries: list[dict[str, Any]]) -> str:
         out.append("| " + " | ".join(head) + " |")
         out.append("|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|")
         out.extend("| " + " | ".join([escape.markdown(label), *cells]) + " |" for label, cells in rows)
-        out.append("")
+        note = budget_note([s for s in summaries if _key(s) == (model, task)])
+        out += ["", note, ""] if note else [""]
     return "\n".join(out).rstrip()
 
 

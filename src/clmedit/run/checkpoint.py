@@ -119,9 +119,8 @@ def score_checkpoint(
         set_seed(config.seed)
         t0 = time.perf_counter()
         try:
-            scores = evaluate_case(
-                model, tok, scored, model_name=model_name, fluency=config.fluency, seed=config.seed
-            )
+            scores = evaluate_case(model, tok, scored, model_name=model_name, fluency=config.fluency,
+                                   seed=config.seed, budget=config.budget)  # fmt: skip
             dumped = scores.model_dump(mode="json")
             rec.update(scores=dumped, outputs=dumped.pop("outputs", {}), error=None)
         except Exception as err:  # one bad case must not end the checkpoint
@@ -147,6 +146,7 @@ def summarise_checkpoint(recs: list[dict[str, Any]]) -> dict[str, Any]:
         "metrics": metrics,
         "scored": len(ok),
         "failed": len(recs) - len(ok),
+        "budget_short": sum(1 for s in scores if s.budget_short),  # EM cannot be 1 on a check
         "specificity_cases": len(with_neighbours),
         "neighbours_excluded": sum(int(r.get("neighbours_excluded", 0)) for r in recs),
         "eval_seconds": sum(float(r.get("eval_seconds") or 0.0) for r in recs),

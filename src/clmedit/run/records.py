@@ -128,7 +128,8 @@ def summarise_records(records: list[dict[str, Any]]) -> dict[str, Any]:
     resident = [int(r["resident_peak_bytes"]) for r in calls.values() if r.get("resident_peak_bytes") is not None]
     return {
         "metrics": summarise(scores) if scores else {},
-        "counts": {"cases": len(records), "ok": len(ok), "failed": len(failed), "apply_calls": len(calls)},
+        "counts": {"cases": len(records), "ok": len(ok), "failed": len(failed), "apply_calls": len(calls),
+                   "budget_short": sum(1 for s in scores if s.budget_short)},  # EM cannot be 1 on a check
         "failures": {
             "by_type": dict(Counter(r["error"]["type"] for r in failed)),
             "examples": [{"case_id": r["case_id"], **r["error"]} for r in failed[:10]],

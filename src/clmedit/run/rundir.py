@@ -81,6 +81,8 @@ def identity(config: Any, editor_name: str, hparams: dict[str, Any], cases: list
     folder of single-edit results is never continued as a sequential run, or the other way round.
     """
     fields = {k: v for k, v in config.model_dump(mode="json").items() if k not in NOT_IDENTITY}
+    if fields.get("budget") == "study":  # folders written before the setting existed used this rule
+        del fields["budget"]
     if getattr(config, "folds", 1) > 1:  # folds are drawn from the first `limit` cases: another limit,
         fields["limit"] = config.limit  # other training halves, other results for the same case
         fields["folds_overlap"] = config.folds_overlap  # (absent from folders fitted before it existed)

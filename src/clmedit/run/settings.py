@@ -43,6 +43,11 @@ class RunConfig(BaseModel):
         "(the study's split; default: probe-disjoint, see run/folds.py)",
     )
     fluency: bool = Field(True, description="compute the fluency metric (sampling; the slowest part)")
+    budget: Literal["study", "in-context"] = Field(
+        "study",
+        description="new tokens for effectiveness/generalization: 'study' = len(tok.encode(target)) (the "
+        "paper's rule; can be shorter than the target after the prompt), 'in-context' = the target's tokens after it",
+    )
     device: str | None = Field(None, description="torch device; default: cuda if available")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="weights' dtype; auto: float32 on CPU, the checkpoint's dtype on GPU"

@@ -1,10 +1,10 @@
 """`clmedit study`: the study's whole results section, one resumable command.
 
 The grid is task x editor (the unedited row first, then FT-L, ROME, MEMIT, PMET, MALMEN, GRACE,
-A-GRACE and its two ablations); trained editors use the 2-fold protocol. Each cell is one `run()`
-into `out/<task>/<editor>`, so a rerun resumes case by case, trained parts (encoders, hypernetworks)
-are loaded from the run's fold folders, and MEMIT/PMET statistics come from their disk cache. The
-model is loaded once. `--shard i/n` takes every n-th cell. At the end the report (tables, figures,
+A-GRACE and its two ablations, and our SCOPE beside them); trained editors use the 2-fold protocol.
+Each cell is one `run()` into `out/<task>/<editor>`, so a rerun resumes case by case, trained parts
+(encoders, hypernetworks) are loaded from the run's fold folders, and MEMIT/PMET statistics come from
+their disk cache. The model is loaded once. `--shard i/n` takes every n-th cell. At the end the report (tables, figures,
 report.html) is written from the results files.
 
 Sizes: `quick` (every editor and table, fewer cases and training steps), `default` (about 2 hours on
@@ -43,8 +43,9 @@ STUDY_EDITORS = (
     "agrace-no-cl",
     "agrace-last",
     "agrace",
+    "scope",  # ours, not the paper's: its rows say so
 )
-TRAINED = {"malmen", "agrace", "agrace-last"}
+TRAINED = {"malmen", "agrace", "agrace-last", "scope"}
 # Measured on smollm2-135m, 2 CPU cores, idle (a `--quick` study's cases.jsonl): the evaluation of one
 # case (greedy outputs + 64 sampled fluency tokens for two texts) and each editor's apply, by task.
 # Used for the estimate and the ETA only.
@@ -87,9 +88,9 @@ def size_preset(name: str, limit: int | None = None) -> Size:
         cases = {e: (2 if e in _LOCATE else 4) for e in STUDY_EDITORS}
         enc = {"enc_epochs": 10, "enc_patience": 3}
         hp = {"malmen": {"steps": 10, "val_every": 5}, "agrace": enc, "agrace-last": enc,
-              "memit": {"stats_samples": 200}, "pmet": {"stats_samples": 200}}  # fmt: skip
+              "scope": {**enc, "enc_selection_seeds": 1}, "memit": {"stats_samples": 200}, "pmet": {"stats_samples": 200}}  # fmt: skip
         note = ("QUICK: 4 cases per run (ROME, MEMIT, PMET: 2), MALMEN 10 meta-steps, A-GRACE encoders "
-                "10 epochs, MEMIT/PMET statistics from 200 windows: a smoke test of the pipeline, not the study's numbers.")  # fmt: skip
+                "(and SCOPE's) 10 epochs, MEMIT/PMET statistics from 200 windows: a smoke test of the pipeline, not the study's numbers.")  # fmt: skip
         return Size("quick", cases, hp, note)
     raise InputError(f"unknown study size {name!r}; use quick, default, full or a --limit")
 
@@ -135,15 +136,15 @@ def stats_seconds(configs: list[RunConfig]) -> float:
 def _dataset_info(model, tok, task: str, spec: str, n: int | None, out: Path, seed: int) -> dict[str, Any]:
     """Table III statistics of the study's cases (with the specificity targets) and a slim case file."""
     from clmedit.data.schema import read_cases
-    from clmedit.data.stats import length_table, token_counter
-    from clmedit.models.text import model_name
+    from clmedit.data.stats import TokenCounter, length_table
+    from clmedit.models.text import encode, model_name
     from clmedit.run.prepare import ensure_base_answers, resolve_data
 
     path = resolve_data(spec, seed=seed)
     cases = read_cases(path)[:n]
     name = model_name(model)
     ensure_base_answers(model, tok, cases, model_name=name)
-    counter = token_counter()
+    counter = TokenCounter(f"the tokenizer of {name}", lambda text: len(encode(tok, text)))  # the paper's count
     lengths = length_table(cases, counter)
     answers = [counter.count(nb.answers.get(name, "")) for c in cases for nb in c.neighbours]
     lengths["neighbour_answer"] = {  # the specificity targets: the unedited model's own outputs
@@ -169,7 +170,7 @@ def study(
     model: str = "smollm2-135m", tasks: tuple[str, ...] = ("cnle", "csne"), size: str = "default",
     limit: int | None = None, shard: str = "0/1", out: str | Path = "results/study",
     data: dict[str, str] | None = None, device: str | None = None, fluency: bool = True, seed: int = 0,
-    lm=None, tok=None, folds_overlap: bool = False, cluster: Cluster | None = None,
+    lm=None, tok=None, folds_overlap: bool = False, cluster: Cluster | None = None, budget: str = "study",
 ) -> Path:  # fmt: skip
     """Run the grid (resuming), then write the report; returns the path of report.html.
 
@@ -178,6 +179,7 @@ def study(
     trained editors (their test probes among their training inputs; rows are labelled so). With a
     `cluster` the runs go to Ray workers (run.distributed: the same records, sooner); this process
     still fills the datasets' answers.
+    `budget` is every run's generation budget (RunConfig).
     """
     from clmedit.data.schema import read_cases
     from clmedit.report.study import write_study_report
@@ -192,13 +194,16 @@ def study(
     i, n = parse_shard(shard)
     manifest_path = out / "study.json"
     old = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else {}
-    if old and (old.get("model"), old.get("size")) != (model, sz.name):
-        raise InputError(f"{out} holds a study of model {old.get('model')!r}, size {old.get('size')!r}; "
-                         f"use another --out for model {model!r}, size {sz.name!r}")  # fmt: skip
+    if budget not in ("study", "in-context"):
+        raise InputError(f"--budget must be 'study' or 'in-context', got {budget!r}")
+    if old and (old.get("model"), old.get("size"), old.get("budget", "study")) != (model, sz.name, budget):
+        raise InputError(f"{out} holds a study of model {old.get('model')!r}, size {old.get('size')!r}, budget "
+                         f"{old.get('budget', 'study')!r}; use another --out for model {model!r}, size {sz.name!r}, "
+                         f"budget {budget!r}")  # fmt: skip
     specs = {t: (data or {}).get(t, f"default:{t}") for t in tasks}
     built = {t: len(read_cases(resolve_data(specs[t], seed=seed))) for t in tasks}  # builds defaults once
     configs = plan(model, tasks, sz, out, specs, seed=seed, device=device, fluency=fluency,
-                   folds_overlap=folds_overlap)  # fmt: skip
+                   folds_overlap=folds_overlap, budget=budget)  # fmt: skip
     cells = [(t, e) for t in tasks for e in STUDY_EDITORS]  # the order of plan()
     mine = list(zip(cells, configs))[i::n]
     todo = {id(c): max(0, min(built[t], c.limit or built[t]) - len(done_ids(c.out))) for (t, _), c in mine}
@@ -218,6 +223,7 @@ def study(
         "model": model,
         "size": sz.name,
         "size_note": sz.note,
+        "budget": budget,
         "tasks": tasks,
         "runs": runs,
         "datasets": datasets,
