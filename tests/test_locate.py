@@ -193,3 +193,61 @@ def test_kl_direction_and_decay_by_hand():
     kl, decay = kl_and_decay(new, ref, [torch.tensor([[3.0, 4.0]])], [torch.tensor([2.0])])
     assert kl.item() == pytest.approx(0.9 * math.log(1.8) + 0.1 * math.log(0.2), abs=1e-6)
     assert decay.item() == pytest.approx(1.25)
+
+
+@pytest.mark.parametrize("name", ["rome", "memit", "pmet"])
+def test_update_is_solved_for_the_key_of_the_texts_the_value_was_fitted_on(llama_tiny, name):
+    """The study's objective: the value is fitted after the prompt alone and behind each context
+    prefix, and each layer's update is solved for those very texts' averaged key (ROME: flat mean;
+    MEMIT/PMET: grouped). With C = I a one-case update is rank one along that key."""
+    from clmedit.editors.base import get_editor
+    from clmedit.locate.keys import context_mean, with_contexts
+    from clmedit.models.text import sequence_ids
+    from tests.conftest import make_case
+    from tests.test_rome import TINY
+
+    model, tok = llama_tiny
+    case = make_case(0, target="os")
+    layers = [1] if name == "rome" else [0, 1]
+    editor = get_editor(
+        name, **TINY, mom2_adjustment=False, mom2_weight=1e-3, layers=layers, reference_layers=4
+    )
+    prefixes = editor.prefixes(model, tok)
+    texts = with_contexts([case.prompt], prefixes)
+    assert len(texts) == 6
+    weights = [model.model.layers[layer].mlp.down_proj.weight for layer in layers]
+    w0 = [w.detach().clone() for w in weights]
+    seen: list[list[int]] = []  # every token row the model embedded during the edit
+    hook = model.model.embed_tokens.register_forward_hook(lambda _m, inp, _o: seen.extend(inp[0].tolist()))
+    try:
+        result = editor.apply(model, tok, [case])
+    finally:
+        hook.remove()
+    edited = [w.detach().clone() for w in weights]
+    result.restore()
+    for text in texts:  # the value was fitted on c + prompt + " " + target for every context c
+        ids, _ = sequence_ids(tok, text, case.target)
+        assert any(row[: len(ids)] == ids for row in seen), text
+    try:
+        for i, layer in enumerate(layers):  # keys read with the layers below already edited
+            keys = compute_keys(model, tok, texts, [layer])[layer]
+            key = context_mean(keys, len(prefixes), grouped=name != "rome")[0].double()
+            dw = (edited[i] - w0[i]).double()
+            u = dw[dw.norm(dim=1).argmax()]  # any nonzero row of r u^T is parallel to u
+            assert torch.nn.functional.cosine_similarity(u, key, dim=0).abs() > 0.9999
+            with torch.no_grad():
+                weights[i].copy_(edited[i])
+    finally:
+        with torch.no_grad():
+            for w, w_init in zip(weights, w0):
+                w.copy_(w_init)
+
+
+def test_context_mean_flat_and_grouped_by_hand():
+    """Prompt alone 0, three prefixed texts 1, 2, 6: flat mean 9 / 4, grouped (0 + 3) / 2."""
+    from clmedit.locate.keys import context_mean
+
+    x = torch.tensor([[0.0], [1.0], [2.0], [6.0]] * 2)
+    assert context_mean(x, 3).flatten().tolist() == [2.25, 2.25]
+    assert context_mean(x, 3, grouped=True).flatten().tolist() == [1.5, 1.5]
+    assert torch.equal(context_mean(x[:2], 0, grouped=True), x[:2])

@@ -14,7 +14,12 @@ def test_memit_batch_edit_and_restore(llama_tiny, tmp_path, monkeypatch):
     model, tok = llama_tiny
     before = {k: v.clone() for k, v in model.state_dict().items()}
     stats = dict(stats_corpus=str(tmp_path / "c.py"), stats_samples=4, stats_seq_len=32)
-    editor = get_editor("memit", **TINY, **stats, mom2_weight=1e-3, layers=[0, 1], reference_layers=4)
+    # the prompts alone: on a random model the three cases' keys nearly coincide, so a solve for
+    # keys averaged over random-text contexts misses the prompts' own keys (test_locate checks
+    # the contexts; real models' keys at a template token barely move with the context)
+    editor = get_editor(
+        "memit", **TINY, **stats, mom2_weight=1e-3, layers=[0, 1], reference_layers=4, context_keys=False
+    )
     cases = [make_case(i, target=t) for i, t in enumerate(["os", "return", "for"])]
     result = editor.apply(model, tok, cases)
     assert result.info["layers"] == [0, 1]
@@ -34,8 +39,8 @@ def test_memit_one_layer_one_edit_points_where_rome_does(llama_tiny, tmp_path, m
     w0 = weight.detach().clone()
     stats = dict(stats_corpus=str(tmp_path / "c.py"), stats_samples=4, stats_seq_len=32, mom2_adjustment=True)
     deltas = {}
-    for name, extra in (("rome", {"context_keys": False}), ("memit", {})):  # ROME's key: the prompt's own
-        result = get_editor(name, **TINY, **stats, **extra, layers=[1], reference_layers=4).apply(
+    for name in ("rome", "memit"):  # the prompt alone: ROME averages keys flat, MEMIT grouped
+        result = get_editor(name, **TINY, **stats, context_keys=False, layers=[1], reference_layers=4).apply(
             model, tok, [make_case(0, target="os")]
         )
         deltas[name] = (weight.detach() - w0).flatten().double()

@@ -44,12 +44,15 @@ def test_pmet_spreads_by_sqrt_with_the_dynamic_nll_values(llama_tiny):
     result = editor.apply(model, tok, [case])
     got = [w.detach().clone() for w in weights]
     result.restore()
+    prefixes = editor.prefixes(model, tok)
     values = optimize_values(
-        model, tok, [case.prompt], [case.target], [("attn", 1), ("mlp", 1)], editor.hparams.value_params()
-    )
+        model, tok, [case.prompt], [case.target], [("attn", 1), ("mlp", 1)], editor.hparams.value_params(),
+        prefixes,
+    )  # fmt: skip
     site = "model.layers.1.mlp"
     spread_over_layers(
-        model, tok, [case.prompt], [0, 1], site, values.target(site), {}, editor.hparams.mom2_weight, "sqrt"
-    )
+        model, tok, [case.prompt], [0, 1], site, values.target(site), {}, editor.hparams.mom2_weight, "sqrt",
+        prefixes=prefixes,
+    )  # fmt: skip
     assert all(torch.equal(g, w.detach()) for g, w in zip(got, weights))
     result.restore()

@@ -1,11 +1,13 @@
 """MEMIT: many edits at once, spread over several layers' down projections (Meng et al., 2023).
 
   1. For every case, a target residual z* = h + d at the output of the last edited block,
-     d optimised so the model says the target                                  (locate.values)
-  2. For layers l_1 < ... < l_L in turn: keys K_i, remaining residual R_i = (z* - z) / (L - i),
+     d optimised so the model says the target after the prompt alone and behind each of 5
+     generated context prefixes (the study's code)                            (locate.values)
+  2. For layers l_1 < ... < l_L in turn: keys K_i averaged over the same texts, remaining
+     residual R_i = (z* - z) / (L - i) at the prompt alone,
      dW_i = R_i^T K_i (lambda C_i + K_i^T K_i)^-1                              (locate.solve)
 with C_i = E[k k^T] over a code corpus (locate.stats) and lambda = mom2_weight (15000).
-All cases of one apply are solved jointly.
+All cases of one apply are solved jointly. context_keys=False: the prompt alone throughout.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 from pydantic import Field
 
 from clmedit.editors.base import Editor, EditResult, backup_weights
+from clmedit.locate.keys import cached_prefixes
 from clmedit.locate.params import LocateHParams
 from clmedit.locate.solve import Split, spread_over_layers
 from clmedit.locate.stats import layer_stats
@@ -36,6 +39,11 @@ class Memit(Editor):
     def __init__(self, hparams: MemitHParams | None = None):
         super().__init__(hparams)
         self._covs: dict[tuple[str, int], Any] = {}  # (model name, layer) -> C, kept across applies
+        self._prefixes: dict[str, list[str]] = {}  # model name -> context prefixes, generated once
+
+    def prefixes(self, model, tok) -> list[str]:
+        """The context prefixes of the values and the keys ([] with context_keys=False), cached per model."""
+        return cached_prefixes(self._prefixes, model, tok) if self.hparams.context_keys else []
 
     # PMET changes only where the targets are optimised and which one is spread.
     def value_sites(self, layers: list[int]) -> list[Site]:
@@ -52,8 +60,10 @@ class Memit(Editor):
         return self.hparams.layers_for(self.hparams.layers, arch_of(model).num_layers(model))
 
     def prepare(self, model, tok) -> None:
-        """Load or compute the covariance statistics of the edited layers (once per model)."""
+        """Generate the context prefixes and load or compute the covariance statistics of the
+        edited layers (once per model), outside the timed apply."""
         hp = self.hparams
+        self.prefixes(model, tok)
         if not hp.mom2_adjustment:
             return
         name = model_name(model)
@@ -73,11 +83,14 @@ class Memit(Editor):
         prompts, targets = [c.prompt for c in cases], [c.target for c in cases]
         weights = {arch.path("down_proj", l): arch.down_proj_module(model, l).weight for l in layers}  # noqa: E741
         result.undo.append(backup_weights(weights))
-        values = optimize_values(model, tok, prompts, targets, self.value_sites(layers), hp.value_params())
+        prefixes = self.prefixes(model, tok)
+        values = optimize_values(
+            model, tok, prompts, targets, self.value_sites(layers), hp.value_params(), prefixes
+        )
         spread = site_path(arch, self.spread_site(layers))
         norms = spread_over_layers(
             model, tok, prompts, layers, spread, values.target(spread), covs, hp.mom2_weight,
-            self.resid_split, update=self.layer_update(model),
+            self.resid_split, update=self.layer_update(model), prefixes=prefixes,
         )  # fmt: skip
         result.info = {"layers": layers, "value_nll": values.nll, "value_steps": values.steps,
                        "resid_norms": norms}  # fmt: skip

@@ -5,8 +5,10 @@ The study (after ROME) edits at the last token of the prompt's last word. Our pr
 Batches are right-padded, so a row's positions up to its own length see exactly the tokens
 they would see alone (causal attention), and the key does not depend on the batch.
 
-ROME's key is averaged over the prompt and the prompt behind a few short generated contexts
-(`context_prefixes`, `averaged_keys`), as in the study's code.
+The study's code reads each edit over the prompt alone and behind a few short generated
+contexts (`context_prefixes`, `with_contexts`): the target value is optimised over all of these
+texts (locate.values) and the update's key is their key averaged (`context_mean`), so the weight
+update is solved for the key of the very inputs the value was fitted on.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from torch import nn
 
 from clmedit.models.arch import arch_of
 from clmedit.models.hooks import Trace, TraceDict
-from clmedit.models.text import gather_rows, last_position, pad_batch, prompt_ids
+from clmedit.models.text import gather_rows, last_position, model_name, pad_batch, prompt_ids
 
 Distance = Literal["euc", "cos"]
 
@@ -123,8 +125,35 @@ def context_prefixes(
     return out
 
 
-def averaged_keys(model: nn.Module, tok, prompts: list[str], layer: int, prefixes: list[str]) -> torch.Tensor:
-    """Per prompt, the mean of k_layer over the prompt alone and `prefix + prompt` for each prefix: (N, d)."""
-    texts = [pre + p for p in prompts for pre in ["", *prefixes]]
-    keys = compute_keys(model, tok, texts, [layer])[layer]
-    return keys.view(len(prompts), len(prefixes) + 1, -1).mean(1)
+def cached_prefixes(cache: dict[str, list[str]], model: nn.Module, tok) -> list[str]:
+    """context_prefixes(model, tok), generated once per model name and kept in `cache`."""
+    name = model_name(model)
+    if name not in cache:
+        cache[name] = context_prefixes(model, tok)
+    return cache[name]
+
+
+def with_contexts(prompts: list[str], prefixes: list[str]) -> list[str]:
+    """Each prompt alone, then behind each prefix: N * (1 + P) texts, a prompt's texts together."""
+    return [pre + p for p in prompts for pre in ["", *prefixes]]
+
+
+def context_mean(x: torch.Tensor, n_prefixes: int, grouped: bool = False) -> torch.Tensor:
+    """Per prompt, the mean of rows (N * (1 + P), d) laid out as `with_contexts` does -> (N, d).
+
+    Flat (ROME's `compute_u`): all 1 + P texts weigh alike. Grouped (MEMIT's and PMET's
+    `compute_ks`): the prompt alone is one group and the P prefixed texts another, and the two
+    group means are averaged, so the prompt alone weighs as much as all prefixed texts together.
+    """
+    x = x.view(-1, n_prefixes + 1, x.shape[-1])
+    if not grouped or n_prefixes == 0:
+        return x.mean(1)
+    return (x[:, 0] + x[:, 1:].mean(1)) / 2
+
+
+def averaged_keys(
+    model: nn.Module, tok, prompts: list[str], layer: int, prefixes: list[str], grouped: bool = False
+) -> torch.Tensor:
+    """Per prompt, k_layer averaged (`context_mean`) over the prompt alone and behind each prefix: (N, d)."""
+    keys = compute_keys(model, tok, with_contexts(prompts, prefixes), [layer])[layer]
+    return context_mean(keys, len(prefixes), grouped)

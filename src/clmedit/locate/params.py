@@ -42,6 +42,9 @@ class LocateHParams(EditorHParams, ValueParams):
     stats_corpus: str | None = Field(None, description="text/JSONL file or folder; None = the stdlib's .py")
     stats_samples: int = Field(DEFAULT_SAMPLES, ge=1, description="corpus windows for the statistics")
     stats_seq_len: int = Field(DEFAULT_SEQ_LEN, ge=8, description="tokens per corpus window")
+    context_keys: bool = Field(
+        True, description="fit the value and average the key over generated context prefixes (study)"
+    )
 
     def value_params(self) -> ValueParams:
         return ValueParams(**self.model_dump(include=set(ValueParams.model_fields)))

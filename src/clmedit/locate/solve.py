@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from clmedit.locate.keys import keys_and_outputs
+from clmedit.locate.keys import context_mean, keys_and_outputs, with_contexts
 from clmedit.models.arch import arch_of
 
 Split = Literal["linear", "sqrt"]  # how the remaining residual is shared by the layers left
@@ -96,20 +96,25 @@ def spread_over_layers(
     model: nn.Module, tok, prompts: list[str], layers: list[int], site: str, target: torch.Tensor,
     covs: dict[int, torch.Tensor | None], weight: float, split: Split = "linear",
     update: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    prefixes: list[str] = (),
 ) -> list[float]:  # fmt: skip
     """MEMIT's update of down_proj in `layers` (ascending) so module `site` outputs `target` (N, d).
 
-    For layer l_i (i = 0..L-1): keys K_i at the edit token under the current weights,
-    R_i = (target - out_site) / (L - i) (the remaining residual shared by the layers left;
-    split="sqrt": / sqrt(L - i), PMET's), dW_i = least_squares_update(K_i, R_i, C_i, weight),
+    For layer l_i (i = 0..L-1): keys K_i at the edit token under the current weights, averaged
+    over the prompt alone and behind each of `prefixes` (grouped, as MEMIT's `compute_ks`: the
+    texts the target value was optimised on), R_i = (target - out_site) / (L - i) with out_site
+    read at the prompt alone (the remaining residual shared by the layers left; split="sqrt":
+    / sqrt(L - i), PMET's), dW_i = least_squares_update(K_i, R_i, C_i, weight),
     applied before the next layer's keys are read. `update(layer, K_i, R_i) -> dW_i` replaces
     MEMIT's solve (AlphaEdit projects it).
     Returns the mean residual norm ||target - out_site|| seen at each layer.
     The caller backs the weights up; they are modified in place.
     """
-    norms = []
+    norms, texts, reps = [], with_contexts(prompts, list(prefixes)), len(prefixes) + 1
     for i, layer in enumerate(layers):
-        keys, out = keys_and_outputs(model, tok, prompts, layer, site)  # (N, d_in), (N, d_out)
+        keys, out = keys_and_outputs(model, tok, texts, layer, site)  # (N * reps, d_in), (N * reps, d_out)
+        # the site's output at the prompt alone: the residual is the study's z* - h at the prompt
+        keys, out = context_mean(keys, len(prefixes), grouped=True), out[::reps]
         resid = target.to(out.device) - out
         norms.append(float(resid.norm(dim=-1).mean()))
         share = resid / (len(layers) - i if split == "linear" else math.sqrt(len(layers) - i))

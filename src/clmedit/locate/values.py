@@ -4,21 +4,23 @@ For each case i and each edit site s (a module whose output is a hidden vector: 
 attention block, a whole decoder block) we find a delta d_{s,i} added to that output at the
 prompt's last token, minimising
 
-    L(d) = w * NLL(target | prompt, d)                               (prompt + " " + target)
+    L(d) = w * mean_c NLL(target | c + prompt, d)        (c + prompt + " " + target, c in contexts)
          + kl_factor * KL( p_d(. | prompt) || p(. | prompt) )           at the edit token
          + weight_decay * sum_s ||d_s|| / ||h_s||^2
 
-as the study's code writes it (its ROME/MEMIT/PMET `compute_v`/`compute_z`): the KL term is read
-on the prompt itself (`kl_suffix` appends text, e.g. ROME's original " is a") and keeps what the
-model says right after the edited representation from drifting; h_s is the site's original
-output at that token. After each Adam step ||d_s|| is clamped to clamp_factor * ||h_s||.
+as the study's code writes it (its ROME/MEMIT/PMET `compute_v`/`compute_z`). The contexts are ""
+(the prompt alone) and the context prefixes (locate.keys.with_contexts): the same d is added at
+the edit token of every one of these texts, the texts whose averaged key the weight update is
+then solved for. The KL term is read on the prompt itself (`kl_suffix` appends text, e.g. ROME's
+original " is a") and keeps what the model says right after the edited representation from
+drifting; h_s is the site's original output at the prompt's own edit token. After each Adam step ||d_s|| is clamped to clamp_factor * ||h_s||.
 w = nll_factor, except with `dynamic_nll` (PMET): once a case's every target token is already
 the argmax, w drops to 0.1 * nll_factor for the next step, and the case stops once its KL is
 <= 0.01 as well. The target value of a site is v_s = h_s + d_s.
 
 The layers below the lowest site do not change, so their output is computed once and each step
 runs only the upper stack (models.partial.UpperStack). Cases are independent (each delta only
-touches its own rows), so a batch is optimised together with the per-case losses summed.
+touches its own case's rows), so a batch is optimised together with the per-case losses summed.
 Invariant: the model's parameters (values and requires_grad flags) are unchanged on return.
 """
 
@@ -31,6 +33,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from clmedit.locate.keys import with_contexts
 from clmedit.models.arch import ArchAdapter, arch_of
 from clmedit.models.hooks import Trace, TraceDict
 from clmedit.models.partial import UpperStack, trainable_only
@@ -78,37 +81,46 @@ class Values:
         return self.init[path] + self.delta[path]
 
 
-def _batch(tok, prompts: list[str], targets: list[str], suffix: str, device) -> dict:
-    """Rows 0..N-1: prompt + " " + target (labels on target); rows N..2N-1: prompt + kl_suffix."""
-    rows, labels, plens = edit_rows(tok, prompts, targets)
+def _batch(
+    tok, prompts: list[str], targets: list[str], suffix: str, device, prefixes: list[str] = ()
+) -> dict:
+    """Rows 0..R-1: c + prompt + " " + target for each case and context c (labels on the target),
+    R = N * (1 + P); rows R..R+N-1: prompt + kl_suffix. `case` maps every row to its case."""
+    reps = len(prefixes) + 1
+    texts = with_contexts(prompts, list(prefixes))
+    rows, labels, plens = edit_rows(tok, texts, [t for t in targets for _ in range(reps)])
     suffix_ids = tok(suffix, add_special_tokens=False)["input_ids"] if suffix else []
-    kl_rows = [r[:p] + suffix_ids for r, p in zip(rows, plens)]
+    alone = range(0, len(rows), reps)  # each case's row without a prefix
+    kl_rows = [rows[i][: plens[i]] + suffix_ids for i in alone]
     batch = pad_batch(tok, rows + kl_rows, device)
-    n = len(rows)
+    n = len(prompts)
     return {
         "ids": batch["input_ids"],
         "mask": batch["attention_mask"],
         "labels": right_pad(labels, IGNORE, width=batch["input_ids"].shape[1], device=device)[0],
-        "lookup": torch.tensor(plens * 2, device=device) - 1,  # the edit token, in both row sets
-        "kl_last": last_position(batch["attention_mask"][n:]),
+        # the edit token of every row: its prompt's last token
+        "lookup": torch.tensor(plens + [plens[i] for i in alone], device=device) - 1,
+        "case": torch.cat([torch.arange(n).repeat_interleave(reps), torch.arange(n)]).to(device),
+        "alone": torch.tensor(list(alone), device=device),
+        "kl_last": last_position(batch["attention_mask"][len(rows) :]),
     }
 
 
-def _kept_positions(b: dict, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Positions whose logits the loss reads, per row (2N, K), and the target ids they predict (N, K).
+def _kept_positions(b: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions whose logits the loss reads, per row (R + N, K), and the target ids they predict (R, K).
 
     Rewrite row i keeps the positions that predict its target tokens (from its edit token on);
     KL row i keeps its last position. Projecting only these onto the vocabulary (transformers'
     `logits_to_keep`) saves the unembedding of every prompt token, which dominates for long prompts.
     """
-    labels = b["labels"]  # (N, T)
-    width = labels.shape[1]
-    tlen = (labels != IGNORE).sum(1)  # (N,)
+    labels = b["labels"]  # (R, T)
+    r, width = labels.shape
+    tlen = (labels != IGNORE).sum(1)  # (R,)
     k = int(tlen.max())
     offs = torch.arange(k, device=labels.device)
-    pos = (b["lookup"][:n, None] + offs).clamp(max=width - 2)  # (N, K) predicts pos + 1
+    pos = (b["lookup"][:r, None] + offs).clamp(max=width - 2)  # (R, K) predicts pos + 1
     tgt = labels.gather(1, pos + 1).masked_fill(offs >= tlen[:, None], IGNORE)
-    kl_pos = b["kl_last"][:, None].expand(n, k)
+    kl_pos = b["kl_last"][:, None].expand(len(b["kl_last"]), k)
     return torch.cat([pos, kl_pos]), tgt
 
 
@@ -139,11 +151,13 @@ def _target_is_argmax(logits: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
 
 
 def optimize_values(
-    model: nn.Module, tok, prompts: list[str], targets: list[str], sites: list[Site], hp: ValueParams
-) -> Values:
+    model: nn.Module, tok, prompts: list[str], targets: list[str], sites: list[Site], hp: ValueParams,
+    prefixes: list[str] = (),
+) -> Values:  # fmt: skip
     """Find deltas d_s (one per case and site) minimising L(d) in the module docstring.
 
-    Returns Values keyed by the sites' module paths. The model is unchanged.
+    `prefixes`: the contexts the NLL is averaged over besides the prompt alone (none: the prompt
+    alone). Returns Values keyed by the sites' module paths. The model is unchanged.
     """
     arch = arch_of(model)
     paths = [site_path(arch, s) for s in sites]
@@ -151,7 +165,7 @@ def optimize_values(
     for start in range(0, len(prompts), hp.value_batch_size):
         chunk = _optimize_chunk(
             model, tok, prompts[start : start + hp.value_batch_size], targets[start : start + hp.value_batch_size],
-            sites, paths, hp,
+            sites, paths, hp, list(prefixes),
         )  # fmt: skip
         for p in paths:
             out.init[p].append(chunk.init[p])
@@ -163,21 +177,23 @@ def optimize_values(
     return out
 
 
-def _optimize_chunk(model, tok, prompts, targets, sites, paths, hp: ValueParams) -> Values:
+def _optimize_chunk(model, tok, prompts, targets, sites, paths, hp: ValueParams, prefixes) -> Values:
     device = next(model.parameters()).device
-    n = len(prompts)
-    b = _batch(tok, prompts, targets, hp.kl_suffix, device)
-    rows = torch.arange(2 * n, device=device)
-    kl_rows = torch.arange(n, 2 * n, device=device)
+    n, reps = len(prompts), len(prefixes) + 1
+    b = _batch(tok, prompts, targets, hp.kl_suffix, device, prefixes)
+    r = n * reps  # rewrite rows; the N KL rows follow them
+    rows = torch.arange(r + n, device=device)
+    kl_rows = torch.arange(r, r + n, device=device)
+    alone = b["alone"]
     deltas: dict[str, torch.Tensor] = {}
-    keep, tgt = _kept_positions(b, n)
+    keep, tgt = _kept_positions(b)
 
     def add_delta(path: str):
         def edit(output: torch.Tensor, _inp) -> torch.Tensor:
             if path not in deltas:
                 return output
-            d = deltas[path].to(output.dtype)
-            return output.index_put((rows, b["lookup"]), torch.cat([d, d]), accumulate=True)
+            d = deltas[path].to(output.dtype)[b["case"]]  # a case's delta at each of its rows
+            return output.index_put((rows, b["lookup"]), d, accumulate=True)
 
         return edit
 
@@ -185,7 +201,7 @@ def _optimize_chunk(model, tok, prompts, targets, sites, paths, hp: ValueParams)
         stack = UpperStack(model, min(layer for _, layer in sites), b["ids"], b["mask"])
         with torch.no_grad(), TraceDict(model, paths, retain_output=True, detach=True) as td:
             logits = stack(logits_to_keep=keep)  # (2N, K, V)
-            init = {p: td[p].output[rows[:n], b["lookup"][:n]].float() for p in paths}
+            init = {p: td[p].output[alone, b["lookup"][alone]].float() for p in paths}
             kl_ref = torch.log_softmax(logits[kl_rows, 0].float(), dim=-1)  # (N, V)
         init_norm = {p: init[p].norm(dim=-1) for p in paths}  # (N,)
         deltas.update({p: torch.zeros_like(init[p], requires_grad=True) for p in paths})
@@ -202,7 +218,7 @@ def _optimize_chunk(model, tok, prompts, targets, sites, paths, hp: ValueParams)
             finally:
                 for tr in traces:
                     tr.close()
-            nll = _row_nll(logits[:n], tgt)
+            nll = _row_nll(logits[:r], tgt).view(n, reps).mean(1)  # per case, over its contexts
             if bool((nll < hp.stop_loss).all()):
                 break
             kl_log = torch.log_softmax(logits[kl_rows, 0].float(), dim=-1)
@@ -211,7 +227,7 @@ def _optimize_chunk(model, tok, prompts, targets, sites, paths, hp: ValueParams)
             )
             loss = (weight * nll + hp.kl_factor * kl + hp.weight_decay * decay)[~done].sum()
             if hp.dynamic_nll:
-                argmax = _target_is_argmax(logits[:n], tgt)
+                argmax = _target_is_argmax(logits[:r], tgt).view(n, reps).all(1)
                 done |= argmax & (kl.detach() <= 0.01)
                 weight = torch.where(argmax, 0.1 * hp.nll_factor, hp.nll_factor)
                 if bool(done.all()):
