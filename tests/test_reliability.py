@@ -253,3 +253,12 @@ def test_report_and_bench_never_write_into_a_users_folder(tmp_path):
         assert cli.invoke(app, ["report", str(run), "--out", str(ours), "--no-figures"]).exit_code == 0
     _one_line_error(cli.invoke(app, ["bench", "--model", NO_MODEL, "--out", str(mine)]), "--out")
     assert sorted(os.listdir(mine)) == ["table.md", "thesis.tex"]
+
+
+def test_train_never_writes_into_a_users_folder(data, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "encoder.safetensors").write_bytes(b"my weights")
+    result = cli.invoke(app, ["train", "--model", NO_MODEL, "-e", "agrace", "--data", str(data), "--out", str(mine)])
+    _one_line_error(result, "--out")
+    assert (mine / "encoder.safetensors").read_bytes() == b"my weights" and len(list(mine.iterdir())) == 1

@@ -209,6 +209,17 @@ def test_serving_other_machines_needs_a_key(monkeypatch):
     assert done.exit_code == 2 and "--api-key" in done.output
 
 
+def test_a_load_folder_holding_other_files_is_refused(tmp_path):
+    """The server replaces its fix file's folder whole on every change, so a folder holding anything
+    else is refused before the model loads, and left as it was."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    done = CliRunner().invoke(cli_app, ["serve", "--model", "no/such-model", "--load", str(folder)])
+    assert done.exit_code == 2 and "notes.txt" in done.output
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"]
+
+
 def test_a_change_that_fails_leaves_the_model_as_it_was(tmp_path):
     """The fix file cannot be written (a file where its new folder goes): the add, then a take-back
     that had applied a fix again, fail with a 500; the model answers as before each, and the fix

@@ -52,6 +52,15 @@ def serve_cmd(
         raise InputError(f"--host {host} serves other machines: give --api-key KEY (or set CLMEDIT_API_KEY)")
     if load is not None and load.exists() and not load.is_dir():
         raise InputError(f"--load {load} is a file; give a fix file's folder (or a new folder)")
+    if load is not None and load.is_dir():
+        from clmedit.outputs import foreign_entries
+        from clmedit.run.artifact import FIX_FILES
+
+        other = sorted(p.name for p in foreign_entries(load, lambda p: p.name in FIX_FILES))
+        if other:  # every change replaces the folder whole: what else it holds would be lost
+            raise InputError(
+                f"--load {load} holds {', '.join(other[:3])} besides a fix file; give a fix file's own folder or a new one"
+            )
     fresh = load is None or not (load / "manifest.json").is_file()
     if not fresh and (trained is not None or hp or preset):
         raise InputError(

@@ -119,6 +119,7 @@ def train_fold(config: Any, fold: int) -> dict[str, Any]:
     The split is the runner's, so a run with the same --folds/--seed/--limit whose `fold<k>` folder is
     this one loads it instead of retraining. Returns the summary also written to `train.json`.
     """
+    from clmedit.outputs import check_output_dir
     from clmedit.run import records
     from clmedit.run.checks import check_device, check_out_dir
     from clmedit.run.prepare import resolve_data
@@ -131,6 +132,8 @@ def train_fold(config: Any, fold: int) -> dict[str, Any]:
     editor = make_editor(config.editor, config.model, config.preset, config.hparams)
     if not editor.trainable:
         raise InputError(f"editor {editor.name!r} has nothing to train")
+    # a trained part's folder is ours when training wrote it (train.json) or a run saved it (DONE)
+    check_output_dir(config.out, [config.data], ours=lambda p: (p / "train.json").is_file() or (p / "DONE").is_file())
     out = check_out_dir(config.out)
     check_device(config.device)
     cases = read_cases(resolve_data(config.data, seed=config.seed))[: config.limit]
