@@ -20,7 +20,10 @@ from tests.conftest import greedy_ids, make_case
 TARGET = "os.path"
 # looser than the study's only where a tiny model needs it; corpus statistics good enough that
 # MEMIT's update stays on the edit key instead of rewriting every position
-SETTINGS = dict(steps=60, clamp_factor=10.0, stats_samples=32, stats_seq_len=32, mom2_weight=100.0)
+# the prompt alone (context_keys off): a random model's generated prefixes are noise tokens, and this
+# test is about the later target tokens, not about the study's context averaging (test_locate has that)
+SETTINGS = dict(steps=60, clamp_factor=10.0, stats_samples=32, stats_seq_len=32, mom2_weight=100.0,
+                context_keys=False)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
