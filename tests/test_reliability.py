@@ -161,14 +161,19 @@ def test_an_empty_neighbour_prompt_skips_its_line_and_says_which(tiny_dir, tmp_p
 # --- results-file text stays text in Markdown, LaTeX and figures --------------------------------------
 
 
-def test_hostile_labels_and_model_names_stay_text_in_every_report_format(tmp_path):
-    out = tmp_path / "r"
-    out.mkdir()
+def _one_case_summary() -> dict:
+    """The summary of one GRACE case that scored 1 everywhere."""
     triple = {"em": 1.0, "bleu": 1.0, "rouge_l": 1.0}
     scores = {"case_id": "a", "effectiveness": triple, "generalization": triple, "specificity": triple}
     recs = [{"case_id": "a", "task": "cnle", "editor": "grace", "model": "m", "error": None, "seconds": 1.0,
              "peak_bytes": 1, "scores": scores}]  # fmt: skip
-    summary = {**summarise_records(recs), "model": "evil\n# Heading | x\x1b[31m", "label": "$\\frac{$"}
+    return summarise_records(recs)
+
+
+def test_hostile_labels_and_model_names_stay_text_in_every_report_format(tmp_path):
+    out = tmp_path / "r"
+    out.mkdir()
+    summary = {**_one_case_summary(), "model": "evil\n# Heading | x\x1b[31m", "label": "$\\frac{$"}
     (out / "summary.json").write_text(json.dumps(summary))
     other = tmp_path / "s"
     other.mkdir()
@@ -236,11 +241,7 @@ def test_report_and_bench_never_write_into_a_users_folder(tmp_path):
     a report folder of our own is written again."""
     run = tmp_path / "run"
     run.mkdir()
-    triple = {"em": 1.0, "bleu": 1.0, "rouge_l": 1.0}
-    scores = {"case_id": "a", "effectiveness": triple, "generalization": triple, "specificity": triple}
-    recs = [{"case_id": "a", "task": "cnle", "editor": "grace", "model": "m", "error": None, "seconds": 1.0,
-             "peak_bytes": 1, "scores": scores}]  # fmt: skip
-    (run / "summary.json").write_text(json.dumps(summarise_records(recs)))
+    (run / "summary.json").write_text(json.dumps(_one_case_summary()))
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "table.md").write_text("my notes")
