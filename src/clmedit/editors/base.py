@@ -154,8 +154,9 @@ class Editor(ABC):
 
     @abstractmethod
     def _apply(self, model: nn.Module, tok: Any, cases: list[EditRequest], result: EditResult) -> None:
-        """Edit in place, knowing of each edit only its request (id, task, prompt, target). Append an undo to `result.undo` *before* each change it covers (so a
-        failure later in `_apply` is undone too) and put editor-specific facts in `result.info`."""
+        """Edit in place, knowing of each edit only its request (id, task, prompt, target). Append an
+        undo to `result.undo` *before* each change it covers (so a failure later in `_apply` is undone
+        too) and put editor-specific facts in `result.info`."""
 
     # --- the edit as data (fix files) ---------------------------------------------------------
     def edited_parameters(self, model: nn.Module) -> list[str]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clmedit.editors.registry import editor_label
+from clmedit.report import escape
 from clmedit.report import published as pub
 
 MIN_CASES = 10  # fewer scored cases in a run a finding reads: too few to tell
@@ -261,7 +262,7 @@ LEGEND = (f"Each finding of the study (F1-F5) and ours (F6) checked on this run 
 
 def markdown(found: list[Finding], model: str) -> str:
     """The findings as a Markdown section."""
-    out = [f"## Findings, checked on {model}", "", LEGEND, ""]
+    out = [f"## Findings, checked on {escape.markdown(model)}", "", LEGEND, ""]
     for f in found:
         out += [f"### {f.key}: {f.claim} — **{f.verdict}**", "", f"Rule: {f.rule}.", ""]
         out += [f"- ours: {line}" for line in f.evidence] + [f"- {line}" for line in f.published] + [""]
