@@ -17,6 +17,8 @@ from clmedit.data.schema import iter_jsonl
 
 EDITS_FILE = "edits.jsonl"  # a sequential run's apply calls, one line each (run.sequential)
 CASES_FILE = re.compile(r"cases(\.\d+of\d+)?\.jsonl")  # cases.jsonl, or cases.<i>of<n>.jsonl per shard
+# a trained editor's `folds_protocol` in summary.json: the default, or the study's split (labelled in tables)
+DISJOINT_FOLDS, OVERLAPPING_FOLDS = "probe-disjoint folds", "overlapping folds"
 
 
 def read_records(out: str | Path) -> list[dict[str, Any]]:

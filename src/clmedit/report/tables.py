@@ -13,7 +13,7 @@ from typing import Any
 from clmedit.editors.registry import editor_label as registry_label
 from clmedit.editors.registry import table_order
 from clmedit.report import escape
-from clmedit.results import load_summaries  # noqa: F401  (re-exported: tables are built from summaries)
+from clmedit.results import OVERLAPPING_FOLDS, load_summaries  # noqa: F401  (re-exported: tables are built from summaries)
 
 GROUPS = (("effectiveness", "Eff."), ("generalization", "Gen."), ("specificity", "Spec."))
 METRICS = (("em", "EM"), ("bleu", "BLEU"), ("rouge_l", "RL"))
@@ -43,7 +43,6 @@ def _order(editor: str) -> tuple[int, str]:
     return table_order(editor)
 
 
-OVERLAP = "overlapping folds"  # run.folds.protocol's name for the study's split
 
 
 def editor_label(summary: dict[str, Any]) -> str:
@@ -51,8 +50,8 @@ def editor_label(summary: dict[str, Any]) -> str:
     trained editor fitted on overlapping folds (its test probes among its training inputs) says so."""
     label = summary.get("label")
     label = label if isinstance(label, str) and label else registry_label(str(summary.get("editor", "?")))
-    if summary.get("folds_protocol") == OVERLAP:
-        label += f" [{OVERLAP}]"
+    if summary.get("folds_protocol") == OVERLAPPING_FOLDS:
+        label += f" [{OVERLAPPING_FOLDS}]"
     return label
 
 

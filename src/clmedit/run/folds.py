@@ -108,9 +108,9 @@ def fit_fold(editor, model, tok, train: list[EditCase], fold_dir: Path) -> dict[
 
 def protocol(config: Any) -> str:
     """The fold protocol's name as summaries and tables show it."""
-    from clmedit.report.tables import OVERLAP
+    from clmedit.results import DISJOINT_FOLDS, OVERLAPPING_FOLDS
 
-    return OVERLAP if getattr(config, "folds_overlap", False) else "probe-disjoint folds"
+    return OVERLAPPING_FOLDS if getattr(config, "folds_overlap", False) else DISJOINT_FOLDS
 
 
 def train_fold(config: Any, fold: int) -> dict[str, Any]:
