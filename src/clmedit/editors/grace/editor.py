@@ -69,6 +69,7 @@ class Grace(Editor):
 
     name = "grace"
     HParams = GraceHParams
+    APPLY_SECONDS = {"cnle": 1.5, "csne": 2.3}
 
     # --- keys -----------------------------------------------------------------------------------
     def keys(self, inputs: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
@@ -96,6 +97,9 @@ class Grace(Editor):
 
     def edit_layer(self, model: nn.Module) -> int:
         return self.hparams.layer_for(self.hparams.layer, arch_of(model).num_layers(model))
+
+    def edited_layers(self, model: nn.Module) -> list[int]:
+        return [self.edit_layer(model)]  # the down_proj it wraps
 
     @torch.no_grad()
     def prompt_keys(self, model: nn.Module, tok: Any, prompts: list[str]) -> torch.Tensor:

@@ -107,6 +107,9 @@ class Wise(Editor):
     name = "wise"
     HParams = WiseHParams
 
+    def edited_layers(self, model: nn.Module) -> list[int]:
+        return [self.hparams.layer_for(self.hparams.layer, arch_of(model).num_layers(model))]  # the one it wraps
+
     def _apply(self, model: nn.Module, tok: Any, cases: list[EditRequest], result: EditResult) -> None:
         """Edit the side memory of one layer (wrapping its down_proj on the first apply).
 
@@ -116,7 +119,7 @@ class Wise(Editor):
         """
         hp = self.hparams
         arch = arch_of(model)
-        layer = hp.layer_for(hp.layer, arch.num_layers(model))
+        layer = self.edited_layers(model)[0]
         path = arch.path("down_proj", layer)
         memory = model.get_submodule(path)
         continued = isinstance(memory, WiseMemory)
@@ -147,8 +150,8 @@ class Wise(Editor):
     # --- the edit as data (fix files) -----------------------------------------------------------
     def edit_state(self, model: nn.Module) -> EditState:
         """The side memory's buffers (merged memory, shards, working shard, thresholds, counts)."""
-        hp, arch = self.hparams, arch_of(model)
-        layer = hp.layer_for(hp.layer, arch.num_layers(model))
+        arch = arch_of(model)
+        layer = self.edited_layers(model)[0]
         memory = model.get_submodule(arch.path("down_proj", layer))
         if not isinstance(memory, WiseMemory):
             raise NotSavableError(f"wise: layer {layer} carries no side memory to save; apply fixes first")
@@ -157,8 +160,8 @@ class Wise(Editor):
 
     def _load_edit(self, model: nn.Module, tok: Any, state: EditState, result: EditResult) -> None:
         """Wrap the layer in a side memory holding exactly the saved buffers (nothing else is set)."""
-        hp, arch = self.hparams, arch_of(model)
-        layer = hp.layer_for(hp.layer, arch.num_layers(model))
+        arch = arch_of(model)
+        layer = self.edited_layers(model)[0]
         path = arch.path("down_proj", layer)
         if state.meta.get("layer") != layer:
             raise IntegrityError(f"the saved edit is at layer {state.meta.get('layer')}, wise edits {layer}")
