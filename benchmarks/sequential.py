@@ -152,7 +152,8 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
     from clmedit.cli_common import parse_hp
-    from clmedit.run.runner import RunConfig, run
+    from clmedit.grid.cell import run
+    from clmedit.run.settings import RunConfig
 
     data = pick_data(args.data, args.edits, [p for p in args.extra_packages.split(",") if p])
     config = RunConfig(model=args.model, editor=args.editor, data=data, out=args.out, sequential=args.edits,

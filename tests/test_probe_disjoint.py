@@ -15,9 +15,10 @@ import torch
 from clmedit.data.schema import EditCase, EditRequest, Neighbour, format_prompt, read_cases, write_cases
 from clmedit.editors.base import Editor, EditResult
 from clmedit.files import cache_root
+from clmedit.grid.cell import run
 from clmedit.models.text import prompt_ids
 from clmedit.run.folds import disjoint_training, probe_texts, split_folds, training_half
-from clmedit.run.runner import RunConfig, run
+from clmedit.run.settings import RunConfig
 
 POOL = [f"open the file number {i} and read it" for i in range(7)]
 
@@ -177,7 +178,7 @@ def _only_requests(got: list[object], n: int) -> None:
 
 
 def test_apply_never_receives_a_rephrase_or_neighbour(llama_tiny, tmp_path):
-    from clmedit.run.artifact import save_artifact
+    from clmedit.fixes.artifact import save_artifact
 
     model, tok = llama_tiny
     cases = pooled_cases(4)

@@ -82,7 +82,7 @@ def run_cmd(
 
     config = run_config(locals(), hp)
     set_threads(threads)
-    from clmedit.run.runner import run
+    from clmedit.grid.cell import run
 
     run_dir = run(config, overwrite=overwrite)
     typer.echo((run_dir / "table.md").read_text())
@@ -112,7 +112,7 @@ def bench_cmd(
     check_output_dir(out, ours=lambda p: not foreign_entries(p, lambda e: e.name == "table.md" or e.is_dir()))
     set_threads(threads)
 
-    from clmedit.run.bench import bench, bench_editor_names, bench_tasks
+    from clmedit.grid.bench import bench, bench_editor_names, bench_tasks
 
     t0 = time.perf_counter()
     names, task_list = bench_editor_names(editors), bench_tasks(tasks)
@@ -209,8 +209,8 @@ def study_cmd(
         raise fail("--workers and --gpus-per-worker need --ray local|auto|ray://HOST:PORT")
     out = check_output_dir(out, ours=lambda p: (p / "study.json").is_file())  # before any model loads
     set_threads(threads)
-    from clmedit.run.distributed import Cluster
-    from clmedit.run.study import study
+    from clmedit.grid.distributed import Cluster
+    from clmedit.grid.study import study
 
     size = "quick" if quick else "full" if full else "default"
     cluster = None if ray is None else Cluster(ray, workers, gpus_per_worker, threads or 1)
@@ -230,19 +230,6 @@ app.command("serve")(serve_cmd)  # the OpenAI API: cli_serve.py
 # --- stats (room: locate) ------------------------------------------------------------------------
 
 
-def _layer_range(spec: str) -> list[int]:
-    """'4-8' -> [4, 5, 6, 7, 8]; '5' -> [5]; '4,6,8' -> [4, 6, 8]."""
-    from clmedit.errors import InputError
-
-    layers: list[int] = []
-    for part in spec.split(","):
-        lo, _, hi = part.strip().partition("-")
-        if not lo.isdigit() or not (hi or lo).isdigit() or int(hi or lo) < int(lo):
-            raise InputError(f"--layers {spec!r}: give layer numbers like 4-8, 5 or 4,6,8")
-        layers += list(range(int(lo), int(hi or lo) + 1))
-    return sorted(set(layers))
-
-
 @app.command("stats")
 def stats(
     model: str = typer.Option("smollm2-135m", "--model", "-m", help="model name, HF id, folder or .gguf"),
@@ -253,33 +240,15 @@ def stats(
     device: str = typer.Option(None, help="cpu / cuda (default: cuda when available)"),
 ) -> None:
     """Compute and cache the second-moment statistics MEMIT/PMET use (runs reuse the cache)."""
-    from clmedit.errors import InputError
-    from clmedit.locate.stats import (
-        DEFAULT_SAMPLES,
-        DEFAULT_SEQ_LEN,
-        corpus_files,
-        corpus_fingerprint,
-        layer_stats,
-        stats_path,
-    )
-    from clmedit.models.arch import arch_of
-    from clmedit.run.runner import load_model_for
+    from clmedit.locate.stats import cache_stats, corpus_files, parse_layers
+    from clmedit.run.setup import load_model_for
 
-    wanted = _layer_range(layers)
+    wanted = parse_layers(layers)
     if corpus is not None:
         corpus_files(corpus)  # a missing corpus fails before the model loads
     lm, tok = load_model_for(model, device)
-    depth = arch_of(lm).num_layers(lm)
-    if wanted[-1] >= depth:
-        raise InputError(f"--layers {layers}: {model} has layers 0..{depth - 1}")
-    n = samples if samples is not None else DEFAULT_SAMPLES
-    t = seq_len if seq_len is not None else DEFAULT_SEQ_LEN
-    layer_stats(lm, tok, wanted, corpus, n, t)
-    from clmedit.models.fingerprint import model_fingerprint
-
-    fp, mfp = corpus_fingerprint(corpus), model_fingerprint(lm, tok)
-    for layer in wanted:
-        typer.echo(stats_path(mfp, layer, fp, n, t))
+    for path in cache_stats(lm, tok, wanted, corpus, samples, seq_len):
+        typer.echo(path)
 
 
 # --- train (room: trained editors) ---------------------------------------------------------------
@@ -287,7 +256,7 @@ def stats(
 
 @app.command("train")
 def train_cmd(
-    editor: str = typer.Option(..., "--editor", "-e", help="a trainable editor: agrace, agrace-last, scope, malmen"),
+    editor: str = typer.Option(..., "--editor", "-e", help="a trainable editor (`clmedit editors` marks them)"),
     data: str = run_option("data"),
     out: Path = typer.Option(..., "--out", "-o", help="folder for the trained part (e.g. RUN_DIR/fold0)"),
     model: str = run_option("model"),
@@ -316,11 +285,11 @@ def train_cmd(
 
 @app.command("editors")
 def list_editors() -> None:
-    """List the registered editors."""
-    from clmedit.editors.registry import editor_names
+    """List the registered editors: name, label, and whether it is trained (`clmedit train`, then --folds 2)."""
+    from clmedit.editors.base import describe_editors
 
-    for name in editor_names():
-        typer.echo(name)
+    for name, label, trainable in describe_editors():
+        typer.echo(f"{name}\t{label}" + ("\ttrainable" if trainable else ""))
 
 
 if __name__ == "__main__":

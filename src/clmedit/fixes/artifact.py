@@ -38,8 +38,7 @@ from clmedit.data.schema import EditCase, write_cases
 from clmedit.editors.base import Editor, EditResult, EditState, editor_class, undone_on_error
 from clmedit.errors import InputError, IntegrityError, NotSavableError
 from clmedit.files import atomic_save_tensors, atomic_write_text, regular_file
-from clmedit.models.fingerprint import model_fingerprint
-from clmedit.run.records import fingerprint, fingerprint_diff
+from clmedit.models.fingerprint import fingerprint, fingerprint_diff, model_fingerprint
 
 log = logging.getLogger(__name__)
 FORMAT = 3  # 3: the edit's own state, loaded without training; 2 replayed the fixes; 1 had no hashes
@@ -105,7 +104,7 @@ class BaseModelRecord:
     model_id: str
     fingerprint: str  # weights + tokenizer + config (`model_fingerprint(model, tok)`)
     weights_fingerprint: str  # weights alone, for loads without a tokenizer
-    tensors: dict[str, str]  # per-tensor checksums (`records.fingerprint`): what an edit changed
+    tensors: dict[str, str]  # per-tensor checksums (`models.fingerprint.fingerprint`): what an edit changed
 
     @classmethod
     def of(cls, model, tok, model_id: str) -> BaseModelRecord:

@@ -13,9 +13,11 @@ from typing import Any
 
 from clmedit.errors import InputError
 from clmedit.files import atomic_write_text, slug
+from clmedit.grid.cell import run
 from clmedit.report.tables import render_markdown
 from clmedit.run.checks import check_out_dir
-from clmedit.run.runner import RunConfig, load_model_for, make_editor, run
+from clmedit.run.settings import RunConfig
+from clmedit.run.setup import load_model_for, make_editor
 
 log = logging.getLogger(__name__)
 

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from clmedit.data.schema import EditCase
-from clmedit.editors.registry import editor_label
 from clmedit.files import atomic_write_text
+from clmedit.lifelong import checkpoint as ckpt
 from clmedit.results import per_edit_seconds, read_edits
-from clmedit.run import checkpoint as ckpt
 from clmedit.run.folds import protocol, split_folds, training_half
+from clmedit.run.summary import row_facts
 
 
 def _median(values: list[float]) -> float | None:
@@ -78,7 +78,7 @@ def write_sequential_summary(
     summary = {
         "mode": "sequential",
         "editor": setup.editor.name,
-        "label": editor_label(setup.editor.name),
+        **row_facts(setup.editor.name),
         "model": model_name,
         "tasks": sorted({c.task for b in batches for c in b}),
         "config": config.model_dump(mode="json"),

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from clmedit.errors import ClmeditError, describe_validation
-from clmedit.run.fixes import parse_fix
+from clmedit.fixes.cases import parse_fix
 from clmedit.serve.generation import Generator, Job, Sampling
 from clmedit.serve.guard import BodyTooLarge, Guard
 from clmedit.serve.prompts import chat_prompt
