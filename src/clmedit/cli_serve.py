@@ -50,22 +50,7 @@ def serve_cmd(
 
     if host not in LOCAL_HOSTS and not api_key:
         raise InputError(f"--host {host} serves other machines: give --api-key KEY (or set CLMEDIT_API_KEY)")
-    if load is not None and load.exists() and not load.is_dir():
-        raise InputError(f"--load {load} is a file; give a fix file's folder (or a new folder)")
-    if load is not None and load.is_dir():
-        from clmedit.fixes.artifact import FIX_FILES
-        from clmedit.outputs import foreign_entries
-
-        other = sorted(p.name for p in foreign_entries(load, lambda p: p.name in FIX_FILES))
-        if other:  # every change replaces the folder whole: what else it holds would be lost
-            raise InputError(
-                f"--load {load} holds {', '.join(other[:3])} besides a fix file; give a fix file's own folder or a new one"
-            )
-    fresh = load is None or not (load / "manifest.json").is_file()
-    if not fresh and (trained is not None or hp or preset):
-        raise InputError(
-            "--trained, --preset and --hp are for new fixes; a fix file carries its editor's settings"
-        )
+    fresh = _check_fix_file(load, trained is not None or bool(hp) or preset is not None)
     try:
         import uvicorn
 
@@ -93,3 +78,27 @@ def serve_cmd(
     app = create_app(store, model, api_key, limits, max_batch)
     typer.echo(f"serving {model} with {len(store.cases)} fix(es) at http://{host}:{port}/v1")
     uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+def _check_fix_file(load: Path | None, settings: bool) -> bool:
+    """Whether the server starts a new fix file (else it serves `load`'s); `settings`: --trained,
+    --preset or --hp were given (for new fixes only). Refuses a --load folder holding other files."""
+    from clmedit.errors import InputError
+
+    if load is not None and load.exists() and not load.is_dir():
+        raise InputError(f"--load {load} is a file; give a fix file's folder (or a new folder)")
+    if load is not None and load.is_dir():
+        from clmedit.fixes.manifest import FIX_FILES
+        from clmedit.outputs import foreign_entries
+
+        other = sorted(p.name for p in foreign_entries(load, lambda p: p.name in FIX_FILES))
+        if other:  # every change replaces the folder whole: what else it holds would be lost
+            raise InputError(
+                f"--load {load} holds {', '.join(other[:3])} besides a fix file; give a fix file's own folder or a new one"
+            )
+    fresh = load is None or not (load / "manifest.json").is_file()
+    if not fresh and settings:
+        raise InputError(
+            "--trained, --preset and --hp are for new fixes; a fix file carries its editor's settings"
+        )
+    return fresh

@@ -11,8 +11,9 @@ from typing import Any
 
 from clmedit.errors import InputError
 from clmedit.files import regular_file
-from clmedit.fixes.artifact import FIX_FILES, is_fix_file, load_artifact, read_manifest, save_artifact
+from clmedit.fixes.artifact import load_artifact, save_artifact
 from clmedit.fixes.cases import as_prompt, read_fixes
+from clmedit.fixes.manifest import FIX_FILES, is_fix_file, read_manifest
 from clmedit.outputs import check_output_dir
 from clmedit.run.checks import check_device, check_out_dir
 from clmedit.run.setup import load_model_for, make_editor

@@ -23,7 +23,8 @@ from typing import Any
 
 from clmedit.errors import InputError
 from clmedit.files import atomic_write_text
-from clmedit.fixes.artifact import EDIT_FILE, MANIFEST, load_edited, read_manifest
+from clmedit.fixes.artifact import load_edited
+from clmedit.fixes.manifest import EDIT_FILE, MANIFEST, read_manifest
 from clmedit.models.load import save_model
 from clmedit.outputs import check_output_dir
 from clmedit.report import escape

@@ -115,6 +115,13 @@ def create_app(store: FixStore, model_id: str, api_key: str | None = None, limit
         (done,) = await _answers(generator, [job])
         return chat_completion(model_id, rid, done["text"], done["finish_reason"], _usage([done]))
 
+    _fix_routes(app, store, limits)
+    return app
+
+
+def _fix_routes(app: FastAPI, store: FixStore, limits: Limits) -> None:
+    """/v1/fixes: list the fixes in the model, add some (applied at once), take one back."""
+
     @app.get("/v1/fixes")
     async def list_fixes() -> dict[str, Any]:
         return {"object": "list", "data": store.records()}
@@ -144,8 +151,6 @@ def create_app(store: FixStore, model_id: str, api_key: str | None = None, limit
                 404, f"there is no fix {fix_id!r}; GET /v1/fixes lists them", "fix_not_found"
             ) from None
         return {**gone, "deleted": True}
-
-    return app
 
 
 def _job(req: CompletionRequest | ChatRequest, prompt: str, default: int, limits: Limits) -> Job:
