@@ -124,11 +124,6 @@ def bench_cmd(
     report_outcome(summaries, out)
 
 
-def _report_file(p: Path) -> bool:
-    """A name `clmedit report` writes (tables and figures)."""
-    return p.name in ("table.md", "table.tex", "sequential.md") or p.suffix == ".png"
-
-
 @app.command("report")
 def report_cmd(
     run_dirs: list[Path] = typer.Argument(..., help="run directories (searched for summary.json), or a study folder"),
@@ -136,11 +131,7 @@ def report_cmd(
     figures: bool = typer.Option(True, "--figures/--no-figures"),
 ) -> None:
     """Table IV-style Markdown + LaTeX tables and the cost/distance/PCA figures from run directories."""
-    from clmedit.errors import InputError
-    from clmedit.files import atomic_write_text
-    from clmedit.outputs import check_output_dir, foreign_entries, output_path
-    from clmedit.report.tables import render_latex, render_markdown
-    from clmedit.results import load_summaries
+    from clmedit.outputs import output_path
 
     if out is not None:
         output_path(out)
@@ -149,35 +140,9 @@ def report_cmd(
 
         typer.echo(f"report written to {write_study_report(run_dirs[0], out)}")
         return
-    from clmedit.report.sequential import is_sequential, render_checkpoints, sequential_figures
+    from clmedit.report.runs import write_report
 
-    try:  # a summary.json edited or torn by hand is the user's file, not a bug
-        found = load_summaries(run_dirs)
-        summaries = [s for s in found if not is_sequential(s)]
-        lifelong = [s for s in found if is_sequential(s)]
-        markdown, latex = render_markdown(summaries), render_latex(summaries)
-        sequential_md = render_checkpoints(lifelong) if lifelong else None
-    except (ValueError, KeyError, TypeError, AttributeError) as err:
-        if isinstance(err, InputError):
-            raise
-        raise InputError(
-            f"a summary.json under {', '.join(map(str, run_dirs))} is malformed ({type(err).__name__}: {err}); "
-            "rerun `clmedit run` into its folder to rewrite it"
-        ) from None
-    out = out or (run_dirs[0] / "report" if run_dirs[0].is_dir() else Path("report"))
-    # a folder holding anything but what a report writes is the user's: never written over
-    check_output_dir(out, run_dirs, lambda n: _report_file(Path(n)), ours=lambda p: not foreign_entries(p, _report_file))
-    if summaries or not lifelong:
-        atomic_write_text(out / "table.md", markdown + "\n")
-        atomic_write_text(out / "table.tex", latex + "\n")
-    if sequential_md is not None:
-        atomic_write_text(out / "sequential.md", sequential_md + "\n")
-        markdown = "\n\n".join(m for m in (markdown if summaries else "", sequential_md) if m)
-    written = []
-    if figures:
-        from clmedit.report.figures import all_figures
-
-        written = all_figures(summaries, out) + sequential_figures(lifelong, out)
+    markdown, out, written = write_report(run_dirs, out, figures)
     typer.echo(markdown)
     typer.echo(f"\ntables in {out}; {len(written)} figure(s): " + ", ".join(str(p) for p in written))
 

@@ -34,7 +34,7 @@ def make_editor(name: str, model: str, preset: str | None = None, hparams: dict[
     from clmedit.config import preset_for_model
     from clmedit.editors.base import get_editor
 
-    return get_editor(name, preset=preset or (model if preset_for_model(model) else None), **(hparams or {}))
+    return get_editor(name, preset=preset or preset_for_model(model), **(hparams or {}))
 
 
 def load_model_for(name: str, device: str | None = None, dtype: str = "auto"):
