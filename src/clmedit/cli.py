@@ -221,7 +221,7 @@ def stats(
 
 @app.command("train")
 def train_cmd(
-    editor: str = typer.Option(..., "--editor", "-e", help="a trainable editor (`clmedit editors` marks them)"),
+    editor: str = typer.Option(..., "--editor", "-e", help="a trainable editor: one that learns a part (others are refused, saying so)"),
     data: str = run_option("data"),
     out: Path = typer.Option(..., "--out", "-o", help="folder for the trained part (e.g. RUN_DIR/fold0)"),
     model: str = run_option("model"),
@@ -250,11 +250,11 @@ def train_cmd(
 
 @app.command("editors")
 def list_editors() -> None:
-    """List the registered editors: name, label, and whether it is trained (`clmedit train`, then --folds 2)."""
-    from clmedit.editors.base import describe_editors
+    """List the registered editors (without importing any: the registry is torch-free)."""
+    from clmedit.editors.registry import editor_names
 
-    for name, label, trainable in describe_editors():
-        typer.echo(f"{name}\t{label}" + ("\ttrainable" if trainable else ""))
+    for name in editor_names():
+        typer.echo(name)
 
 
 if __name__ == "__main__":

@@ -242,16 +242,3 @@ def get_editor(name: str, preset: str | None = None, **overrides: Any) -> Editor
     """An editor by registry name, with hparams from defaults < preset (model name or YAML path) < overrides."""
     cls = editor_class(name)
     return cls(load_hparams(cls.HParams, cls.name, preset, **overrides))
-
-
-def describe_editors() -> list[tuple[str, str, bool | None]]:
-    """(name, label, trainable) of every registered editor, asked of its class (None: it does not
-    import here, e.g. a missing optional extra)."""
-    rows = []
-    for name in editor_names():
-        try:
-            trainable: bool | None = editor_class(name).trainable
-        except ImportError:
-            trainable = None
-        rows.append((name, editor_label(name), trainable))
-    return rows

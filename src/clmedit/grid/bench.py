@@ -64,7 +64,6 @@ def bench(
                 f"bench runs single edits; run the trainable {editor!r} with `clmedit run --folds 2`"
             )
     m, tok = load_model_for(model, device, dtype)
-    model_dir = out / slug(Path(model.rstrip("/")).name)
     summaries = []
     model_dir = out / slug(model.rstrip("/").rsplit("/", 1)[-1])  # a hub id or path: its last part
     for task in tasks:
