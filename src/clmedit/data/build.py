@@ -30,8 +30,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from clmedit.data import rename, rewrite
 from clmedit.data.schema import EditCase, Neighbour, Task, format_prompt, write_cases
-from clmedit.data.sources import RawExample, SourceError, collapse, read_source
+from clmedit.data.sources import RawExample, SourceError, collapse
 from clmedit.data.sources.python_sources import stdlib_fingerprint
+from clmedit.data.sources.read import read_source
 from clmedit.data.stats import TokenCounter, dataset_stats, stats_path, token_counter
 from clmedit.files import atomic_write_text, cache_root, is_sealed, locked, write_seal
 
