@@ -21,9 +21,9 @@ import torch
 from cases import benchmark_cases
 
 from clmedit.editors.base import get_editor
+from clmedit.fixes.artifact import load_artifact, save_artifact
 from clmedit.models.load import load_model
 from clmedit.models.text import prompt_ids, target_ids
-from clmedit.run.artifact import load_artifact, save_artifact
 
 MODEL = "smollm2-135m"
 

@@ -63,9 +63,11 @@ def main() -> None:
     import ray
     import torch
 
+    from clmedit.grid.cell import run
+    from clmedit.grid.distributed import Cluster, run_grid
     from clmedit.results import read_records
-    from clmedit.run.distributed import Cluster, run_grid
-    from clmedit.run.runner import RunConfig, load_model_for, run
+    from clmedit.run.settings import RunConfig
+    from clmedit.run.setup import load_model_for
 
     torch.set_num_threads(1)  # the local loop gets what one worker gets
     root = args.out or Path(tempfile.mkdtemp(prefix="ray_grid_"))
@@ -97,7 +99,7 @@ def main() -> None:
     seconds["plain2"] = _two_plain_processes(grid("plain2"))
 
     def scores(name: str) -> list:
-        return [sorted((r["case_id"], r["scores"]) for r in read_records(root / name / e)) for e in editors]
+        return [sorted((r.case_id, r.model_dump_json(include={"scores"})) for r in read_records(root / name / e)) for e in editors]
 
     same = scores("local") == scores("ray1") == scores("ray2") == scores("plain2")
     print(f"grid: {len(editors)} runs ({','.join(editors)}) x {args.cases} cases of {args.data} on {args.model}, "

@@ -66,9 +66,9 @@ def main() -> None:
     from clmedit.data.schema import read_cases
     from clmedit.editors.base import get_editor
     from clmedit.models.load import load_model
-    from clmedit.run.folds import training_half
+    from clmedit.run.folds import scored_cases, split_folds, training_half
     from clmedit.run.prepare import resolve_data
-    from clmedit.run.runner import RunConfig, scored_cases, split_folds
+    from clmedit.run.settings import RunConfig
 
     cases = read_cases(resolve_data(args.data))[: args.limit]
     config = RunConfig(data=args.data, out=".", folds=2, eval_limit=args.eval_limit)

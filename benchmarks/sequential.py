@@ -45,8 +45,8 @@ def _package_dir(name: str) -> Path:
 
 def larger_cnle(packages: list[str], seed: int = 0) -> Path:
     """CNLE cases mined from the stdlib plus `packages`, built once and cached (sealed) by content."""
-    from clmedit.data.build import PIPELINE_VERSION, BuildConfig, build_dataset, stdlib_fingerprint
-    from clmedit.data.sources.python_sources import stdlib_dir
+    from clmedit.data.build import PIPELINE_VERSION, BuildConfig, build_dataset
+    from clmedit.data.sources.python_sources import stdlib_dir, stdlib_fingerprint
     from clmedit.files import cache_root, is_sealed, locked, write_seal
 
     dirs = [stdlib_dir(), *(_package_dir(p) for p in packages)]
@@ -152,7 +152,8 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
     from clmedit.cli_common import parse_hp
-    from clmedit.run.runner import RunConfig, run
+    from clmedit.grid.cell import run
+    from clmedit.run.settings import RunConfig
 
     data = pick_data(args.data, args.edits, [p for p in args.extra_packages.split(",") if p])
     config = RunConfig(model=args.model, editor=args.editor, data=data, out=args.out, sequential=args.edits,

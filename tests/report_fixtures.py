@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from clmedit.run.records import summarise_records
+from clmedit.run.summary import row_facts, write_summary
 
 # (task, editor) -> per-case (effectiveness EM, generalization EM, specificity EM); every case's BLEU and
 # ROUGE-L equal its EM, fluency 2.0 bits; seconds 1.0 * (case index + 1), own peak 2 MiB, resident 10 MiB.
@@ -49,8 +49,8 @@ def make_study(root: Path) -> Path:
         d = root / task / editor
         d.mkdir(parents=True)
         recs = [_record(task, editor, i, ems) for i, ems in enumerate(rows)]
-        (d / "cases.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
-        (d / "summary.json").write_text(json.dumps(summarise_records(recs)))
+        (d / "cases.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))  # the old form: outputs beside scores
+        write_summary(d, **row_facts(editor))
         runs.append({"task": task, "editor": editor, "dir": f"{task}/{editor}"})
     lengths = {"input": {"mean": 3.0, "median": 3.0, "n": 2}, "target": {"mean": 4.0, "median": 4.0, "n": 2},
                "rephrase": {"mean": 3.5, "median": 3.5, "n": 2}, "neighbour": {"mean": 3.0, "median": 3.0, "n": 10},

@@ -11,9 +11,10 @@ from safetensors.torch import load_file, save_file
 from clmedit.config import preset_path
 from clmedit.editors.base import get_editor
 from clmedit.errors import IntegrityError
+from clmedit.fixes.artifact import load_artifact, load_edited, save_artifact
+from clmedit.fixes.manifest import EDIT_FILE, tensor_sha256
+from clmedit.models.fingerprint import fingerprint
 from clmedit.models.tiny import tiny_model
-from clmedit.run.artifact import EDIT_FILE, load_artifact, load_edited, save_artifact, tensor_sha256
-from clmedit.run.records import fingerprint
 from tests.conftest import greedy_ids, make_case
 
 NORM = "model.norm.weight"

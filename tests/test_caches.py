@@ -13,12 +13,13 @@ import torch
 
 from clmedit.data.schema import write_cases
 from clmedit.errors import InputError
+from clmedit.grid.cell import run
 from clmedit.models.fingerprint import model_fingerprint
 from clmedit.models.load import load_model
 from clmedit.models.tiny import tiny_model
 from clmedit.run import records
 from clmedit.run.prepare import answers_fingerprint, answers_path, ensure_base_answers
-from clmedit.run.runner import RunConfig, run
+from clmedit.run.settings import RunConfig
 from tests.conftest import make_case
 
 RELEASE = "CodeLlama-7b-hf"
@@ -63,8 +64,8 @@ def test_a_model_replaced_at_the_same_path_gets_its_own_answers(tmp_path):
         model, tok = load_model(str(folder), device="cpu")
         out = run(RunConfig(data=str(data), out=tmp_path / f"r{seed}", fluency=False), model, tok)
         (rec,) = records.read_records(out)
-        assert rec["scores"]["specificity"]["em"] == 1.0
-        outputs.append(rec["outputs"]["neighbours"])
+        assert rec.scores.specificity.em == 1.0
+        outputs.append(rec.scores.outputs.neighbours)
     assert outputs[0] != outputs[1]  # two different models indeed
 
 
@@ -122,7 +123,7 @@ def test_run_config_takes_the_release_key(llama_tiny, tmp_path):
     data = write_cases(tmp_path / "c.jsonl", [_released()])
     config = RunConfig(data=str(data), out=tmp_path / "r", fluency=False, answers_from=RELEASE)
     (rec,) = records.read_records(run(config, model, tok))
-    assert rec["scores"]["specificity"]["em"] == 0.0  # the tiny model does not say "released k"
+    assert rec.scores.specificity.em == 0.0  # the tiny model does not say "released k"
 
 
 def test_stats_of_a_replaced_model_are_recomputed(tmp_path):

@@ -13,10 +13,11 @@ from clmedit.cli import app
 from clmedit.data.schema import write_cases
 from clmedit.editors.base import EDITORS, Editor, EditResult, EditState, replace_module
 from clmedit.errors import NotSavableError
+from clmedit.fixes.artifact import load_artifact, save_artifact
+from clmedit.fixes.cases import read_fixes
+from clmedit.models.fingerprint import fingerprint
 from clmedit.models.tiny import tiny_model
-from clmedit.run.artifact import load_artifact, save_artifact
-from clmedit.run.fixes import read_fixes
-from clmedit.run.records import fingerprint, read_records
+from clmedit.results import read_records
 from tests.conftest import make_case
 
 cli = CliRunner()
@@ -143,7 +144,7 @@ def test_apply_command_saves_and_loads(tiny_dir, tmp_path, monkeypatch):
 
 
 def test_bench_editor_names():
-    from clmedit.run.bench import bench_editor_names
+    from clmedit.grid.bench import bench_editor_names
 
     assert bench_editor_names("none, grace") == ["none", "grace"]
     every = bench_editor_names("all")
@@ -286,5 +287,5 @@ def test_train_then_run_uses_the_trained_fold(tiny_dir, tmp_path, monkeypatch):
     (tmp_path / "r" / "fold0" / "learned.json").write_text("99")  # proof that fold 0 is loaded, not refitted
     result = cli.invoke(app, ["run", *common, "--folds", "2", "--out", str(tmp_path / "r"), "--no-fluency"])
     assert result.exit_code == 0, result.output
-    learned = {r["fold"]: r["info"]["learned"] for r in read_records(tmp_path / "r")}
+    learned = {r.fold: r.info["learned"] for r in read_records(tmp_path / "r")}
     assert learned == {0: 99, 1: 2}

@@ -102,3 +102,30 @@ def test_apply_restore_contract(name, family_model):
         # nothing of this edit leaks into the next case
         for other in (first, second):
             assert greedy_ids(model, tok, other.prompt, n) == before[other.case_id]
+
+
+def test_a_name_is_registered_once():
+    from clmedit.editors.registry import register_editor
+    from clmedit.errors import InputError
+
+    before = (dict(EDITORS), dict(ALIASES))
+    for name, aliases in (("grace", ()), ("FT-L", ()), ("myedit", ("a-grace",))):
+        with pytest.raises(InputError, match="registered already"):
+            register_editor(name, "mypkg.edit:MyEditor", aliases=aliases)
+    assert before == (EDITORS, ALIASES)  # nothing replaced
+
+
+def test_an_editor_that_declares_no_weights_saves_no_edit():
+    from clmedit.errors import NotSavableError
+    from clmedit.models.tiny import tiny_model
+
+    class Silent(Editor):
+        name = "silent"
+
+        def _apply(self, model, tok, cases, result) -> None:
+            pass
+
+    model, _ = tiny_model("llama")
+    with pytest.raises(NotSavableError, match="does not declare the weights it edits"):
+        Silent().edit_state(model)
+    assert _editor("none").edit_state(model).tensors == {}  # the explicit "none"

@@ -101,7 +101,7 @@ def test_malmen_failure_in_its_layer_loop_leaves_no_layer_changed(llama_tiny, mo
     editor = get_editor("malmen", preset=tiny, layers=[1, 2, 3], reference_layers=4)
     editor.fit(model, tok, [make_case(i) for i in range(2, 6)])
     arch = arch_of(model)
-    layers = editor._layers(model)
+    layers = editor.edited_layers(model)
     assert layers == [1, 2, 3]
     last = arch.weight_out_in(arch.down_proj_module(model, layers[-1]))
     snap = _snapshot(model)

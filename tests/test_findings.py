@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from clmedit.report import findings as fd
-from clmedit.run.records import summarise_records
+from clmedit.results import CaseRecord
+from clmedit.run.summary import row_facts, summarise_records
 
 # (editor) -> cases with EM 1 out of N on (CSNE effectiveness, CNLE effectiveness, generalization, specificity)
 HOLDING = {
@@ -32,10 +33,11 @@ def _summaries(grid: dict[str, tuple[int, int, int, int]], n: int = 10, seconds=
             for i in range(n):
                 triple = [{"em": float(i < k), "bleu": 0.0, "rouge_l": 0.0} for k in (eff, gen, spec)]
                 scores = dict(zip(("effectiveness", "generalization", "specificity"), triple))
-                recs.append({"case_id": f"{task}-{i}", "task": task, "editor": editor, "model": "synthetic",
-                             "scores": scores, "seconds": seconds.get(editor, 2.0), "peak_bytes": 0,
-                             "resident_peak_bytes": 1000 * 2**20})  # fmt: skip
-            out.append(summarise_records(recs))
+                recs.append(CaseRecord.model_validate(
+                    {"case_id": f"{task}-{i}", "task": task, "editor": editor, "model": "synthetic",
+                     "scores": scores, "seconds": seconds.get(editor, 2.0), "peak_bytes": 0,
+                     "resident_peak_bytes": 1000 * 2**20}))  # fmt: skip
+            out.append({**summarise_records(recs), **row_facts(editor)})
     return out
 
 

@@ -24,11 +24,11 @@ from clmedit.cli import app
 from clmedit.config import preset_path
 from clmedit.data.schema import write_cases
 from clmedit.editors.base import editor_class, editor_names, get_editor
+from clmedit.fixes.artifact import load_artifact, save_artifact
+from clmedit.fixes.export import export_fix
 from clmedit.models.load import load_model
 from clmedit.models.text import prompt_ids, target_ids
 from clmedit.models.tiny import tiny_model
-from clmedit.run.artifact import load_artifact, save_artifact
-from clmedit.run.export import export_fix
 from tests.conftest import greedy_ids, make_case
 from tests.test_conformance import ONE_TOKEN_ON_TINY
 
@@ -42,7 +42,7 @@ import json, sys, torch
 from clmedit.errors import IntegrityError
 from clmedit.models.text import prompt_ids
 from clmedit.models.tiny import tiny_model
-from clmedit.run.artifact import load_artifact
+from clmedit.fixes.artifact import load_artifact
 root, names, prompts, n = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3]), int(sys.argv[4])
 out = {}
 for name in names:

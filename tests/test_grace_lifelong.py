@@ -15,8 +15,8 @@ from clmedit.editors.base import get_editor
 from clmedit.editors.grace.codebook import Codebook
 from clmedit.editors.grace.layer import GraceLayer
 from clmedit.errors import InputError
+from clmedit.models.fingerprint import fingerprint
 from clmedit.models.text import target_ids
-from clmedit.run.records import fingerprint
 from tests.conftest import greedy_ids, make_case
 
 TARGETS = ("sorted(xs, reverse=True)", "os.path.join(a, b)", "json.load(f)")

@@ -12,7 +12,7 @@ from clmedit.errors import InputError
 from clmedit.models.load import load_model, resolve_dtype
 from clmedit.models.text import prompt_ids
 from clmedit.models.tiny import tiny_model
-from clmedit.run.runner import RunConfig
+from clmedit.run.settings import RunConfig
 from tests.conftest import make_case
 
 

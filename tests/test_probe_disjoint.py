@@ -15,9 +15,10 @@ import torch
 from clmedit.data.schema import EditCase, EditRequest, Neighbour, format_prompt, read_cases, write_cases
 from clmedit.editors.base import Editor, EditResult
 from clmedit.files import cache_root
+from clmedit.grid.cell import run
 from clmedit.models.text import prompt_ids
 from clmedit.run.folds import disjoint_training, probe_texts, split_folds, training_half
-from clmedit.run.runner import RunConfig, run
+from clmedit.run.settings import RunConfig
 
 POOL = [f"open the file number {i} and read it" for i in range(7)]
 
@@ -168,6 +169,9 @@ class Recorder(Editor):
         self.got += cases
         result.info["n"] = len(cases)
 
+    def edited_layers(self, model) -> list[int]:
+        return []  # it edits no weight (declared: an undeclared editor cannot save a fix file)
+
 
 def _only_requests(got: list[object], n: int) -> None:
     assert len(got) == n
@@ -177,7 +181,7 @@ def _only_requests(got: list[object], n: int) -> None:
 
 
 def test_apply_never_receives_a_rephrase_or_neighbour(llama_tiny, tmp_path):
-    from clmedit.run.artifact import save_artifact
+    from clmedit.fixes.artifact import save_artifact
 
     model, tok = llama_tiny
     cases = pooled_cases(4)

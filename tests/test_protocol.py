@@ -115,7 +115,8 @@ def _alone_shorter_than_in_context(tok) -> str:
 
 def test_study_budget_short_cases_are_counted_and_in_context_budget_fits(tiny):
     from clmedit.models.text import in_context_budget
-    from clmedit.run.records import summarise_records
+    from clmedit.results import CaseRecord
+    from clmedit.run.summary import summarise_records
 
     model, tok = tiny
     case = make_case(3, target=_alone_shorter_than_in_context(tok))
@@ -132,6 +133,5 @@ def test_study_budget_short_cases_are_counted_and_in_context_budget_fits(tiny):
     fill_base_answers(model, tok, [ok])
     recs = []
     for c, s in ((case, study), (ok, evaluate_case(model, tok, ok, fluency=False))):
-        dumped = s.model_dump(mode="json")
-        recs.append({"case_id": c.case_id, "task": c.task, "scores": dumped, "outputs": dumped.pop("outputs")})
+        recs.append(CaseRecord(case_id=c.case_id, task=c.task, scores=s))
     assert summarise_records(recs)["counts"]["budget_short"] == 1

@@ -15,11 +15,12 @@ import torch
 
 from clmedit.data.schema import iter_jsonl, write_cases
 from clmedit.errors import InputError
+from clmedit.grid.cell import run
+from clmedit.grid.distributed import Cluster, run_grid
+from clmedit.grid.study import study
 from clmedit.models.tiny import tiny_model
 from clmedit.results import read_records
-from clmedit.run.distributed import Cluster, run_grid
-from clmedit.run.runner import RunConfig, run
-from clmedit.run.study import study
+from clmedit.run.settings import RunConfig
 from tests.conftest import make_case
 
 try:
@@ -60,7 +61,7 @@ def _config(model, data, out, editor, **kw) -> RunConfig:
 
 def _by_case(out) -> dict[str, dict]:
     return {
-        r["case_id"]: {k: r.get(k) for k in ("scores", "outputs", "fold", "error")} for r in read_records(out)
+        r.case_id: r.model_dump(include={"scores", "fold", "error"}) for r in read_records(out)
     }
 
 

@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from clmedit.cli import app
 from clmedit.data.schema import write_cases
-from clmedit.run.records import summarise_records
+from clmedit.results import CaseRecord
+from clmedit.run.summary import row_facts, summarise_records
 from tests.conftest import make_case
 
 cli = CliRunner()
@@ -167,7 +168,7 @@ def _one_case_summary() -> dict:
     scores = {"case_id": "a", "effectiveness": triple, "generalization": triple, "specificity": triple}
     recs = [{"case_id": "a", "task": "cnle", "editor": "grace", "model": "m", "error": None, "seconds": 1.0,
              "peak_bytes": 1, "scores": scores}]  # fmt: skip
-    return summarise_records(recs)
+    return {**summarise_records([CaseRecord.model_validate(r) for r in recs]), **row_facts("grace")}
 
 
 def test_hostile_labels_and_model_names_stay_text_in_every_report_format(tmp_path):

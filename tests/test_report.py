@@ -6,6 +6,8 @@ import json
 
 from clmedit.report.figures import all_figures, cost_bars, distance_envelope, key_pca
 from clmedit.report.tables import load_summaries, render_latex, render_markdown
+from clmedit.results import CaseRecord
+from clmedit.run.summary import row_facts
 
 
 def _summary(editor: str, eff: float, fluency: float | None, failed: int = 0) -> dict:
@@ -22,6 +24,7 @@ def _summary(editor: str, eff: float, fluency: float | None, failed: int = 0) ->
             "fluency": fluency,
         },
         "cost": {"median_seconds": 0.5, "median_peak_bytes": 2**21},
+        **row_facts(editor),  # the label and table position a run writes
     }
 
 
@@ -46,11 +49,13 @@ def test_runs_with_hparam_overrides_are_labelled_apart():
     assert "| MALMEN | 50.00 |" in table and "| MALMEN (loc_coef=10, steps=50) | 5.00 |" in table
 
 
-def test_row_label_comes_from_the_summary_then_the_registry():
-    own = {**_summary("myedit", 1.0, None), "label": "MyEdit v2"}  # an editor only its run knew
-    table = render_markdown([own, _summary("agrace-last", 2.0, None), _summary("unknown-editor", 3.0, None)])
-    assert "| MyEdit v2 | 1.00 |" in table
-    assert "| A-GRACE w/o mean | 2.00 |" in table and "| unknown-editor | 3.00 |" in table
+def test_row_label_and_place_come_from_the_summary_alone():
+    own = {**_summary("myedit", 1.0, None), "label": "MyEdit v2", "order": -1}  # an editor only its run knew
+    bare = {k: v for k, v in _summary("agrace-last", 2.0, None).items() if k not in ("label", "order")}
+    table = render_markdown([_summary("grace", 4.0, None), bare, own, _summary("unknown-editor", 3.0, None)])
+    assert "| A-GRACE w/o mean |" not in table  # a summary without a label shows its editor's name
+    rows = [line.split(" | ")[0] for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows[1:] == ["| MyEdit v2", "| GRACE", "| unknown-editor", "| agrace-last"]
 
 
 def test_a_row_scored_on_fewer_cases_says_how_many():
@@ -68,6 +73,7 @@ def test_flat_metric_keys_are_read_too():
         "tasks": ["csne"],
         "counts": {"ok": 1},
         "metrics": {"effectiveness.em": 7},
+        **row_facts("ft"),
     }
     assert "| FT-L | 7.00 | - |" in render_markdown([flat])
 
@@ -90,20 +96,20 @@ def test_load_summaries_searches_run_dirs(tmp_path):
 
 def test_figures_written_when_data_exists_and_skipped_otherwise(tmp_path):
     recs = [
-        {"case_id": str(i), "info": {"distances": {"rephrase": i, "neighbours": [i + 1, i + 3], "radius": 2.0},
-                                     "keys": {"prompt": [i, 0, 1], "rephrase": [i, 1, 0], "neighbours": [[0, i, 2]]}}}
+        CaseRecord(case_id=str(i), info={"distances": {"rephrase": i, "neighbours": [i + 1, i + 3], "radius": 2.0},
+                                         "keys": {"prompt": [i, 0, 1], "rephrase": [i, 1, 0], "neighbours": [[0, i, 2]]}})
         for i in range(4)
     ]  # fmt: skip
     assert distance_envelope(recs, tmp_path / "d.png").stat().st_size > 0
     assert key_pca([("GRACE", recs)], tmp_path / "k.png").stat().st_size > 0
-    assert distance_envelope([{"case_id": "x", "info": {}}], tmp_path / "none.png") is None
+    assert distance_envelope([CaseRecord(case_id="x")], tmp_path / "none.png") is None
     assert key_pca([("GRACE", [])], tmp_path / "none2.png") is None
     with_cost = [{**_summary(e, 0, 1), "cost": {"mean_seconds": 1.0, "mean_peak_bytes": 2**20}} for e in ("none", "grace")]
     assert [p.name for p in cost_bars(with_cost, tmp_path)] == ["fig3_time.png", "fig4_memory.png"]
     assert cost_bars([_summary("none", 0, 1)], tmp_path / "no-means") == []  # no mean cost recorded
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / "cases.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    (run_dir / "cases.jsonl").write_text("".join(r.model_dump_json(exclude_none=True) + "\n" for r in recs))
     written = all_figures([{**with_cost[1], "run_dir": str(run_dir)}], tmp_path / "figs")
     assert {p.name for p in written} == {"fig3_time.png", "fig4_memory.png", "distances_cnle_grace.png", "fig6_keys_cnle.png"}
     assert all(p.parent == tmp_path / "figs" for p in written)  # every figure inside the output folder

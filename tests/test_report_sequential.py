@@ -13,6 +13,7 @@ from clmedit.cli import app
 from clmedit.data.schema import write_cases
 from clmedit.models.tiny import tiny_model
 from clmedit.report.sequential import cost_series, render_checkpoints, rolling_median, sequential_figures
+from clmedit.run.summary import row_facts
 from tests.conftest import make_case
 
 MIB = 2**20
@@ -59,14 +60,15 @@ def runs(tmp_path):
     ]
     (ft / "edits.jsonl").write_text("".join(json.dumps(e) + "\n" for e in edits))
     first = {
-        "mode": "sequential", "editor": "ft", "model": "m", "tasks": ["cnle"], "run_dir": str(ft),
+        "mode": "sequential", "editor": "ft", **row_facts("ft"), "model": "m", "tasks": ["cnle"], "run_dir": str(ft),
         "sequential": {"batch_size": 1, "checkpoints": [
             _row(1, 1, 100.0, 0.0, 100.0, 1, 0, 0.5, 100 * MIB),
             _row(3, 3, 200 / 3, 100 / 3, None, 0, 5, 0.25, 101 * MIB),  # every neighbour was an edited input
         ]},
     }  # fmt: skip
     second = {
-        "mode": "sequential", "editor": "grace", "model": "m", "tasks": ["cnle"], "run_dir": str(tmp_path / "g"),
+        "mode": "sequential", "editor": "grace", **row_facts("grace"), "model": "m", "tasks": ["cnle"],
+        "run_dir": str(tmp_path / "g"),
         "sequential": {"batch_size": 2, "checkpoints": [
             {"edits": 2, "requested": [1], "applied": 2, "complete": False, "metrics": {}},
         ]},

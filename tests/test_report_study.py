@@ -113,12 +113,13 @@ def test_report_never_writes_outside_out(tmp_path):
     assert any(p.name.startswith("distances_") for p in written) and all(".." not in p.name for p in written)
 
 
-def test_report_reads_results_only_without_torch_or_the_runner():
+def test_report_reads_results_only_without_torch_the_runner_or_the_editors():
     import subprocess
     import sys
 
-    code = ("import sys, clmedit.report.study, clmedit.report.figures, clmedit.report.html, clmedit.results; "
-            "bad = [m for m in sys.modules if m == 'torch' or m.startswith('clmedit.run')]; print(bad); "
+    code = ("import sys, clmedit.report.study, clmedit.report.figures, clmedit.report.html, clmedit.report.runs, "
+            "clmedit.results; bad = [m for m in sys.modules if m == 'torch' or m.startswith(('clmedit.run', "
+            "'clmedit.editors'))]; print(bad); "
             "sys.exit(1 if bad else 0)")  # fmt: skip
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr

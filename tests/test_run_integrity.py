@@ -93,7 +93,7 @@ def test_skipped_lines_are_counted_with_line_numbers_in_the_summary(llama_tiny, 
     data = tmp_path / "c.jsonl"
     data.write_bytes(b"\n".join(lines) + b"\n")
     out = run(_config(data, tmp_path / "r"), model, tok, editor=Bump())
-    assert sorted(r["case_id"] for r in records.read_records(out)) == ["case-0", "case-1"]
+    assert sorted(r.case_id for r in records.read_records(out)) == ["case-0", "case-1"]
     skipped = json.loads((out / "summary.json").read_text())["skipped_lines"]
     assert skipped["count"] == 4
     assert [s["line"] for s in skipped["lines"]] == [2, 3, 4, 5]
@@ -109,15 +109,15 @@ def test_a_case_beyond_the_context_window_is_a_per_case_error(llama_tiny, tmp_pa
     long.prompt = "Intent: " + "sort a list " * model.config.max_position_embeddings + "\nCode:"
     data = write_cases(tmp_path / "c.jsonl", [make_case(0), long, make_case(2)])
     out = run(_config(data, tmp_path / "r"), model, tok, editor=Bump())
-    by_id = {r["case_id"]: r for r in records.read_records(out)}
-    assert by_id["case-1"]["error"]["type"] == "InputError"
-    assert "context window of 512" in by_id["case-1"]["error"]["message"]
-    assert by_id["case-0"]["error"] is None and by_id["case-2"]["error"] is None
+    by_id = {r.case_id: r for r in records.read_records(out)}
+    assert by_id["case-1"].error["type"] == "InputError"
+    assert "context window of 512" in by_id["case-1"].error["message"]
+    assert by_id["case-0"].error is None and by_id["case-2"].error is None
 
 
 def test_a_first_run_that_stopped_before_any_result_does_not_bind_the_folder(llama_tiny, data, tmp_path):
     """A mistyped model name fails after run.json is written; the corrected command must still run."""
-    from clmedit.run.runner import RunConfig
+    from clmedit.run.settings import RunConfig
 
     out = tmp_path / "r"
     (tmp_path / "not-a-model").mkdir()
@@ -127,3 +127,34 @@ def test_a_first_run_that_stopped_before_any_result_does_not_bind_the_folder(lla
     model, tok = llama_tiny
     run(_config(data, out), model, tok, editor=Bump())
     assert len(records.read_records(out)) == 3
+
+
+def _old_form(line: str) -> str:
+    """A case line as clmedit wrote it before `CaseRecord`: the texts beside the scores, `error: null`."""
+    rec = json.loads(line)
+    rec["outputs"] = rec["scores"].pop("outputs")
+    return json.dumps({**rec, "error": None})
+
+
+def test_a_folder_written_in_the_old_form_resumes_and_reports(llama_tiny, data, tmp_path):
+    from clmedit.report.tables import render_markdown
+    from clmedit.results import load_summaries
+
+    model, tok = llama_tiny
+    out = run(_config(data, tmp_path / "r"), model, tok, editor=Bump())
+    before = json.loads((out / "summary.json").read_text())
+    lines = (out / "cases.jsonl").read_text().splitlines()
+    (out / "cases.jsonl").write_text("".join(_old_form(x) + "\n" for x in lines[:2]))  # the third case lost
+    old_summary = {k: v for k, v in before.items() if k != "order"}  # written before `order` existed
+    (out / "summary.json").write_text(json.dumps(old_summary))
+    assert "| bump |" in render_markdown(load_summaries([out]))  # reported as it is
+    old = records.read_records(out)
+    assert len(old) == 2 and all(r.ok and r.scores.outputs.prompt for r in old)  # the texts read back in the scores
+    again = Bump()
+    run(_config(data, out), model, tok, editor=again)
+    assert again.calls == 1  # the two old-form lines count as done
+    after = json.loads((out / "summary.json").read_text())
+    assert after["counts"] == before["counts"] and after["metrics"] == before["metrics"]
+    recs = sorted(records.read_records(out), key=lambda r: r.case_id)
+    assert [r.case_id for r in recs] == ["case-0", "case-1", "case-2"]
+    assert all(r.scores.outputs.prompt for r in recs)  # the old lines' texts are in their scores

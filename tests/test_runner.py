@@ -12,9 +12,12 @@ from clmedit.data.schema import write_cases
 from clmedit.editors.base import Editor, EditResult, backup_weights
 from clmedit.errors import IntegrityError
 from clmedit.models.arch import arch_of
+from clmedit.models.fingerprint import fingerprint
 from clmedit.run import records
+from clmedit.run.folds import split_folds
 from clmedit.run.prepare import answers_fingerprint, answers_path
-from clmedit.run.runner import RunConfig, parse_shard, run, shard_cases, split_folds
+from clmedit.run.runner import run, shard_cases
+from clmedit.run.settings import RunConfig, parse_shard
 from tests.conftest import make_case
 
 
@@ -65,24 +68,24 @@ def _config(data, out, **kw) -> RunConfig:
 
 def test_run_writes_records_summary_and_table(llama_tiny, data, tmp_path):
     model, tok = llama_tiny
-    before = records.fingerprint(model)
+    before = fingerprint(model)
     out = run(_config(data, tmp_path / "r", verify_restore=True, keys=True), model, tok, editor=Bump())
     recs = records.read_records(out)
-    assert [r["case_id"] for r in recs] == [f"case-{i}" for i in range(3)]
-    assert all(r["error"] is None and r["seconds"] > 0 and r["info"]["delta"] == 0.5 for r in recs)
-    assert "big" not in recs[0]["info"]  # large tensors stay out of the record
+    assert [r.case_id for r in recs] == [f"case-{i}" for i in range(3)]
+    assert all(r.error is None and r.seconds > 0 and r.info["delta"] == 0.5 for r in recs)
+    assert "big" not in recs[0].info  # large tensors stay out of the record
     case = make_case(0)
-    dist = recs[0]["info"]["distances"]
+    dist = recs[0].info["distances"]
     assert dist["rephrase"] == pytest.approx(abs(len(case.rephrase) - len(case.prompt)))
-    assert len(dist["neighbours"]) == 5 and len(recs[0]["info"]["keys"]["neighbours"]) == 5
-    assert set(recs[0]["scores"]["effectiveness"]) == {"em", "bleu", "rouge_l"}
+    assert len(dist["neighbours"]) == 5 and len(recs[0].info["keys"]["neighbours"]) == 5
+    assert set(recs[0].scores.effectiveness.model_dump()) == {"em", "bleu", "rouge_l"}
     summary = json.loads((out / "summary.json").read_text())
     assert summary["counts"] == {"cases": 3, "ok": 3, "failed": 0, "apply_calls": 3, "budget_short": 0}
     assert summary["editor"] == "bump" and summary["config"]["editor"] == "bump"
     assert summary["label"] == "bump"  # unregistered: its name
     assert "| Eff. EM |" in (out / "table.md").read_text()
     assert not list(out.glob(".*.tmp"))  # atomic writes leave no temporary files behind
-    assert records.fingerprint(model) == before  # every edit was undone
+    assert fingerprint(model) == before  # every edit was undone
 
 
 def test_budget_is_part_of_the_run_and_its_count_in_the_table(llama_tiny, tmp_path):
@@ -108,21 +111,21 @@ def test_killed_run_resumes_with_only_the_rest(llama_tiny, data, tmp_path):
     again = Bump()
     run(_config(data, out), model, tok, editor=again)
     assert again.calls == 2
-    assert sorted(r["case_id"] for r in records.read_records(out)) == [f"case-{i}" for i in range(3)]
+    assert sorted(r.case_id for r in records.read_records(out)) == [f"case-{i}" for i in range(3)]
 
 
 def test_failing_case_is_recorded_and_run_continues(llama_tiny, data, tmp_path):
     model, tok = llama_tiny
     out = run(_config(data, tmp_path / "r"), model, tok, editor=Bump(fail_on={"case-1"}))
-    by_id = {r["case_id"]: r for r in records.read_records(out)}
-    assert by_id["case-1"]["error"]["type"] == "ValueError"
-    assert "cannot edit case-1" in by_id["case-1"]["error"]["message"]
-    assert by_id["case-0"]["error"] is None and by_id["case-2"]["error"] is None
+    by_id = {r.case_id: r for r in records.read_records(out)}
+    assert by_id["case-1"].error["type"] == "ValueError"
+    assert "cannot edit case-1" in by_id["case-1"].error["message"]
+    assert by_id["case-0"].error is None and by_id["case-2"].error is None
     summary = json.loads((out / "summary.json").read_text())
     assert summary["counts"]["failed"] == 1 and summary["failures"]["by_type"] == {"ValueError": 1}
     again = Bump()  # a rerun retries only the failed case, and its success replaces the failure
     run(_config(data, out), model, tok, editor=again)
-    assert again.calls == 1 and all(r["error"] is None for r in records.read_records(out))
+    assert again.calls == 1 and all(r.error is None for r in records.read_records(out))
 
 
 def test_editor_that_leaks_a_failed_edit_stops_the_run(llama_tiny, data, tmp_path):
@@ -169,17 +172,17 @@ def test_base_answers_are_cached_under_the_model_fingerprint(llama_tiny, data, t
 @pytest.mark.slow
 def test_grace_on_the_default_model_end_to_end(tmp_path):
     """The real slice: smollm2-135m, GRACE, one case; the edit works and leaves no trace."""
-    from clmedit.run.runner import load_model_for
+    from clmedit.run.setup import load_model_for
 
     model, tok = load_model_for("smollm2-135m", "cpu")
-    before = records.fingerprint(model)
+    before = fingerprint(model)
     data = write_cases(tmp_path / "c.jsonl", [make_case(0, target="sorted(xs, key=len, reverse=True)")])
     config = RunConfig(editor="grace", data=str(data), out=tmp_path / "r", fluency=False, verify_restore=True)
     out = run(config, model, tok)
     (rec,) = records.read_records(out)
-    assert rec["error"] is None and rec["scores"]["effectiveness"]["em"] == 1.0
-    assert rec["scores"]["specificity"]["em"] == 1.0
-    assert records.fingerprint(model) == before
+    assert rec.error is None and rec.scores.effectiveness.em == 1.0
+    assert rec.scores.specificity.em == 1.0
+    assert fingerprint(model) == before
 
 
 def test_base_answers_written_meanwhile_by_another_run_are_kept(llama_tiny, data, tmp_path, monkeypatch):
@@ -254,12 +257,12 @@ def test_two_folds_fit_save_and_reload_on_resume_without_refitting(llama_tiny, t
     run(_config(data, out, folds=2), model, tok, editor=again)
     assert (again.fits, again.loads, again.calls) == (0, 1, 1)  # fold 1's trained part reloaded
     recs = records.read_records(out)
-    assert len(recs) == 4 and all(r["error"] is None and r["info"]["learned"] == 2 for r in recs)
-    assert sorted(r["fold"] for r in recs) == [0, 0, 1, 1]
+    assert len(recs) == 4 and all(r.error is None and r.info["learned"] == 2 for r in recs)
+    assert sorted(r.fold for r in recs) == [0, 0, 1, 1]
 
 
 def test_eval_limit_scores_the_first_cases_of_each_fold_and_trains_on_whole_folds(llama_tiny, tmp_path):
-    from clmedit.run.runner import scored_cases, split_folds
+    from clmedit.run.folds import scored_cases, split_folds
 
     model, tok = llama_tiny
     cases = [make_case(i) for i in range(6)]
@@ -272,8 +275,8 @@ def test_eval_limit_scores_the_first_cases_of_each_fold_and_trains_on_whole_fold
     editor = Memo()
     out = run(config, model, tok, editor=editor)
     recs = records.read_records(out)
-    assert len(recs) == 2 and sorted(r["fold"] for r in recs) == [0, 1]
-    assert all(r["info"]["learned"] == 3 for r in recs)  # each fit saw the whole other fold
+    assert len(recs) == 2 and sorted(r.fold for r in recs) == [0, 1]
+    assert all(r.info["learned"] == 3 for r in recs)  # each fit saw the whole other fold
     summary = json.loads((out / "summary.json").read_text())
     assert summary["counts"]["ok"] == 2
     # the folds come from the first `limit` cases: another limit is another run, refused in this folder
@@ -292,25 +295,25 @@ def test_trainable_editor_without_save_is_an_error_not_a_silent_retrain(llama_ti
 
 def test_batches_share_one_apply_call(llama_tiny, tmp_path):
     model, tok = llama_tiny
-    before = records.fingerprint(model)
+    before = fingerprint(model)
     data = write_cases(tmp_path / "c.jsonl", [make_case(i) for i in range(3)])
     editor = Bump()
     out = run(_config(data, tmp_path / "r", batch_size=2, verify_restore=True), model, tok, editor=editor)
-    recs = sorted(records.read_records(out), key=lambda r: r["case_id"])
-    assert editor.calls == 2 and [r["batch_size"] for r in recs] == [2, 2, 1]
-    assert recs[0]["batch"] == recs[1]["batch"] != recs[2]["batch"]
-    assert recs[0]["seconds"] == recs[1]["seconds"]  # one apply call, one cost
+    recs = sorted(records.read_records(out), key=lambda r: r.case_id)
+    assert editor.calls == 2 and [r.batch_size for r in recs] == [2, 2, 1]
+    assert recs[0].batch == recs[1].batch != recs[2].batch
+    assert recs[0].seconds == recs[1].seconds  # one apply call, one cost
     summary = json.loads((out / "summary.json").read_text())
     assert summary["counts"] == {"cases": 3, "ok": 3, "failed": 0, "apply_calls": 2, "budget_short": 0}
-    assert records.fingerprint(model) == before
+    assert fingerprint(model) == before
 
 
 @pytest.mark.slow
 def test_bench_runs_every_editor_on_a_tiny_model(tmp_path, monkeypatch):
     """bench(): one model load, a run per (task, editor) under out/<model>/<task>/<editor>, one table."""
     import clmedit.data.build as build
+    from clmedit.grid.bench import bench
     from clmedit.models.tiny import tiny_model
-    from clmedit.run.bench import bench
 
     folder = tmp_path / "tiny-llama"
     net, tok = tiny_model("llama")
@@ -329,7 +332,7 @@ def test_bench_runs_every_editor_on_a_tiny_model(tmp_path, monkeypatch):
                for s in summaries)  # (how many targets the tiny tokenizer spells longer after the prompt: not asked here)
     runs = tmp_path / "b" / "tiny-llama" / "cnle"
     outputs = {
-        e: {r["case_id"]: r["outputs"]["prompt"] for r in map(json.loads, (runs / e / "cases.jsonl").open())}
+        e: {r["case_id"]: r["scores"]["outputs"]["prompt"] for r in map(json.loads, (runs / e / "cases.jsonl").open())}
         for e in ("none", "grace")
     }
     # the edit took effect in every case (on a random tiny model the study's GRACE, replacing at every

@@ -16,12 +16,13 @@ from clmedit.data.schema import Neighbour, write_cases
 from clmedit.editors.base import Editor, EditResult
 from clmedit.editors.session import EditSession, backup_weights
 from clmedit.errors import InputError, IntegrityError
+from clmedit.grid.cell import run
+from clmedit.lifelong.checkpoint import checkpoint_states
+from clmedit.lifelong.sequence import run_sequential
 from clmedit.models.arch import arch_of
+from clmedit.models.fingerprint import fingerprint, fingerprint_diff
 from clmedit.results import read_edits
-from clmedit.run import records
-from clmedit.run.checkpoint import checkpoint_states
-from clmedit.run.runner import RunConfig, run
-from clmedit.run.sequential import run_sequential
+from clmedit.run.settings import RunConfig
 from tests.conftest import make_case
 from tests.test_conformance import _editor
 
@@ -62,7 +63,7 @@ def data(tmp_path):
 
 def test_session_keeps_the_first_copy_of_each_tensor_and_restores_bitwise(llama_tiny):
     model, _ = llama_tiny
-    before = records.fingerprint(model)
+    before = fingerprint(model)
     w1 = arch_of(model).down_proj_module(model, 1).weight
     w2 = arch_of(model).down_proj_module(model, 2).weight
     session = EditSession()
@@ -76,26 +77,26 @@ def test_session_keeps_the_first_copy_of_each_tensor_and_restores_bitwise(llama_
     assert session.saved == {("tensor", id(w1)), ("tensor", id(w2))}
     assert sum(len(u.saved) for u in session.undo) == 2  # one copy of each tensor, not one per apply
     session.restore()
-    assert records.fingerprint(model) == before
+    assert fingerprint(model) == before
 
 
 @pytest.mark.parametrize("name", ["ft", "rome", "memit", "alphaedit", "wise", "grace"])
 def test_sequential_applies_of_real_editors_hold_one_copy_and_restore_bitwise(name, llama_tiny):
     model, tok = llama_tiny
     editor = _editor(name)
-    before = records.fingerprint(model)
+    before = fingerprint(model)
     params = dict(model.named_parameters())
     session = EditSession()
     for i in range(4):
         session.absorb(editor.apply(model, tok, [make_case(i, target="json.load(f)")]))
-    after = records.fingerprint(model)
-    changed = [n for n in records.fingerprint_diff(before, after) if n in params and n in after]  # WISE: none
+    after = fingerprint(model)
+    changed = [n for n in fingerprint_diff(before, after) if n in params and n in after]  # WISE: none
     tensors = {k for k in session.saved if k[0] == "tensor"}
     assert tensors == {("tensor", id(params[n])) for n in changed}  # each touched weight copied once
     if name == "alphaedit":  # and its prior over kept keys: one entry per layer, not one per apply
         assert len(session.saved) - len(tensors) == len(editor._prior) > 0
     session.restore()
-    assert records.fingerprint(model) == before
+    assert fingerprint(model) == before
     assert not getattr(editor, "_prior", None)  # AlphaEdit's prior holds no edit any more
 
 
@@ -113,9 +114,9 @@ def test_checkpoints_fall_at_the_first_call_reaching_them():
 
 def test_sequential_run_scores_every_edit_so_far_and_restores(llama_tiny, data, tmp_path):
     model, tok = llama_tiny
-    before = records.fingerprint(model)
+    before = fingerprint(model)
     out = run(_config(data, tmp_path / "r", sequential=5, checkpoints="1,3"), model, tok, editor=Shift())
-    assert records.fingerprint(model) == before  # the session was undone, bitwise
+    assert fingerprint(model) == before  # the session was undone, bitwise
     edits = read_edits(out)
     assert [e["apply"] for e in edits] == [0, 1, 2, 3, 4] and [e["edits"] for e in edits] == [1, 2, 3, 4, 5]
     assert all(e["error"] is None and e["seconds"] > 0 and e["rss_bytes"] > 0 for e in edits)
@@ -136,7 +137,7 @@ def test_sequential_run_scores_every_edit_so_far_and_restores(llama_tiny, data, 
 
 def test_batches_combine_with_sequential(llama_tiny, data, tmp_path):
     model, tok = llama_tiny
-    before = records.fingerprint(model)
+    before = fingerprint(model)
     editor = Shift()
     out = run(
         _config(data, tmp_path / "r", sequential=5, checkpoints="1,3", batch_size=2),
@@ -144,7 +145,7 @@ def test_batches_combine_with_sequential(llama_tiny, data, tmp_path):
         tok,
         editor=editor,
     )
-    assert editor.calls == 3 and records.fingerprint(model) == before
+    assert editor.calls == 3 and fingerprint(model) == before
     assert [len(e["case_ids"]) for e in read_edits(out)] == [2, 2, 1]
     rows = json.loads((out / "summary.json").read_text())["sequential"]["checkpoints"]
     assert [(r["edits"], r["requested"], r["scored"]) for r in rows] == [(2, [1], 2), (4, [3], 4), (5, [], 5)]
@@ -163,16 +164,16 @@ def test_neighbours_that_are_edited_inputs_are_excluded_and_counted(llama_tiny, 
         (3, 2, 2),
     ]
     last = {r["case_id"]: r for r in map(json.loads, (out / "checkpoints" / "edits-000003.jsonl").open())}
-    assert last["case-1"]["neighbours_kept"] == 4 and len(last["case-1"]["outputs"]["neighbours"]) == 4
+    assert last["case-1"]["neighbours_kept"] == 4 and len(last["case-1"]["scores"]["outputs"]["neighbours"]) == 4
     assert last["case-2"]["neighbours_kept"] == 0
 
 
 def test_failed_edit_is_recorded_and_left_out(llama_tiny, data, tmp_path):
     model, tok = llama_tiny
-    before = records.fingerprint(model)
+    before = fingerprint(model)
     config = _config(data, tmp_path / "r", sequential=4, checkpoints="2", verify_restore=True)
     out = run(config, model, tok, editor=Shift(fail_on={"case-1"}))
-    assert records.fingerprint(model) == before
+    assert fingerprint(model) == before
     assert [e["error"] is None for e in read_edits(out)] == [True, False, True, True]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["counts"]["failed"] == 1 and summary["failures"]["by_type"] == {"ValueError": 1}
@@ -181,11 +182,11 @@ def test_failed_edit_is_recorded_and_left_out(llama_tiny, data, tmp_path):
 
 def test_interrupted_run_resumes_by_replaying_and_keeps_checkpoints(llama_tiny, data, tmp_path):
     model, tok = llama_tiny
-    before = records.fingerprint(model)
+    before = fingerprint(model)
     out = tmp_path / "r"
     with pytest.raises(KeyboardInterrupt):
         run(_config(data, out, sequential=5, checkpoints="1,2"), model, tok, editor=Shift(interrupt_at=4))
-    assert records.fingerprint(model) == before  # restored on the way out
+    assert fingerprint(model) == before  # restored on the way out
     first = (out / "checkpoints" / "edits-000002.jsonl").read_text()
     assert len(read_edits(out)) == 3
     again = Shift()
@@ -194,7 +195,7 @@ def test_interrupted_run_resumes_by_replaying_and_keeps_checkpoints(llama_tiny, 
     assert [e["apply"] for e in read_edits(out)] == [0, 1, 2, 3, 4]  # each call recorded once
     assert (out / "checkpoints" / "edits-000002.jsonl").read_text() == first  # never redone
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["sequential"]["complete"] and records.fingerprint(model) == before
+    assert summary["sequential"]["complete"] and fingerprint(model) == before
     done = Shift()  # a finished run is not replayed
     run(_config(data, out, sequential=5, checkpoints="1,2"), model, tok, editor=done)
     assert done.calls == 0
@@ -231,11 +232,11 @@ def test_sequential_usage_errors(llama_tiny, data, tmp_path):
 @pytest.mark.parametrize("name", ["ft", "rome", "memit", "alphaedit", "wise", "grace"])
 def test_sequential_run_of_real_editors(name, llama_tiny, data, tmp_path):
     model, tok = llama_tiny
-    before = records.fingerprint(model)
+    before = fingerprint(model)
     config = RunConfig(model="tiny", editor=name, data=str(data), out=tmp_path / "r", fluency=False,
                        sequential=3, checkpoints="1", preset=str(preset_path(name, "tiny")))  # fmt: skip
     out = run(config, model, tok)
-    assert records.fingerprint(model) == before
+    assert fingerprint(model) == before
     summary = json.loads((out / "summary.json").read_text())
     assert summary["sequential"]["complete"] and summary["counts"]["applied"] == 3
     assert [r["scored"] for r in summary["sequential"]["checkpoints"]] == [1, 3]
@@ -246,7 +247,7 @@ def test_sequential_run_of_real_editors(name, llama_tiny, data, tmp_path):
     if name == "grace":  # one codebook keeps every edit: the first is still retained after the fourth
         # (ROUGE-L: on the tiny byte-level tokenizer the protocol's budget adds a stray byte, so EM is 0)
         assert [r["metrics"]["effectiveness"]["rouge_l"] for r in rows] == [100.0, 100.0, 100.0]
-    assert records.fingerprint(model) == before
+    assert fingerprint(model) == before
 
 
 def test_trainable_editor_is_fitted_on_the_other_fold_and_edits_fold_zero(llama_tiny, tmp_path):

@@ -27,9 +27,9 @@ from typer.testing import CliRunner  # noqa: E402
 
 from clmedit.cli import app as cli_app  # noqa: E402
 from clmedit.eval.generate import generate  # noqa: E402
+from clmedit.models.fingerprint import fingerprint  # noqa: E402
 from clmedit.models.text import target_ids  # noqa: E402
 from clmedit.models.tiny import tiny_model  # noqa: E402
-from clmedit.run.records import fingerprint  # noqa: E402
 from clmedit.serve.app import create_app  # noqa: E402
 from clmedit.serve.prompts import chat_prompt  # noqa: E402
 from clmedit.serve.rwlock import RWLock  # noqa: E402

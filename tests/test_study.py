@@ -8,8 +8,8 @@ import pytest
 
 from clmedit.data.schema import write_cases
 from clmedit.errors import InputError
+from clmedit.grid.study import STUDY_EDITORS, study
 from clmedit.models.tiny import tiny_model
-from clmedit.run.study import STUDY_EDITORS, study
 from tests.conftest import make_case
 
 

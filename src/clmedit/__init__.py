@@ -42,8 +42,8 @@ _API: dict[str, str] = {
     "EditResult": "clmedit.editors.base",
     "EditSession": "clmedit.editors.session",
     "evaluate_case": "clmedit.eval.protocol",
-    "CaseScores": "clmedit.eval.protocol",
-    "load_edited": "clmedit.run.artifact",
+    "CaseScores": "clmedit.eval.scores",
+    "load_edited": "clmedit.fixes.artifact",
 }
 
 __all__ = sorted(_API) + ["__version__"]

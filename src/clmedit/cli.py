@@ -82,7 +82,7 @@ def run_cmd(
 
     config = run_config(locals(), hp)
     set_threads(threads)
-    from clmedit.run.runner import run
+    from clmedit.grid.cell import run
 
     run_dir = run(config, overwrite=overwrite)
     typer.echo((run_dir / "table.md").read_text())
@@ -112,7 +112,7 @@ def bench_cmd(
     check_output_dir(out, ours=lambda p: not foreign_entries(p, lambda e: e.name == "table.md" or e.is_dir()))
     set_threads(threads)
 
-    from clmedit.run.bench import bench, bench_editor_names, bench_tasks
+    from clmedit.grid.bench import bench, bench_editor_names, bench_tasks
 
     t0 = time.perf_counter()
     names, task_list = bench_editor_names(editors), bench_tasks(tasks)
@@ -124,11 +124,6 @@ def bench_cmd(
     report_outcome(summaries, out)
 
 
-def _report_file(p: Path) -> bool:
-    """A name `clmedit report` writes (tables and figures)."""
-    return p.name in ("table.md", "table.tex", "sequential.md") or p.suffix == ".png"
-
-
 @app.command("report")
 def report_cmd(
     run_dirs: list[Path] = typer.Argument(..., help="run directories (searched for summary.json), or a study folder"),
@@ -136,11 +131,7 @@ def report_cmd(
     figures: bool = typer.Option(True, "--figures/--no-figures"),
 ) -> None:
     """Table IV-style Markdown + LaTeX tables and the cost/distance/PCA figures from run directories."""
-    from clmedit.errors import InputError
-    from clmedit.files import atomic_write_text
-    from clmedit.outputs import check_output_dir, foreign_entries, output_path
-    from clmedit.report.tables import render_latex, render_markdown
-    from clmedit.results import load_summaries
+    from clmedit.outputs import output_path
 
     if out is not None:
         output_path(out)
@@ -149,35 +140,9 @@ def report_cmd(
 
         typer.echo(f"report written to {write_study_report(run_dirs[0], out)}")
         return
-    from clmedit.report.sequential import is_sequential, render_checkpoints, sequential_figures
+    from clmedit.report.runs import write_report
 
-    try:  # a summary.json edited or torn by hand is the user's file, not a bug
-        found = load_summaries(run_dirs)
-        summaries = [s for s in found if not is_sequential(s)]
-        lifelong = [s for s in found if is_sequential(s)]
-        markdown, latex = render_markdown(summaries), render_latex(summaries)
-        sequential_md = render_checkpoints(lifelong) if lifelong else None
-    except (ValueError, KeyError, TypeError, AttributeError) as err:
-        if isinstance(err, InputError):
-            raise
-        raise InputError(
-            f"a summary.json under {', '.join(map(str, run_dirs))} is malformed ({type(err).__name__}: {err}); "
-            "rerun `clmedit run` into its folder to rewrite it"
-        ) from None
-    out = out or (run_dirs[0] / "report" if run_dirs[0].is_dir() else Path("report"))
-    # a folder holding anything but what a report writes is the user's: never written over
-    check_output_dir(out, run_dirs, lambda n: _report_file(Path(n)), ours=lambda p: not foreign_entries(p, _report_file))
-    if summaries or not lifelong:
-        atomic_write_text(out / "table.md", markdown + "\n")
-        atomic_write_text(out / "table.tex", latex + "\n")
-    if sequential_md is not None:
-        atomic_write_text(out / "sequential.md", sequential_md + "\n")
-        markdown = "\n\n".join(m for m in (markdown if summaries else "", sequential_md) if m)
-    written = []
-    if figures:
-        from clmedit.report.figures import all_figures
-
-        written = all_figures(summaries, out) + sequential_figures(lifelong, out)
+    markdown, out, written = write_report(run_dirs, out, figures)
     typer.echo(markdown)
     typer.echo(f"\ntables in {out}; {len(written)} figure(s): " + ", ".join(str(p) for p in written))
 
@@ -209,8 +174,8 @@ def study_cmd(
         raise fail("--workers and --gpus-per-worker need --ray local|auto|ray://HOST:PORT")
     out = check_output_dir(out, ours=lambda p: (p / "study.json").is_file())  # before any model loads
     set_threads(threads)
-    from clmedit.run.distributed import Cluster
-    from clmedit.run.study import study
+    from clmedit.grid.distributed import Cluster
+    from clmedit.grid.study import study
 
     size = "quick" if quick else "full" if full else "default"
     cluster = None if ray is None else Cluster(ray, workers, gpus_per_worker, threads or 1)
@@ -230,19 +195,6 @@ app.command("serve")(serve_cmd)  # the OpenAI API: cli_serve.py
 # --- stats (room: locate) ------------------------------------------------------------------------
 
 
-def _layer_range(spec: str) -> list[int]:
-    """'4-8' -> [4, 5, 6, 7, 8]; '5' -> [5]; '4,6,8' -> [4, 6, 8]."""
-    from clmedit.errors import InputError
-
-    layers: list[int] = []
-    for part in spec.split(","):
-        lo, _, hi = part.strip().partition("-")
-        if not lo.isdigit() or not (hi or lo).isdigit() or int(hi or lo) < int(lo):
-            raise InputError(f"--layers {spec!r}: give layer numbers like 4-8, 5 or 4,6,8")
-        layers += list(range(int(lo), int(hi or lo) + 1))
-    return sorted(set(layers))
-
-
 @app.command("stats")
 def stats(
     model: str = typer.Option("smollm2-135m", "--model", "-m", help="model name, HF id, folder or .gguf"),
@@ -253,33 +205,15 @@ def stats(
     device: str = typer.Option(None, help="cpu / cuda (default: cuda when available)"),
 ) -> None:
     """Compute and cache the second-moment statistics MEMIT/PMET use (runs reuse the cache)."""
-    from clmedit.errors import InputError
-    from clmedit.locate.stats import (
-        DEFAULT_SAMPLES,
-        DEFAULT_SEQ_LEN,
-        corpus_files,
-        corpus_fingerprint,
-        layer_stats,
-        stats_path,
-    )
-    from clmedit.models.arch import arch_of
-    from clmedit.run.runner import load_model_for
+    from clmedit.locate.stats import cache_stats, corpus_files, parse_layers
+    from clmedit.run.setup import load_model_for
 
-    wanted = _layer_range(layers)
+    wanted = parse_layers(layers)
     if corpus is not None:
         corpus_files(corpus)  # a missing corpus fails before the model loads
     lm, tok = load_model_for(model, device)
-    depth = arch_of(lm).num_layers(lm)
-    if wanted[-1] >= depth:
-        raise InputError(f"--layers {layers}: {model} has layers 0..{depth - 1}")
-    n = samples if samples is not None else DEFAULT_SAMPLES
-    t = seq_len if seq_len is not None else DEFAULT_SEQ_LEN
-    layer_stats(lm, tok, wanted, corpus, n, t)
-    from clmedit.models.fingerprint import model_fingerprint
-
-    fp, mfp = corpus_fingerprint(corpus), model_fingerprint(lm, tok)
-    for layer in wanted:
-        typer.echo(stats_path(mfp, layer, fp, n, t))
+    for path in cache_stats(lm, tok, wanted, corpus, samples, seq_len):
+        typer.echo(path)
 
 
 # --- train (room: trained editors) ---------------------------------------------------------------
@@ -287,7 +221,7 @@ def stats(
 
 @app.command("train")
 def train_cmd(
-    editor: str = typer.Option(..., "--editor", "-e", help="a trainable editor: agrace, agrace-last, scope, malmen"),
+    editor: str = typer.Option(..., "--editor", "-e", help="a trainable editor: one that learns a part (others are refused, saying so)"),
     data: str = run_option("data"),
     out: Path = typer.Option(..., "--out", "-o", help="folder for the trained part (e.g. RUN_DIR/fold0)"),
     model: str = run_option("model"),
@@ -316,7 +250,7 @@ def train_cmd(
 
 @app.command("editors")
 def list_editors() -> None:
-    """List the registered editors."""
+    """List the registered editors (without importing any: the registry is torch-free)."""
     from clmedit.editors.registry import editor_names
 
     for name in editor_names():

@@ -36,6 +36,7 @@ def apply_cmd(
     carries what loading needs."""
     from clmedit.data.schema import PROMPT_TEMPLATES
     from clmedit.errors import InputError
+    from clmedit.fixes.apply import answers, make_fix_file, open_fix_file
 
     if (fixes is None) == (load is None):
         raise InputError("give either --fixes FILE --out DIR (make an artifact) or --load DIR --prompt TEXT")
@@ -45,48 +46,17 @@ def apply_cmd(
         raise InputError("--load needs at least one --prompt")
     if task not in PROMPT_TEMPLATES:
         raise InputError(f"--task {task!r} is not a task; use one of {', '.join(sorted(PROMPT_TEMPLATES))}")
-    if load is not None and not (load / "manifest.json").is_file():
-        raise InputError(
-            f"--load {load} is not a clmedit fix file (no manifest.json); make one with --fixes --out"
-        )
     if load is not None and trained is not None:
         raise InputError("--trained is for making a fix file (--fixes); a fix file carries its trained part")
-    from clmedit.files import regular_file
-    from clmedit.outputs import check_output_dir
-    from clmedit.run.artifact import FIX_FILES, is_fix_file, load_artifact, read_manifest, save_artifact
-    from clmedit.run.checks import check_device, check_out_dir
-    from clmedit.run.fixes import as_prompt, read_fixes
-    from clmedit.run.runner import load_model_for, make_editor
-
-    check_device(device)
     if fixes is not None:
-        regular_file(fixes, "--fixes")
-        out = check_output_dir(out, [fixes], FIX_FILES.__contains__, ours=is_fix_file)
-        ed = make_editor(editor, model, preset, parse_hp(hp))
-        if trained is not None:
-            ed.load(trained)
-        elif ed.trainable and not getattr(ed.hparams, ed.HParams.TRAINED_FROM or "", None):
-            raise InputError(
-                f"--editor {ed.name} needs its trained part: give --trained DIR, a folder written by "
-                f"`clmedit train --editor {ed.name} --out DIR`"
-            )
-        cases = read_fixes(fixes, task)
-        check_out_dir(out)
-    else:
-        read_manifest(load)  # a tampered or unreadable manifest is named before the model loads
-    m, tok = load_model_for(model, device, dtype)
-    if fixes is not None:
-        save_artifact(m, tok, ed, cases, out, model)
+        m, tok = make_fix_file(model, editor, fixes, out, task, trained=trained, preset=preset,
+                               hparams=parse_hp(hp), device=device, dtype=dtype)  # fmt: skip
         typer.echo(f"fix file written to {out}")
     else:
-        manifest = load_artifact(m, tok, load)
+        m, tok, manifest = open_fix_file(load, model, device, dtype)
         typer.echo(f"loaded {manifest['editor']} edit of {manifest['fixes']} fix(es) from {load}")
-    if prompt:
-        from clmedit.eval.generate import generate
-
-        texts = [as_prompt(p, task) for p in prompt]
-        for text, answer in zip(texts, generate(m, tok, texts, max_new_tokens=max_new_tokens)):
-            typer.echo(f"{text} {answer.strip()}")
+    for text, answer in answers(m, tok, prompt, task, max_new_tokens):
+        typer.echo(f"{text} {answer}")
 
 
 def export_cmd(
@@ -98,22 +68,8 @@ def export_cmd(
 ) -> None:
     """Export a fix file: a plain Hugging Face checkpoint for weight editors (FT-L, ROME, MEMIT, PMET,
     AlphaEdit, MALMEN), adapter files for clmedit.load_edited(model, DIR) for GRACE-family and WISE."""
-    from clmedit.errors import InputError
-    from clmedit.outputs import check_output_dir
-    from clmedit.run.artifact import read_manifest
-    from clmedit.run.checks import check_device, check_out_dir
-    from clmedit.run.export import export_fix
-    from clmedit.run.runner import load_model_for
+    from clmedit.fixes.export import export_fix_file
 
-    if not (load / "manifest.json").is_file():
-        raise InputError(
-            f"--load {load} is not a clmedit fix file (no manifest.json); make one with `clmedit apply --out`"
-        )
-    out = check_output_dir(out, [load], ours=lambda p: False)  # an export goes to a new or empty folder
-    manifest = read_manifest(load)
-    check_device(device)
-    check_out_dir(out.absolute().parent)  # the folder itself appears only when the export succeeded
-    m, tok = load_model_for(model or manifest["model"], device, dtype)
-    done = export_fix(m, tok, load, out)
+    done = export_fix_file(load, out, model, device, dtype)
     how = "AutoModelForCausalLM.from_pretrained" if done["kind"] == "checkpoint" else "clmedit.load_edited"
-    typer.echo(f"exported the {done['editor']} edit as {done['kind']} files to {out} (load with {how})")
+    typer.echo(f"exported the {done['editor']} edit as {done['kind']} files to {done['path']} (load with {how})")

@@ -50,22 +50,7 @@ def serve_cmd(
 
     if host not in LOCAL_HOSTS and not api_key:
         raise InputError(f"--host {host} serves other machines: give --api-key KEY (or set CLMEDIT_API_KEY)")
-    if load is not None and load.exists() and not load.is_dir():
-        raise InputError(f"--load {load} is a file; give a fix file's folder (or a new folder)")
-    if load is not None and load.is_dir():
-        from clmedit.outputs import foreign_entries
-        from clmedit.run.artifact import FIX_FILES
-
-        other = sorted(p.name for p in foreign_entries(load, lambda p: p.name in FIX_FILES))
-        if other:  # every change replaces the folder whole: what else it holds would be lost
-            raise InputError(
-                f"--load {load} holds {', '.join(other[:3])} besides a fix file; give a fix file's own folder or a new one"
-            )
-    fresh = load is None or not (load / "manifest.json").is_file()
-    if not fresh and (trained is not None or hp or preset):
-        raise InputError(
-            "--trained, --preset and --hp are for new fixes; a fix file carries its editor's settings"
-        )
+    fresh = _check_fix_file(load, trained is not None or bool(hp) or preset is not None)
     try:
         import uvicorn
 
@@ -73,23 +58,47 @@ def serve_cmd(
     except ModuleNotFoundError as err:
         raise InputError(f"clmedit serve needs {err.name}: pip install 'clmedit[serve]'") from None
     from clmedit.cli_common import parse_hp
+    from clmedit.fixes.apply import fix_editor
     from clmedit.run.checks import check_device
-    from clmedit.run.runner import load_model_for, make_editor
+    from clmedit.run.setup import load_model_for, make_editor
     from clmedit.serve.schemas import Limits
     from clmedit.serve.store import FixStore
 
     check_device(device)
     set_threads(threads)
     ed = None
-    if fresh or editor is not None:
-        ed = make_editor(editor or "grace", model, preset, parse_hp(hp))
-        if trained is not None:
-            ed.load(trained)
-        elif fresh and ed.trainable and not getattr(ed.hparams, ed.HParams.TRAINED_FROM or "", None):
-            raise InputError(f"--editor {ed.name} makes fixes with its trained part: give --trained DIR")
+    if fresh:
+        ed = fix_editor(editor or "grace", model, preset, parse_hp(hp), trained,
+                        f"--editor {editor or 'grace'} makes fixes with its trained part: give --trained DIR")  # fmt: skip
+    elif editor is not None:
+        ed = make_editor(editor, model, preset, parse_hp(hp))
     m, tok = load_model_for(model, device, dtype)
     store = FixStore.open(m, tok, model, ed, load)
     limits = Limits(max_body_bytes=max_body_bytes, max_tokens=max_tokens)
     app = create_app(store, model, api_key, limits, max_batch)
     typer.echo(f"serving {model} with {len(store.cases)} fix(es) at http://{host}:{port}/v1")
     uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+def _check_fix_file(load: Path | None, settings: bool) -> bool:
+    """Whether the server starts a new fix file (else it serves `load`'s); `settings`: --trained,
+    --preset or --hp were given (for new fixes only). Refuses a --load folder holding other files."""
+    from clmedit.errors import InputError
+
+    if load is not None and load.exists() and not load.is_dir():
+        raise InputError(f"--load {load} is a file; give a fix file's folder (or a new folder)")
+    if load is not None and load.is_dir():
+        from clmedit.fixes.manifest import FIX_FILES
+        from clmedit.outputs import foreign_entries
+
+        other = sorted(p.name for p in foreign_entries(load, lambda p: p.name in FIX_FILES))
+        if other:  # every change replaces the folder whole: what else it holds would be lost
+            raise InputError(
+                f"--load {load} holds {', '.join(other[:3])} besides a fix file; give a fix file's own folder or a new one"
+            )
+    fresh = load is None or not (load / "manifest.json").is_file()
+    if not fresh and settings:
+        raise InputError(
+            "--trained, --preset and --hp are for new fixes; a fix file carries its editor's settings"
+        )
+    return fresh

@@ -31,6 +31,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from clmedit.data import rename, rewrite
 from clmedit.data.schema import EditCase, Neighbour, Task, format_prompt, write_cases
 from clmedit.data.sources import RawExample, SourceError, collapse
+from clmedit.data.sources.python_sources import stdlib_fingerprint
+from clmedit.data.sources.read import read_source
 from clmedit.data.stats import TokenCounter, dataset_stats, stats_path, token_counter
 from clmedit.files import atomic_write_text, cache_root, is_sealed, locked, write_seal
 
@@ -96,39 +98,6 @@ class _Run:
 
 
 # --- steps --------------------------------------------------------------------------------------
-
-
-def read_source(cfg: BuildConfig, skipped: Counter) -> list[RawExample]:
-    """Step 1: the source as RawExamples (bad records skipped and counted)."""
-    from clmedit.data.sources import codesearchnet, conala, python_sources
-
-    src, task = cfg.source, cfg.task
-    if src == "stdlib":
-        return python_sources.mine_python(
-            task, None, skipped, max_target_chars=cfg.max_target_chars, progress=cfg.progress
-        )
-    if src.startswith("hf:"):
-        name = src[3:]
-        return (
-            conala.read_hf_conala(name, skipped)
-            if task == "cnle"
-            else codesearchnet.read_hf_codesearchnet(name, skipped)
-        )
-    if not cfg.paths:
-        raise SourceError(f"--source {src} needs at least one path")
-    if src == "python-sources":
-        return python_sources.mine_python(
-            task, cfg.paths, skipped, max_target_chars=cfg.max_target_chars, progress=cfg.progress
-        )
-    if src == "conala":
-        if task != "cnle":
-            raise SourceError("CoNaLa is an NL->code source: use it with --task cnle")
-        return conala.read_conala(cfg.paths, skipped)
-    if src == "codesearchnet":
-        if task != "csne":
-            raise SourceError("CodeSearchNet is a code->NL source: use it with --task csne")
-        return codesearchnet.read_codesearchnet(cfg.paths, skipped)
-    raise SourceError(f"unknown source {src!r}; use stdlib, python-sources, conala, codesearchnet or hf:NAME")
 
 
 def filter_length(
@@ -313,17 +282,6 @@ def _case(
             "neighbour_uids": [n.uid for n in neighbours], "neighbour_scores": [round(float(s), 4) for s in scores],
         },
     )  # fmt: skip
-
-
-def stdlib_fingerprint() -> str:
-    """A short hash of the standard library's Python sources (relative names and sizes) and version."""
-    from clmedit.data.sources.python_sources import STDLIB_SKIP_DIRS, iter_python_files, stdlib_dir
-
-    root = stdlib_dir()
-    h = hashlib.sha256(f"{sys.version_info[:3]}".encode())
-    for p in iter_python_files([root], STDLIB_SKIP_DIRS):
-        h.update(f"{p.relative_to(root).as_posix()}:{p.stat().st_size}\n".encode())
-    return h.hexdigest()[:12]
 
 
 def default_dataset(

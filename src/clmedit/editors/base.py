@@ -11,7 +11,7 @@ Weight backups (`backup_weights`) are keyed `Snapshot`s, so a sequential (lifelo
 
 An edit is also data (`EditState`): `edit_state(model)` captures the edit an editor has made,
 `load_edit(model, tok, state)` rebuilds it on the unedited model without any training. That is
-what fix files store (run/artifact.py). The default is a weight editor's: the new values of the
+what fix files store (fixes/artifact.py). The default is a weight editor's: the new values of the
 parameters it may change (`edited_parameters`); editors that wrap modules override both.
 
 The registry (a lazy name -> "module:Class" map with labels) lives in the torch-free
@@ -127,9 +127,20 @@ class Editor(ABC):
     name: ClassVar[str]
     HParams: ClassVar[type[EditorHParams]] = EditorHParams
     trainable: ClassVar[bool] = False  # True: needs fit(train_cases) before apply (MALMEN, A-GRACE)
+    # Cost hints for estimates and ETAs only, measured on smollm2-135m, 2 CPU cores: seconds of one
+    # apply by task (`fit_seconds` and `once_seconds` scale theirs with the hparams).
+    APPLY_SECONDS: ClassVar[dict[str, float]] = {}
 
     def __init__(self, hparams: EditorHParams | None = None):
         self.hparams = hparams if hparams is not None else self.HParams()
+
+    def fit_seconds(self) -> float:
+        """Rough seconds of fitting one fold with these hparams (a trainable editor's cost hint)."""
+        return 0.0
+
+    def once_seconds(self) -> float:
+        """Rough seconds of the one-off work per model a disk cache keeps afterwards (cost hint)."""
+        return 0.0
 
     def prepare(self, model: nn.Module, tok: Any) -> None:
         """Load or compute what every edit of `model` needs (no-op here). Must be idempotent."""
@@ -159,19 +170,20 @@ class Editor(ABC):
         too) and put editor-specific facts in `result.info`."""
 
     # --- the edit as data (fix files) ---------------------------------------------------------
+    def edited_layers(self, model: nn.Module) -> list[int]:
+        """The layers (of `model`) whose down projection an edit may change: every editor declares
+        them, a weight editor the layers it edits, a wrapper the layer it wraps, and one that changes
+        no weight `[]`. An editor that does not declare them cannot save or load an edit."""
+        raise NotSavableError(
+            f"editor {self.name!r} does not declare the weights it edits: implement edited_layers "
+            "(return [] when it edits none), or implement edit_state and _load_edit for an edit of another kind"
+        )
+
     def edited_parameters(self, model: nn.Module) -> list[str]:
-        """Full names of the parameters an edit may change: those of the down projections of the
-        layers the hparams name (`layers` or `layer`; none when they name neither). A saved edit
-        may set these and nothing else."""
-        hp, arch = self.hparams, arch_of(model)
-        n = arch.num_layers(model)
-        if isinstance(getattr(hp, "layers", None), list):
-            layers = hp.layers_for(hp.layers, n)
-        elif isinstance(getattr(hp, "layer", None), int):
-            layers = [hp.layer_for(hp.layer, n)]
-        else:
-            layers = []
-        paths = [arch.path("down_proj", layer) for layer in layers]
+        """Full names of the parameters an edit may change: those of the down projections of
+        `edited_layers`. A saved edit may set these and nothing else."""
+        arch = arch_of(model)
+        paths = [arch.path("down_proj", layer) for layer in self.edited_layers(model)]
         return [f"{p}.{k}" for p in paths for k, _ in model.get_submodule(p).named_parameters()]
 
     def edit_state(self, model: nn.Module) -> EditState:

@@ -18,7 +18,7 @@ from pydantic import Field
 
 from clmedit.editors.base import Editor, EditResult, backup_weights
 from clmedit.locate.keys import cached_prefixes
-from clmedit.locate.params import LocateHParams
+from clmedit.locate.params import DEFAULT_SAMPLES, LocateHParams
 from clmedit.locate.solve import Split, spread_over_layers
 from clmedit.locate.stats import layer_stats
 from clmedit.locate.values import Site, optimize_values, site_path
@@ -34,6 +34,10 @@ class MemitHParams(LocateHParams):
 class Memit(Editor):
     name = "memit"
     HParams = MemitHParams
+    APPLY_SECONDS = {"cnle": 4.6, "csne": 11.7}
+
+    def once_seconds(self) -> float:
+        return 120.0 * self.hparams.stats_samples / DEFAULT_SAMPLES  # the covariance statistics
     resid_split: Split = "linear"  # R_i = resid / (L - i); PMET: / sqrt(L - i)
 
     def __init__(self, hparams: MemitHParams | None = None):
@@ -56,7 +60,7 @@ class Memit(Editor):
         """The per-layer solve of the spread, (layer, K, R) -> dW; None = MEMIT's least squares."""
         return None
 
-    def edit_layers(self, model) -> list[int]:
+    def edited_layers(self, model) -> list[int]:
         return self.hparams.layers_for(self.hparams.layers, arch_of(model).num_layers(model))
 
     def prepare(self, model, tok) -> None:
@@ -67,7 +71,7 @@ class Memit(Editor):
         if not hp.mom2_adjustment:
             return
         name = model_name(model)
-        missing = [layer for layer in self.edit_layers(model) if (name, layer) not in self._covs]
+        missing = [layer for layer in self.edited_layers(model) if (name, layer) not in self._covs]
         if missing:
             stats = layer_stats(model, tok, missing, hp.stats_corpus, hp.stats_samples, hp.stats_seq_len)
             self._covs.update({(name, layer): c for layer, c in stats.items()})
@@ -78,7 +82,7 @@ class Memit(Editor):
         Invariant: only those weights change; EditResult.restore() writes back their bitwise copies.
         """
         hp, arch = self.hparams, arch_of(model)
-        layers = self.edit_layers(model)
+        layers = self.edited_layers(model)
         covs = {layer: self._covs.get((model_name(model), layer)) for layer in layers}
         prompts, targets = [c.prompt for c in cases], [c.target for c in cases]
         weights = {arch.path("down_proj", l): arch.down_proj_module(model, l).weight for l in layers}  # noqa: E741

@@ -12,5 +12,5 @@ class NoEdit(Editor):
     def _apply(self, model, tok, cases: list[EditRequest], result: EditResult) -> None:
         pass
 
-    def edited_parameters(self, model) -> list[str]:
+    def edited_layers(self, model) -> list[int]:
         return []

@@ -38,7 +38,13 @@ LABELS: dict[str, str] = {
 
 
 def register_editor(name: str, target: str, aliases: tuple[str, ...] = (), label: str | None = None) -> None:
-    """Add an editor, e.g. register_editor('myedit', 'mypkg.edit:MyEditor', label='MyEdit')."""
+    """Add an editor, e.g. register_editor('myedit', 'mypkg.edit:MyEditor', label='MyEdit').
+
+    A name or alias already taken (by a name or an alias) is an InputError: nothing is replaced.
+    """
+    taken = [n for n in (name, *aliases) if n.lower() in EDITORS or n.lower() in ALIASES]
+    if taken:
+        raise InputError(f"editor name {taken[0]!r} is registered already; register under another name")
     EDITORS[name] = target
     LABELS[name] = label or name
     for alias in aliases:

@@ -33,6 +33,7 @@ class RomeHParams(LocateHParams):
 class Rome(Editor):
     name = "rome"
     HParams = RomeHParams
+    APPLY_SECONDS = {"cnle": 4.8, "csne": 12.9}
 
     def __init__(self, hparams: RomeHParams | None = None):
         super().__init__(hparams)
@@ -45,6 +46,9 @@ class Rome(Editor):
     def prepare(self, model, tok) -> None:
         """Generate the context prefixes once, outside the timed apply."""
         self.prefixes(model, tok)
+
+    def edited_layers(self, model) -> list[int]:
+        return self.hparams.layers_for(self.hparams.layers, arch_of(model).num_layers(model))
 
     def _apply(self, model, tok, cases, result: EditResult) -> None:
         """Apply the cases one after another, each a rank-one update of the same down_proj.

@@ -22,11 +22,10 @@ import statistics
 from collections.abc import Sequence
 from typing import Literal
 
-from pydantic import BaseModel, Field
-
 from clmedit.data.schema import EditCase
 from clmedit.eval.generate import generate
 from clmedit.eval.metrics import bleu, exact_match, ngram_entropy, rouge_l
+from clmedit.eval.scores import CaseOutputs, CaseScores, Triple, summarise  # noqa: F401 (summarise: public here too)
 from clmedit.models.text import generation_budget, in_context_budget
 from clmedit.models.text import model_name as name_of
 
@@ -36,35 +35,6 @@ NEIGHBOUR_TOKENS = 16  # specificity: new tokens per neighbour, for the referenc
 FLUENCY_TOKENS = 64  # fluency: sampled tokens per text
 FLUENCY_TOP_K = 5
 Budget = Literal["study", "in-context"]
-
-
-class Triple(BaseModel):
-    """EM, BLEU and ROUGE-L of one check, each in [0, 1]."""
-
-    em: float
-    bleu: float
-    rouge_l: float
-
-
-class CaseOutputs(BaseModel):
-    """The stripped texts behind the scores (kept in the run's JSONL for inspection)."""
-
-    prompt: str = ""
-    rephrase: str = ""
-    neighbours: list[str] = Field(default_factory=list)
-    fluency: list[str] = Field(default_factory=list)
-
-
-class CaseScores(BaseModel):
-    case_id: str = ""
-    effectiveness: Triple
-    generalization: Triple
-    specificity: Triple
-    fluency: float | None = Field(None, description="mean n-gram entropy (bits); None when not measured")
-    budget_short: list[str] = Field(
-        default_factory=list, description="checks whose budget is shorter than the target after their text"
-    )
-    outputs: CaseOutputs = Field(default_factory=CaseOutputs)
 
 
 def _pair(pred: str, ref: str) -> Triple:
@@ -143,19 +113,6 @@ def evaluate_case(
         budget_short=short,
         outputs=CaseOutputs(prompt=edit_out[0], rephrase=edit_out[1], neighbours=neigh_out, fluency=flu_out),
     )
-
-
-def summarise(scores: Sequence[CaseScores]) -> dict:
-    """Means over cases, x100: {'n', 'effectiveness': {'em','bleu','rouge_l'}, ..., 'fluency'}."""
-    if not scores:
-        raise ValueError("no case scores to summarise")
-    out: dict = {"n": len(scores)}
-    for group in ("effectiveness", "generalization", "specificity"):
-        triples = [getattr(s, group) for s in scores]
-        out[group] = {k: 100 * statistics.fmean(getattr(t, k) for t in triples) for k in Triple.model_fields}
-    flu = [s.fluency for s in scores if s.fluency is not None]
-    out["fluency"] = 100 * statistics.fmean(flu) if flu else None
-    return out
 
 
 def fill_base_answers(

@@ -234,3 +234,28 @@ def layer_stats(
                 _save(stats_path(mfp, layer, fp, samples, seq_len), sums[layer], count)
                 out[layer] = (sums[layer] / count).float()
     return out
+
+
+def parse_layers(spec: str) -> list[int]:
+    """'4-8' -> [4, 5, 6, 7, 8]; '5' -> [5]; '4,6,8' -> [4, 6, 8] (an InputError otherwise)."""
+    layers: list[int] = []
+    for part in spec.split(","):
+        lo, _, hi = part.strip().partition("-")
+        if not lo.isdigit() or not (hi or lo).isdigit() or int(hi or lo) < int(lo):
+            raise InputError(f"--layers {spec!r}: give layer numbers like 4-8, 5 or 4,6,8")
+        layers += list(range(int(lo), int(hi or lo) + 1))
+    return sorted(set(layers))
+
+
+def cache_stats(model: nn.Module, tok, layers: list[int], corpus: str | Path | None = None,
+                samples: int | None = None, seq_len: int | None = None) -> list[Path]:  # fmt: skip
+    """Compute (or find) and cache the statistics of `layers` (the model's own numbers, not rescaled);
+    returns their cache files. A layer the model does not have is an InputError."""
+    depth = arch_of(model).num_layers(model)
+    if layers[-1] >= depth:
+        raise InputError(f"--layers: the model has layers 0..{depth - 1}")
+    n = samples if samples is not None else DEFAULT_SAMPLES
+    t = seq_len if seq_len is not None else DEFAULT_SEQ_LEN
+    layer_stats(model, tok, layers, corpus, n, t)
+    fp, mfp = corpus_fingerprint(corpus), model_fingerprint(model, tok)
+    return [stats_path(mfp, layer, fp, n, t) for layer in layers]

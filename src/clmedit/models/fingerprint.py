@@ -85,3 +85,24 @@ def model_fingerprint(model: nn.Module, tok: Any = None, **settings: Any) -> str
     }
     blob = json.dumps(parts, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def fingerprint(model: nn.Module) -> dict[str, str]:
+    """A checksum per parameter/buffer plus the type of every module.
+
+    Each tensor's raw bytes are hashed (sha1, without copying on the CPU), so a restore that is not
+    bitwise exact always changes it. Cost: one read of the weights (~0.3 s for 135M float32 params).
+    """
+    fp: dict[str, str] = {}
+    with torch.no_grad():
+        for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+            raw = t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
+            fp[name] = hashlib.sha1(memoryview(raw)).hexdigest()
+    for name, module in model.named_modules():
+        fp[f"module:{name}"] = type(module).__qualname__
+    return fp
+
+
+def fingerprint_diff(before: dict[str, str], after: dict[str, str]) -> list[str]:
+    """Names whose checksum or module type changed (or that appeared / disappeared)."""
+    return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))

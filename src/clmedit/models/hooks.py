@@ -101,3 +101,21 @@ class TraceDict(AbstractContextManager):
     def __exit__(self, exc_type, exc, tb) -> bool:
         self.close()
         return exc_type is not None and issubclass(exc_type, StopForward)
+
+
+class CallObserver:
+    """Mixin of a wrapped module that needs the whole call, not only its input: `observe`, a forward
+    pre-hook (with kwargs) on the model, keeps the call's attention mask and how many tokens its KV
+    cache holds; the module's next forward takes them with `take_call` (None when no hook ran)."""
+
+    _call: dict[str, Any] | None = None
+
+    def observe(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Forward pre-hook on the whole model: remember the attention mask and the cache length."""
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        past = cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
+        self._call = {"mask": kwargs.get("attention_mask"), "past": int(past)}
+
+    def take_call(self) -> dict[str, Any] | None:
+        call, self._call = self._call, None
+        return call

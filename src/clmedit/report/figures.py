@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from clmedit.files import slug
-from clmedit.report.tables import _order, editor_label
+from clmedit.report.tables import _order, editor_label, roster
+from clmedit.results import CaseRecord, read_records
 
 log = logging.getLogger(__name__)
 TASK_COLOURS = {"cnle": "#4c72b0", "csne": "#dd8452"}
@@ -47,7 +48,8 @@ def cost_bars(summaries: list[dict[str, Any]], out_dir: str | Path) -> list[Path
     """fig3_time.png (mean seconds per edit) and fig4_memory.png (mean own peak, MiB): editor x task bars."""
     plt, out_dir = _plt(), Path(out_dir)
     rows = [s for s in summaries if isinstance(s.get("cost"), dict) and not s.get("published")]
-    editors = sorted({str(s.get("editor")) for s in rows}, key=_order)
+    names = roster(rows)
+    editors = sorted(names, key=lambda e: _order(names[e]))
     tasks = sorted({_task(s) for s in rows})
     written = []
     for stem, key, scale, ylabel in (
@@ -75,11 +77,11 @@ def cost_bars(summaries: list[dict[str, Any]], out_dir: str | Path) -> list[Path
     return written
 
 
-def distance_envelope(records: list[dict[str, Any]], out_path: str | Path, title: str = "") -> Path | None:
+def distance_envelope(records: list[CaseRecord], out_path: str | Path, title: str = "") -> Path | None:
     """Per case: prompt->rephrase distance (line) and prompt->neighbours mean +- std (band); None if no data."""
     rows = []
     for r in records:
-        d = (r.get("info") or {}).get("distances") if isinstance(r.get("info"), dict) else None
+        d = r.info.get("distances")
         if isinstance(d, dict) and isinstance(d.get("rephrase"), (int, float)):
             nb = [float(x) for x in d.get("neighbours") or [] if isinstance(x, (int, float))]
             radius = float(d["radius"]) if isinstance(d.get("radius"), (int, float)) else np.nan
@@ -110,10 +112,10 @@ def distance_envelope(records: list[dict[str, Any]], out_path: str | Path, title
     return _save(fig, Path(out_path))
 
 
-def _case_keys(records: list[dict[str, Any]], n_cases: int) -> list[dict[str, Any]]:
+def _case_keys(records: list[CaseRecord], n_cases: int) -> list[dict[str, Any]]:
     out = []
-    for r in sorted(records, key=lambda r: str(r.get("case_id"))):
-        keys = (r.get("info") or {}).get("keys") if isinstance(r.get("info"), dict) else None
+    for r in sorted(records, key=lambda r: r.case_id):
+        keys = r.info.get("keys")
         if isinstance(keys, dict) and isinstance(keys.get("prompt"), list):
             out.append(keys)
         if len(out) == n_cases:
@@ -122,7 +124,7 @@ def _case_keys(records: list[dict[str, Any]], n_cases: int) -> list[dict[str, An
 
 
 def key_pca(
-    panels: list[tuple[str, list[dict[str, Any]]]], out_path: str | Path, n_cases: int = 4
+    panels: list[tuple[str, list[CaseRecord]]], out_path: str | Path, n_cases: int = 4
 ) -> Path | None:
     """One panel per (title, records): a few cases' keys on the panel's first two principal components."""
     panels = [(t, _case_keys(recs, n_cases)) for t, recs in panels]
@@ -165,12 +167,10 @@ def all_figures(summaries: list[dict[str, Any]], out_dir: str | Path) -> list[Pa
     Fig. 2/5 per run with distances (`distances_<task>_<editor>.png`), Fig. 6 over the GRACE-family
     runs of each task (`fig6_keys_<task>.png`), Fig. 3/4 over all runs.
     """
-    from clmedit.results import read_records
-
     out_dir = Path(out_dir)
     written = cost_bars(summaries, out_dir)
-    pca: dict[str, list[tuple[str, list[dict[str, Any]]]]] = {}
-    for s in sorted(summaries, key=lambda s: (_task(s), _order(str(s.get("editor"))))):
+    pca: dict[str, list[tuple[str, list[CaseRecord]]]] = {}
+    for s in sorted(summaries, key=lambda s: (_task(s), _order(s))):
         if not s.get("run_dir"):
             continue
         recs = read_records(s["run_dir"])

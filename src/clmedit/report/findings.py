@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from clmedit.editors.registry import editor_label
 from clmedit.report import escape
 from clmedit.report import published as pub
 
@@ -58,7 +57,7 @@ def grid_of(summaries: list[dict[str, Any]]) -> Grid:
             continue
         n = int((s.get("counts") or {}).get("ok", 0))
         grid[(str(s["tasks"][0]).lower(), str(s.get("editor")))] = {"metrics": s.get("metrics") or {}, "n": n,
-                                                                     "cost": s.get("cost") or {}}  # fmt: skip
+                                                                     "cost": s.get("cost") or {}, "label": s.get("label")}  # fmt: skip
     return grid
 
 
@@ -71,8 +70,10 @@ def _tasks(grid: Grid) -> list[str]:
     return sorted({t for t, _ in grid})
 
 
-def _name(editor: str) -> str:
-    return editor_label(editor)
+def _name(grid: Grid, editor: str) -> str:
+    """How the report shows `editor`: the label its run's summary carries (a published grid borrows
+    ours, see `findings`), else its name."""
+    return next((v["label"] for (_, e), v in grid.items() if e == editor and v.get("label")), editor)
 
 
 def f1(grid: Grid) -> Check:
@@ -89,7 +90,7 @@ def f1(grid: Grid) -> Check:
             best = max(others, key=lambda e: _em(grid, t, e, group) or 0.0)
             other = _em(grid, t, best, group) or 0.0
             ok &= vals[group] >= other
-            line.append(f"{SHORT[group]} GRACE {vals[group]:.1f} vs best other {_name(best)} {other:.1f}")
+            line.append(f"{SHORT[group]} GRACE {vals[group]:.1f} vs best other {_name(grid, best)} {other:.1f}")
         ok &= abs(vals["generalization"] - base) <= NEAR
         line.append(f"gen. GRACE {vals['generalization']:.1f} vs unedited {base:.1f}")
         c.ok = bool(c.ok and ok)
@@ -108,7 +109,7 @@ def f2(grid: Grid) -> Check:
             continue
         c.ok = bool(c.ok and all((_em(grid, t, e, "specificity") or 0.0) <= base / 2 for e in ran))
         c.evidence.append(f"{t.upper()}: spec. EM unedited {base:.1f}; "
-                          + ", ".join(f"{_name(e)} {_em(grid, t, e, 'specificity'):.1f}" for e in ran))  # fmt: skip
+                          + ", ".join(f"{_name(grid, e)} {_em(grid, t, e, 'specificity'):.1f}" for e in ran))  # fmt: skip
         c.used += [(t, "none"), *((t, e) for e in ran)]
     return c if c.used else Check(None, ["needs the unedited row and ROME, MEMIT or PMET"])
 
@@ -128,8 +129,8 @@ def f3(grid: Grid) -> Check:
         return Check(
             None, ["needs GRACE and another Table IV editor on both tasks, with CSNE effectiveness above 0"]
         )
-    line = f"decrease %: GRACE {g:.1f}; " + ", ".join(f"{_name(e)} {d:.1f}" for e, d in known.items())
-    skipped = [_name(e) for e, d in others.items() if d is None]
+    line = f"decrease %: GRACE {g:.1f}; " + ", ".join(f"{_name(grid, e)} {d:.1f}" for e, d in known.items())
+    skipped = [_name(grid, e) for e, d in others.items() if d is None]
     evidence = [line] + (
         [f"no decrease for {', '.join(skipped)} (CSNE effectiveness EM 0)"] if skipped else []
     )
@@ -172,8 +173,8 @@ def f5(grid: Grid) -> Check:
         fastest = min(secs, key=secs.get)
         ratio = max(mem.values()) / max(min(mem.values()), 1e-9)
         c.ok = bool(c.ok and fastest == "malmen" and ratio <= MEMORY_RATIO)
-        c.evidence.append(f"{t.upper()}: s/edit " + ", ".join(f"{_name(e)} {v:.2f}" for e, v in secs.items())
-                          + f" (fastest: {_name(fastest)}); resident peak {min(mem.values()):.0f}-"
+        c.evidence.append(f"{t.upper()}: s/edit " + ", ".join(f"{_name(grid, e)} {v:.2f}" for e, v in secs.items())
+                          + f" (fastest: {_name(grid, fastest)}); resident peak {min(mem.values()):.0f}-"
                           f"{max(mem.values()):.0f} MiB ({ratio:.2f}x)")  # fmt: skip
         c.used += [(t, e) for e in secs]
     return c if c.used else Check(None, ["needs MALMEN, another Table IV editor and their recorded cost"])
@@ -191,7 +192,7 @@ def f6(grid: Grid) -> Check:
                 worst[e] = (ems[k], k)
         if not worst:
             continue
-        c.evidence.append(f"{t.upper()}: weakest EM " + ", ".join(f"{_name(e)} {v:.1f} ({SHORT[k]})"
+        c.evidence.append(f"{t.upper()}: weakest EM " + ", ".join(f"{_name(grid, e)} {v:.1f} ({SHORT[k]})"
                                                                   for e, (v, k) in worst.items()))  # fmt: skip
         if len(worst) == 3:
             c.ok = bool(c.ok and worst["scope"][0] > max(worst["grace"][0], worst["agrace"][0]))
@@ -228,7 +229,7 @@ def verdict(check: Check, grid: Grid) -> str:
     if few:
         sizes = sorted(set(few.values()))
         each = f"{sizes[0]}" if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
-        where = (", ".join(f"{_name(e)} on {t.upper()} ({n})" for (t, e), n in sorted(few.items())) if len(few) <= 3
+        where = (", ".join(f"{_name(grid, e)} on {t.upper()} ({n})" for (t, e), n in sorted(few.items())) if len(few) <= 3
                  else f"{len(few)} of the {len(set(check.used))} runs it reads ({each} each)")  # fmt: skip
         lean = "they lean to 'holds'" if check.ok else "they lean to 'does not hold'"
         return f"{FEW} (fewer than {MIN_CASES} cases in {where}; {lean})"
@@ -238,6 +239,8 @@ def verdict(check: Check, grid: Grid) -> str:
 def findings(summaries: list[dict[str, Any]], data: dict[str, Any] | None = None) -> list[Finding]:
     """F1-F6 on our summaries, each with the same rule applied to every published model beside it."""
     ours, theirs = grid_of(summaries), pub.grids(data)
+    labels = {e: v["label"] for (_, e), v in ours.items()}
+    theirs = {m: {k: {**v, "label": labels.get(k[1])} for k, v in g.items()} for m, g in theirs.items()}
     out = []
     for key, claim, rule, fn in RULES:
         check = fn(ours)

@@ -13,8 +13,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from clmedit.editors.registry import canonical_name
-
 PUBLISHED = Path(__file__).with_name("published.json")
 # The paper's model names as the report's labels ("published, CodeLlama-7B").
 SHORT = {
@@ -22,8 +20,9 @@ SHORT = {
     "CodeQwen1.5-7B": "CodeQwen1.5-7B",
     "stable-code-3b": "StableCode-3B",
 }
-# The paper's editor names that are not registry aliases.
-EDITORS = {"unedited": "none", "w/o CL": "agrace-no-cl", "w/o mean": "agrace-last"}
+# The paper's editor names -> ours (the report reads results files only, never the editor registry).
+EDITORS = {"unedited": "none", "FT-L": "ft", "ROME": "rome", "MEMIT": "memit", "PMET": "pmet", "MALMEN": "malmen",
+           "GRACE": "grace", "A-GRACE": "agrace", "w/o CL": "agrace-no-cl", "w/o mean": "agrace-last"}  # fmt: skip
 # Table III's fields in the paper -> the keys of our `lengths` (data.stats.length_table + neighbour_answer).
 TABLE3_FIELDS = {
     "input": "effectiveness_input",
@@ -51,8 +50,8 @@ def model_label(model: str) -> str:
 
 
 def editor_name(printed: str) -> str:
-    """Our registry name of an editor as the paper prints it ('FT-L' -> 'ft', 'w/o CL' -> 'agrace-no-cl')."""
-    return EDITORS.get(printed) or canonical_name(printed)
+    """Our name of an editor as the paper prints it ('FT-L' -> 'ft', 'w/o CL' -> 'agrace-no-cl')."""
+    return EDITORS.get(printed, printed.lower())
 
 
 def metric_rows(

@@ -1,6 +1,6 @@
 """Sequential (lifelong) editing runs: the checkpoint table and the curves against the number of edits.
 
-From the `summary.json` of sequential runs (`mode: sequential`, written by `run.sequential`) and
+From the `summary.json` of sequential runs (`mode: sequential`, written by `lifelong.sequence`) and
 their `edits.jsonl`:
 - `render_checkpoints`: a Markdown table per (model, task): one row per (run, checkpoint) with
   retention (effectiveness), generalization and specificity EM x100, fluency, how many cases
@@ -76,7 +76,7 @@ def render_checkpoints(summaries: list[dict[str, Any]]) -> str:
     parts = []
     for (model, task), runs in sorted(grouped.items()):
         lines = [f"### Sequential editing: {escape.markdown(model)} — {escape.markdown(task)}", "", head]
-        for s in sorted(runs, key=lambda s: (_order(str(s.get("editor"))), run_label(s))):
+        for s in sorted(runs, key=lambda s: (_order(s), run_label(s))):
             for r in checkpoints(s):
                 flu = (r.get("metrics") or {}).get("fluency")
                 rss = r.get("rss_bytes")
@@ -129,7 +129,7 @@ def rolling_median(values: list[float], window: int) -> np.ndarray:
 def sequential_figures(summaries: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
     """sequential_quality.png and sequential_cost.png for the sequential runs (each skipped without data)."""
     runs = sorted(
-        filter(is_sequential, summaries), key=lambda s: (_order(str(s.get("editor"))), run_label(s))
+        filter(is_sequential, summaries), key=lambda s: (_order(s), run_label(s))
     )
     if not runs:
         return []

@@ -20,7 +20,7 @@ from clmedit.report import study_tables as st
 from clmedit.report.figures import all_figures
 from clmedit.report.html import render_page
 from clmedit.report.tables import editor_label
-from clmedit.results import load_summaries, read_records
+from clmedit.results import CaseRecord, load_summaries, read_records
 
 log = logging.getLogger(__name__)
 CHECKS = (("effectiveness", "eff"), ("generalization", "gen"), ("specificity", "spec"))
@@ -42,11 +42,10 @@ def study_runs(study_dir: Path, manifest: dict[str, Any]) -> list[dict[str, Any]
     return out
 
 
-def failed_checks(rec: dict[str, Any]) -> list[str]:
-    if rec.get("error"):
+def failed_checks(rec: CaseRecord) -> list[str]:
+    if not rec.ok:
         return ["error"]
-    scores = rec.get("scores") or {}
-    return [short for group, short in CHECKS if (scores.get(group) or {}).get("em", 1) < 1]
+    return [short for group, short in CHECKS if getattr(rec.scores, group).em < 1]
 
 
 def browser_cases(
@@ -68,10 +67,12 @@ def browser_cases(
     for s in summaries:
         label, task = editor_label(s), "+".join(s.get("tasks") or [])
         for rec in read_records(s["run_dir"]):
-            case = by_case.get((task, str(rec.get("case_id"))))
+            case = by_case.get((task, rec.case_id))
             if case is not None:
-                case["runs"][label] = {"outputs": rec.get("outputs") or {}, "scores": rec.get("scores") or {},
-                                       "error": rec.get("error"), "failed": failed_checks(rec)}  # fmt: skip
+                scores = rec.scores.model_dump(mode="json", exclude={"outputs"}) if rec.scores else {}
+                outputs = rec.scores.outputs.model_dump(mode="json") if rec.scores else {}
+                case["runs"][label] = {"outputs": outputs, "scores": scores, "error": rec.error,
+                                       "failed": failed_checks(rec)}  # fmt: skip
     return [c for c in by_case.values() if c["runs"]]
 
 

@@ -15,7 +15,17 @@ from typing import Any
 from clmedit.report import escape
 from clmedit.report import published as pub
 from clmedit.report.findings import decrease, grid_of
-from clmedit.report.tables import GROUPS, METRICS, _order, _tex, budget_note, editor_label, metric
+from clmedit.report.tables import (
+    GROUPS,
+    METRICS,
+    _order,
+    _tex,
+    budget_note,
+    dressed,
+    editor_label,
+    metric,
+    roster,
+)
 
 GRACE_FAMILY = ("grace", "agrace", "agrace-no-cl", "agrace-last", "scope")
 LENGTH_ROWS = (
@@ -85,7 +95,7 @@ def metric_table(
             _task_of(s),
             bool(s.get("published")),
             str(s.get("model")),
-            _order(str(s.get("editor"))),
+            _order(s),
         )
     )
     for s in rows:
@@ -106,7 +116,7 @@ def _pairs(summaries: list[dict[str, Any]]) -> set[tuple[str, str]]:
 
 def table4(summaries: list[dict[str, Any]]) -> Table:
     """Table IV: our rows, then the paper's rows of the same (task, editor) for its three models."""
-    published = pub.metric_rows("table4_editors", _pairs(summaries))
+    published = dressed(pub.metric_rows("table4_editors", _pairs(summaries)), summaries)
     t = metric_table("Table IV: every editor on both tasks (x100)", summaries + published)
     t.note = " ".join(x for x in (_published_note(published), budget_note(summaries)) if x)
     return t
@@ -114,7 +124,7 @@ def table4(summaries: list[dict[str, Any]]) -> Table:
 
 def table6(summaries: list[dict[str, Any]]) -> Table:
     """Table VI: the GRACE family and SCOPE (ours), with the paper's rows of its Table VI."""
-    published = pub.metric_rows("table6_agrace", _pairs(summaries))
+    published = dressed(pub.metric_rows("table6_agrace", _pairs(summaries)), summaries)
     t = metric_table("Table VI: A-GRACE, GRACE, the ablations and SCOPE (ours) (x100)", summaries + published,
                      GRACE_FAMILY)  # fmt: skip
     t.note = _published_note(published)
@@ -130,8 +140,10 @@ def table5(summaries: list[dict[str, Any]]) -> Table:
     ours = [s for s in summaries if not s.get("published")]
     grid = grid_of(ours)
     theirs = pub.table5_decrease()
-    editors = sorted({e for _, e in grid if e != "none"}, key=_order)
-    t = Table("Table V: decrease (%) of effectiveness EM from CSNE to CNLE", ["Row", *map(_label, editors)])
+    names = roster(ours)
+    editors = sorted({e for _, e in grid if e != "none"}, key=lambda e: _order(names[e]))
+    t = Table("Table V: decrease (%) of effectiveness EM from CSNE to CNLE",
+              ["Row", *(editor_label(names[e]) for e in editors)])  # fmt: skip
     model = next((str(s.get("model")) for s in ours if s.get("model")), "ours")
     for task in ("csne", "cnle"):
         em = [metric(next((s for s in ours if _task_of(s) == task and s.get("editor") == e), {}),
@@ -147,17 +159,13 @@ def table5(summaries: list[dict[str, Any]]) -> Table:
     return t
 
 
-def _label(editor: str) -> str:
-    return editor_label({"editor": editor})
-
-
 def cost_table(summaries: list[dict[str, Any]]) -> Table:
     """Mean seconds, mean own peak and mean resident peak (MiB) of one edit, per editor and task."""
     t = Table(
         "Cost of one edit (mean over cases)",
         ["Task", "Editor", "Seconds", "Own peak (MiB)", "Resident peak (MiB)"],
     )
-    for s in sorted(summaries, key=lambda s: (_task_of(s), _order(str(s.get("editor"))))):
+    for s in sorted(summaries, key=lambda s: (_task_of(s), _order(s))):
         c = s.get("cost") or {}
         mib = [c.get(k) / 2**20 if isinstance(c.get(k), (int, float)) else None
                for k in ("mean_peak_bytes", "mean_resident_peak_bytes")]  # fmt: skip

@@ -10,8 +10,6 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from clmedit.editors.registry import editor_label as registry_label
-from clmedit.editors.registry import table_order
 from clmedit.report import escape
 from clmedit.results import OVERLAPPING_FOLDS, load_summaries  # noqa: F401  (re-exported: tables are built from summaries)
 
@@ -39,17 +37,37 @@ def _key(summary: dict[str, Any]) -> tuple[str, str]:
     return str(summary.get("model", "?")), "+".join(str(t).upper() for t in tasks or ["?"])
 
 
-def _order(editor: str) -> tuple[int, str]:
-    return table_order(editor)
+UNORDERED = 10**6  # a summary without `order` (written before it existed): after the ordered rows
+
+
+def _order(summary: dict[str, Any]) -> tuple[int, str]:
+    """A row's place: the table position its summary carries (`order`, the study's editor order),
+    then the editor's name."""
+    order = summary.get("order")
+    known = isinstance(order, int) and not isinstance(order, bool)
+    return (order if known else UNORDERED, str(summary.get("editor", "?")))
+
+
+def roster(summaries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """editor name -> {"editor", "label", "order"} as our runs' summaries carry them: how a row that
+    names only an editor (the paper's, a grid's cell) is labelled and placed."""
+    return {str(s.get("editor")): {"editor": str(s.get("editor")), "label": s.get("label"), "order": s.get("order")}
+            for s in summaries if not s.get("published")}  # fmt: skip
+
+
+def dressed(rows: list[dict[str, Any]], summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Published rows with the label and table position of our run of the same editor."""
+    names = roster(summaries)
+    return [{**names.get(str(r.get("editor")), {}), **r} for r in rows]
 
 
 
 
 def editor_label(summary: dict[str, Any]) -> str:
-    """The row label: the summary's own `label` (written by the run), else the registry's label; a
+    """The row label: the summary's own `label` (written by the run), else the editor's name; a
     trained editor fitted on overlapping folds (its test probes among its training inputs) says so."""
     label = summary.get("label")
-    label = label if isinstance(label, str) and label else registry_label(str(summary.get("editor", "?")))
+    label = label if isinstance(label, str) and label else str(summary.get("editor", "?"))
     if summary.get("folds_protocol") == OVERLAPPING_FOLDS:
         label += f" [{OVERLAPPING_FOLDS}]"
     return label
@@ -69,7 +87,7 @@ def _rows(summaries: list[dict[str, Any]]) -> dict[tuple[str, str], list[tuple[s
     for key in sorted(grouped):
         rows = []
         most = _case_count(grouped[key])
-        for s in sorted(grouped[key], key=lambda s: _order(str(s.get("editor", "?")))):
+        for s in sorted(grouped[key], key=_order):
             cells = [metric(s, g, n) for g, _ in GROUPS for n, _ in METRICS] + [metric(s, "fluency")]
             label = editor_label(s)
             overrides = (s.get("config") or {}).get("hparams") or {}
@@ -98,7 +116,7 @@ def budget_note(summaries: list[dict[str, Any]]) -> str:
     parts = []
     for task in sorted({_key(s)[1] for s in rows}):
         counts: dict[str, list[str]] = defaultdict(list)
-        for s in sorted((s for s in rows if _key(s)[1] == task), key=lambda s: _order(str(s.get("editor")))):
+        for s in sorted((s for s in rows if _key(s)[1] == task), key=_order):
             c = s["counts"]
             counts[f"{c['budget_short']} of {c.get('ok', 0)}"].append(editor_label(s))
         main = max(counts, key=lambda k: len(counts[k]))  # the count most rows share; the others named

@@ -21,6 +21,12 @@ from typing import Any
 from clmedit.data.schema import EditCase, read_cases
 from clmedit.errors import InputError
 from clmedit.files import atomic_write_text
+from clmedit.outputs import check_output_dir
+from clmedit.results import DISJOINT_FOLDS, OVERLAPPING_FOLDS
+from clmedit.run import records
+from clmedit.run.checks import check_device, check_out_dir
+from clmedit.run.prepare import resolve_data
+from clmedit.run.setup import load_model_for, make_editor
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +39,15 @@ def split_folds(cases: list[EditCase], folds: int, seed: int = 0) -> list[list[E
     order = list(range(len(cases)))
     random.Random(seed).shuffle(order)
     return [[cases[j] for j in sorted(order[k::folds])] for k in range(folds)]
+
+
+def scored_cases(cases: list[EditCase], config: Any) -> list[EditCase]:
+    """The cases a run scores: all, or with `folds > 1` and `eval_limit` N the first N of each fold
+    (in file order); the folds themselves, and so every training half, are drawn from all `cases`."""
+    if config.folds < 2 or config.eval_limit is None:
+        return cases
+    chosen = {c.case_id for fold in split_folds(cases, config.folds, config.seed) for c in fold[: config.eval_limit]}
+    return [c for c in cases if c.case_id in chosen]
 
 
 def probe_texts(cases: list[EditCase]) -> set[str]:
@@ -108,8 +123,6 @@ def fit_fold(editor, model, tok, train: list[EditCase], fold_dir: Path) -> dict[
 
 def protocol(config: Any) -> str:
     """The fold protocol's name as summaries and tables show it."""
-    from clmedit.results import DISJOINT_FOLDS, OVERLAPPING_FOLDS
-
     return OVERLAPPING_FOLDS if getattr(config, "folds_overlap", False) else DISJOINT_FOLDS
 
 
@@ -119,12 +132,6 @@ def train_fold(config: Any, fold: int) -> dict[str, Any]:
     The split is the runner's, so a run with the same --folds/--seed/--limit whose `fold<k>` folder is
     this one loads it instead of retraining. Returns the summary also written to `train.json`.
     """
-    from clmedit.outputs import check_output_dir
-    from clmedit.run import records
-    from clmedit.run.checks import check_device, check_out_dir
-    from clmedit.run.prepare import resolve_data
-    from clmedit.run.runner import load_model_for, make_editor
-
     if not 0 <= fold < config.folds:
         raise InputError(
             f"--fold {fold} does not exist with --folds {config.folds} (use 0..{config.folds - 1})"

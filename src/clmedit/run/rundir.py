@@ -53,7 +53,7 @@ NOT_IDENTITY = frozenset(
         "folds_overlap",
     }
 )
-# The files and folders a sequential run writes (run.sequential); they are results like cases*.jsonl.
+# The files and folders a sequential run writes (lifelong.sequence); they are results like cases*.jsonl.
 SEQUENTIAL_RESULTS = ("edits.jsonl", "checkpoints")
 _RESULT_NAME = re.compile(
     rf"{CASES_FILE.pattern}|fold\d+|summary\.json|table\.md|run\.json|written\.json|edits\.jsonl|checkpoints"

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from clmedit.errors import ClmeditError, describe_validation
-from clmedit.run.fixes import parse_fix
+from clmedit.fixes.cases import parse_fix
 from clmedit.serve.generation import Generator, Job, Sampling
 from clmedit.serve.guard import BodyTooLarge, Guard
 from clmedit.serve.prompts import chat_prompt
@@ -115,6 +115,13 @@ def create_app(store: FixStore, model_id: str, api_key: str | None = None, limit
         (done,) = await _answers(generator, [job])
         return chat_completion(model_id, rid, done["text"], done["finish_reason"], _usage([done]))
 
+    _fix_routes(app, store, limits)
+    return app
+
+
+def _fix_routes(app: FastAPI, store: FixStore, limits: Limits) -> None:
+    """/v1/fixes: list the fixes in the model, add some (applied at once), take one back."""
+
     @app.get("/v1/fixes")
     async def list_fixes() -> dict[str, Any]:
         return {"object": "list", "data": store.records()}
@@ -144,8 +151,6 @@ def create_app(store: FixStore, model_id: str, api_key: str | None = None, limit
                 404, f"there is no fix {fix_id!r}; GET /v1/fixes lists them", "fix_not_found"
             ) from None
         return {**gone, "deleted": True}
-
-    return app
 
 
 def _job(req: CompletionRequest | ChatRequest, prompt: str, default: int, limits: Limits) -> Job:

@@ -29,7 +29,8 @@ from clmedit.data.schema import EditCase, read_cases
 from clmedit.editors.base import Editor, EditResult, EditState
 from clmedit.errors import InputError, IntegrityError
 from clmedit.files import atomic_write_dir, finish_dir_write
-from clmedit.run.artifact import MANIFEST, BaseModelRecord, load_edited, write_fix_file
+from clmedit.fixes.artifact import BaseModelRecord, load_edited, write_fix_file
+from clmedit.fixes.manifest import MANIFEST
 from clmedit.serve.rwlock import RWLock
 
 log = logging.getLogger(__name__)

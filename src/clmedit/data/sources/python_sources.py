@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import ast
 import copy
+import hashlib
 import os
+import sys
 import sysconfig
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -214,3 +216,12 @@ def _example(task: str, fn: FuncDef, uid: str, skipped: Counter, max_target_char
     used = {n.id for n in ast.walk(ast.parse(expr, mode="eval")) if isinstance(n, ast.Name)}
     params = [p for p in _params(fn) if p in used]
     return RawExample(uid, intent_for(summary, params), expr, meta={"summary": summary})
+
+
+def stdlib_fingerprint() -> str:
+    """A short hash of the standard library's Python sources (relative names and sizes) and version."""
+    root = stdlib_dir()
+    h = hashlib.sha256(f"{sys.version_info[:3]}".encode())
+    for p in iter_python_files([root], STDLIB_SKIP_DIRS):
+        h.update(f"{p.relative_to(root).as_posix()}:{p.stat().st_size}\n".encode())
+    return h.hexdigest()[:12]

@@ -76,6 +76,9 @@ class AGrace(Grace):
     name = "agrace"
     HParams = AGraceHParams
     trainable = True
+
+    def fit_seconds(self) -> float:
+        return 30.0 * self.hparams.enc_epochs / 100  # the encoder's epochs dominate
     pool: ClassVar[Pool] = "mean"
     use_encoder: ClassVar[bool] = True
 

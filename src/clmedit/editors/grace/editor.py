@@ -46,19 +46,17 @@ from clmedit.editors.base import Editor, EditResult, EditState, replace_module
 from clmedit.editors.grace.codebook import Codebook
 from clmedit.editors.grace.hparams import DECODE, GraceHParams
 from clmedit.editors.grace.layer import GraceLayer
+from clmedit.editors.grace.value import train_value
 from clmedit.errors import InputError, IntegrityError, NotSavableError
 from clmedit.locate.keys import key_distance
 from clmedit.models.arch import arch_of
 from clmedit.models.hooks import Trace
-from clmedit.models.partial import forward_from, trainable_only
 from clmedit.models.text import (
     edit_batch,
     gather_rows,
     last_position,
     pad_batch,
     prompt_ids,
-    target_decodes,
-    target_nll,
 )
 
 log = logging.getLogger(__name__)
@@ -69,6 +67,7 @@ class Grace(Editor):
 
     name = "grace"
     HParams = GraceHParams
+    APPLY_SECONDS = {"cnle": 1.5, "csne": 2.3}
 
     # --- keys -----------------------------------------------------------------------------------
     def keys(self, inputs: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
@@ -96,6 +95,9 @@ class Grace(Editor):
 
     def edit_layer(self, model: nn.Module) -> int:
         return self.hparams.layer_for(self.hparams.layer, arch_of(model).num_layers(model))
+
+    def edited_layers(self, model: nn.Module) -> list[int]:
+        return [self.edit_layer(model)]  # the down_proj it wraps
 
     @torch.no_grad()
     def prompt_keys(self, model: nn.Module, tok: Any, prompts: list[str]) -> torch.Tensor:
@@ -219,7 +221,7 @@ class Grace(Editor):
             init = torch.rand(steps, dp.output.shape[-1], generator=gen).to(device)
         book = wrapper.codebook
         ins = book.insert(key, case.target, init, radius=self.entry_radius(key), change=change)
-        value, loss, steps = self._train_value(model, layer, path, blk.input, batch, book.values[ins.index])
+        value, loss, steps = train_value(model, layer, path, blk.input, batch, book.values[ins.index], self.hparams)
         book.set_value(ins.index, value, change)
         companions = self.companion_keys(model, tok, case)
         for extra in [] if companions is None else companions:
@@ -283,37 +285,3 @@ class Grace(Editor):
         if (book.eps_init, book.dist_fn, book.expand) != (hp.eps, hp.dist_fn, hp.eps_expand):
             raise IntegrityError(f"the saved codebook's settings differ from the edit's hparams ({book!r})")
         self._attach(model, path, book, result)
-
-    def _train_value(self, model, layer: int, path: str, hidden, batch: dict, init: torch.Tensor):
-        """min_V NLL(target | out[P-1+k] := v_k) by Adam; runs only layers >= `layer` per step.
-
-        With `stop_when_decoded`, optimisation ends at the first step whose value already makes the
-        target the teacher-forced argmax (greedy decoding gives it); further steps only sharpen it.
-        Returns (V (S, d_out) float32, final loss, steps taken). The model's parameters are not modified.
-        """
-        hp = self.hparams
-        p = batch["prompt_lens"][0]
-        value = nn.Parameter(init.detach().clone().float())
-        positions = torch.arange(p - 1, p - 1 + value.shape[0], device=value.device)
-        keep = batch["input_ids"].shape[1] - p + 1  # logits of positions P-1.. predict the target
-        labels = batch["labels"][:, -keep:]
-
-        def put(out: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
-            out = out.clone()
-            out[0, positions] = value.to(out.dtype)
-            return out
-
-        opt = torch.optim.Adam([value], lr=hp.edit_lr)
-        loss = torch.tensor(float("nan"))
-        steps = 0
-        with trainable_only(model, []), Trace(model, path, edit_output=put, retain_output=False):
-            while steps < hp.n_iter:
-                logits = forward_from(model, layer, hidden, batch["attention_mask"], logits_to_keep=keep)
-                loss = target_nll(logits, labels)
-                if hp.stop_when_decoded and target_decodes(logits, labels):
-                    break  # the value as it is gives these logits: keep it untouched
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                steps += 1
-        return value.detach(), loss.item(), steps

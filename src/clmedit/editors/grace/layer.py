@@ -9,7 +9,7 @@ key matched a codebook entry, replaces out at the key token by value step 0. At 
                      (EasyEdit GRACE's replace_last under a KV cache, the study's GRACE)
     decode="none"    decoded tokens are never touched (the study's A-GRACE)
 Unmatched rows and tokens are returned untouched (bitwise). How a call is classified, per the
-model forward pre-hook `observe`:
+model forward pre-hook `observe` (models.hooks.CallObserver):
     KV cache with past length > 0           -> continuation: the new tokens are the next steps
     no cache, longer than the last call and
     the same input at the key positions     -> recomputation (generate(use_cache=False))
@@ -25,13 +25,14 @@ import torch
 from torch import nn
 
 from clmedit.editors.grace.codebook import Codebook
+from clmedit.models.hooks import CallObserver
 from clmedit.models.text import call_mask, gather_rows, last_position
 
 KeyFn = Any  # Callable[[Tensor (B, T, d_in), Tensor (B, T) bool], Tensor (B, d_key)]
 Decode = Literal["steps", "lookup", "none"]
 
 
-class GraceLayer(nn.Module):
+class GraceLayer(CallObserver, nn.Module):
     """Wraps a down_proj: out = inner(x), with matched rows' outputs replaced by codebook values.
 
     State per row (reset at each prefill): the matched entry (-1: none), the key position and
@@ -45,22 +46,15 @@ class GraceLayer(nn.Module):
         self.key_fn = key_fn
         self.decode = decode
         self.enabled = True
-        self._call: dict[str, Any] | None = None  # what the model pre-hook saw for this call
         self._rows: torch.Tensor | None = None  # (B,) matched entry per row
         self._pos: torch.Tensor | None = None  # (B,) key position per row
         self._anchor: torch.Tensor | None = None  # (B, d_in) input at the key positions
         self._steps = 0  # tokens decoded since the prefill (KV-cache mode)
         self._length = 0  # sequence length at the last call
 
-    def observe(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        """Forward pre-hook on the whole model: remember the attention mask and the cache length."""
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        past = cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
-        self._call = {"mask": kwargs.get("attention_mask"), "past": int(past)}
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, d_in)
         out = self.inner(x)
-        call, self._call = self._call, None
+        call = self.take_call()
         if not self.enabled or len(self.codebook) == 0:
             return out
         b, t = x.shape[:2]

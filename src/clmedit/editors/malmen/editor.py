@@ -90,6 +90,10 @@ class Malmen(Editor):
     name = "malmen"
     HParams = MalmenHParams
     trainable = True
+    APPLY_SECONDS = {"cnle": 0.2, "csne": 0.4}
+
+    def fit_seconds(self) -> float:
+        return 2.0 * self.hparams.steps  # the meta-training steps dominate
 
     def __init__(self, hparams: MalmenHParams | None = None):
         super().__init__(hparams)
@@ -98,12 +102,12 @@ class Malmen(Editor):
         if self.hparams.hypernet_dir:
             self.load(self.hparams.hypernet_dir)
 
-    def _layers(self, model) -> list[int]:
+    def edited_layers(self, model) -> list[int]:
         return self.hparams.layers_for(self.hparams.layers, arch_of(model).num_layers(model))
 
     def new_net(self, model) -> MalmenNet:
         arch = arch_of(model)
-        layers = self._layers(model)
+        layers = self.edited_layers(model)
         d_key = arch.mlp_dim(model, layers[0])
         d_value = arch.weight_out_in(arch.down_proj_module(model, layers[0])).shape[0]
         rank = self.hparams.rank or max(32, round(STUDY_RANK * (d_key + d_value) / STUDY_WIDTH))
@@ -115,7 +119,7 @@ class Malmen(Editor):
     def fit(self, model, tok, train_cases, **kwargs: Any) -> dict[str, Any]:
         """Meta-train a fresh hypernetwork on `train_cases`; kwargs override hparams (e.g. steps=200)."""
         self.hparams = self.hparams.override("fit arguments", **kwargs)
-        layers = self._layers(model)
+        layers = self.edited_layers(model)
         torch.manual_seed(self.hparams.seed)  # the fresh net's init too: a fit depends on its inputs only
         self.net, history = meta_train(model, tok, train_cases, self.new_net(model), layers, self.hparams)
         self.trained_layers = layers
@@ -139,7 +143,7 @@ class Malmen(Editor):
                 "malmen needs a trained hypernetwork: call fit(model, tok, train_cases), load(dir), "
                 "or set hypernet_dir (train one with `clmedit train --editor malmen`)"
             )
-        layers = self._layers(model)
+        layers = self.edited_layers(model)
         if self.trained_layers is not None and list(self.trained_layers) != layers:
             raise ValueError(
                 f"hypernetwork trained for layers {self.trained_layers}, this model edits {layers}"

@@ -218,6 +218,16 @@ def calibrate_step_size(
     return losses
 
 
+def _mean_loss(loss_fn, data, idx: list[int], batch_size: int) -> float:
+    """The meta-loss averaged over the cases `idx` (no gradient), batch by batch."""
+    total = 0.0
+    with torch.no_grad():
+        for s in range(0, len(idx), batch_size):
+            chunk = idx[s : s + batch_size]
+            total += float(loss_fn(*data.batch(chunk))[0]) * len(chunk)
+    return total / len(idx)
+
+
 def meta_train(
     model: nn.Module, tok, cases: list[EditCase], net: MalmenNet, layers: list[int], hp
 ) -> tuple[MalmenNet, dict]:
@@ -251,12 +261,7 @@ def meta_train(
             )
 
             def evaluate(idx: list[int]) -> float:
-                total = 0.0
-                with torch.no_grad():
-                    for s in range(0, len(idx), hp.batch_size):
-                        chunk = idx[s : s + hp.batch_size]
-                        total += float(loss_fn(*data.batch(chunk))[0]) * len(chunk)
-                return total / len(idx)
+                return _mean_loss(loss_fn, data, idx, hp.batch_size)
 
             history: dict = {"step": [], "train": [], "val": [], "best_step": 0}
             if grid is not None:

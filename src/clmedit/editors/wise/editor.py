@@ -107,6 +107,9 @@ class Wise(Editor):
     name = "wise"
     HParams = WiseHParams
 
+    def edited_layers(self, model: nn.Module) -> list[int]:
+        return [self.hparams.layer_for(self.hparams.layer, arch_of(model).num_layers(model))]  # the one it wraps
+
     def _apply(self, model: nn.Module, tok: Any, cases: list[EditRequest], result: EditResult) -> None:
         """Edit the side memory of one layer (wrapping its down_proj on the first apply).
 
@@ -116,7 +119,7 @@ class Wise(Editor):
         """
         hp = self.hparams
         arch = arch_of(model)
-        layer = hp.layer_for(hp.layer, arch.num_layers(model))
+        layer = self.edited_layers(model)[0]
         path = arch.path("down_proj", layer)
         memory = model.get_submodule(path)
         continued = isinstance(memory, WiseMemory)
@@ -147,8 +150,8 @@ class Wise(Editor):
     # --- the edit as data (fix files) -----------------------------------------------------------
     def edit_state(self, model: nn.Module) -> EditState:
         """The side memory's buffers (merged memory, shards, working shard, thresholds, counts)."""
-        hp, arch = self.hparams, arch_of(model)
-        layer = hp.layer_for(hp.layer, arch.num_layers(model))
+        arch = arch_of(model)
+        layer = self.edited_layers(model)[0]
         memory = model.get_submodule(arch.path("down_proj", layer))
         if not isinstance(memory, WiseMemory):
             raise NotSavableError(f"wise: layer {layer} carries no side memory to save; apply fixes first")
@@ -157,8 +160,8 @@ class Wise(Editor):
 
     def _load_edit(self, model: nn.Module, tok: Any, state: EditState, result: EditResult) -> None:
         """Wrap the layer in a side memory holding exactly the saved buffers (nothing else is set)."""
-        hp, arch = self.hparams, arch_of(model)
-        layer = hp.layer_for(hp.layer, arch.num_layers(model))
+        arch = arch_of(model)
+        layer = self.edited_layers(model)[0]
         path = arch.path("down_proj", layer)
         if state.meta.get("layer") != layer:
             raise IntegrityError(f"the saved edit is at layer {state.meta.get('layer')}, wise edits {layer}")
@@ -185,25 +188,20 @@ class Wise(Editor):
         shape = memory.work.shape
         return (torch.rand(shape, generator=gen) < self.hparams.mask_ratio).to(memory.work.device)
 
-    def _edit(self, model: nn.Module, tok: Any, memory: WiseMemory, layer: int, case: EditRequest) -> dict:
-        """Train the working shard W' on one case (objective in the module doc); record it.
-
-        The model's parameters are not modified; only `memory.work` and its threshold change.
-        """
+    def _inputs(self, model: nn.Module, tok: Any, memory: WiseMemory, layer: int, case: EditRequest) -> tuple:
+        """The constants of one edit's optimisation: the edit batch, block `layer`'s input, the
+        down_proj's input at the prompt, and at the irrelevant prompts (with their mask; None if none)."""
         hp = self.hparams
         device = next(model.parameters()).device
         batch = edit_batch(tok, [case.prompt], [case.target], device=device)
         p = batch["prompt_lens"][0]
         block = arch_of(model).blocks(model)[layer]
-        # Inputs of block `layer` and of the down_proj are constants of the optimisation.
         with (
             torch.no_grad(),
             Trace(model, memory, retain_input=True, retain_output=False, detach=True) as dp,
             Trace(model, block, retain_input=True, retain_output=False, detach=True, stop=True) as blk,
         ):
             model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-        edit_x = dp.input[:, :p]
-        edit_mask = torch.ones(1, p, dtype=torch.bool, device=device)
         near_x = near_mask = None
         seed = hp.seed + int(memory.counts[EDITS])  # reproducible, and another draw per edit
         if others := irrelevant_prompts(case.task, case.prompt, hp.irrelevant, seed):
@@ -215,7 +213,17 @@ class Wise(Editor):
             ):
                 model(input_ids=ids, attention_mask=mask, use_cache=False)
             near_x, near_mask = nb.input, mask.bool()
+        return batch, blk.input, dp.input[:, :p], near_x, near_mask
 
+    def _edit(self, model: nn.Module, tok: Any, memory: WiseMemory, layer: int, case: EditRequest) -> dict:
+        """Train the working shard W' on one case (objective in the module doc); record it.
+
+        The model's parameters are not modified; only `memory.work` and its threshold change.
+        """
+        hp = self.hparams
+        batch, blk_input, edit_x, near_x, near_mask = self._inputs(model, tok, memory, layer, case)
+        p = batch["prompt_lens"][0]
+        edit_mask = torch.ones(1, p, dtype=torch.bool, device=edit_x.device)
         main = memory.main_weight.detach().float()
         weight = memory.work.detach().float().clone().requires_grad_(True)  # not a Parameter of the model
         grad_mask = memory.work_mask.to(weight.dtype)
@@ -224,7 +232,7 @@ class Wise(Editor):
         opt = torch.optim.SGD([weight], lr=hp.edit_lr)
 
         def objective() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-            logits = forward_from(model, layer, blk.input, batch["attention_mask"], logits_to_keep=keep)
+            logits = forward_from(model, layer, blk_input, batch["attention_mask"], logits_to_keep=keep)
             delta = weight - main
             act_e = activation(edit_x, delta, edit_mask)  # (1,)
             loss = target_nll(logits, labels) + torch.relu(hp.beta - act_e).mean()

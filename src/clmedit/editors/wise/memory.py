@@ -23,19 +23,19 @@ Until they are merged, closed shards and the working shard answer as memories of
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from clmedit.editors.base import Undo, replace_module
+from clmedit.models.hooks import CallObserver
 from clmedit.models.text import call_mask
 
 EDITS, MERGES, WORK_EDITS = 0, 1, 2  # indices into `counts`
 
 
-class WiseMemory(nn.Module):
+class WiseMemory(CallObserver, nn.Module):
     """Wraps a down_proj; routes each row to the main memory or one side memory (see module doc)."""
 
     def __init__(self, inner: nn.Module, conv1d: bool = False):
@@ -53,7 +53,6 @@ class WiseMemory(nn.Module):
         self.register_buffer("work_threshold", inf.clone())
         self.register_buffer("counts", torch.zeros(3, dtype=torch.long, device=w.device))
         self.train_weight: torch.Tensor | None = None  # set while editing: every row uses it
-        self._call: dict[str, Any] | None = None  # what the model pre-hook saw for this call
         self.route: torch.Tensor | None = None  # (B,) memory per row of the last prefill, -1: main
         self.remove: Undo | None = None  # set by `attach`: takes the memory (and its hook) out again
 
@@ -76,14 +75,8 @@ class WiseMemory(nn.Module):
         return [(w, e) for w, e in found if math.isfinite(e)]
 
     # --- routing ----------------------------------------------------------------------------
-    def observe(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        """Forward pre-hook on the whole model: remember the attention mask and the cache length."""
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        past = cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
-        self._call = {"mask": kwargs.get("attention_mask"), "past": int(past)}
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, in)
-        call, self._call = self._call, None
+        call = self.take_call()
         if self.train_weight is not None:
             return self.side_output(x, self.train_weight)
         out = self.inner(x)

@@ -13,9 +13,11 @@ from typing import Any
 
 from clmedit.errors import InputError
 from clmedit.files import atomic_write_text, slug
+from clmedit.grid.cell import run
 from clmedit.report.tables import render_markdown
 from clmedit.run.checks import check_out_dir
-from clmedit.run.runner import RunConfig, load_model_for, make_editor, run
+from clmedit.run.settings import RunConfig
+from clmedit.run.setup import load_model_for, make_editor
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +64,6 @@ def bench(
                 f"bench runs single edits; run the trainable {editor!r} with `clmedit run --folds 2`"
             )
     m, tok = load_model_for(model, device, dtype)
-    model_dir = out / slug(Path(model.rstrip("/")).name)
     summaries = []
     model_dir = out / slug(model.rstrip("/").rsplit("/", 1)[-1])  # a hub id or path: its last part
     for task in tasks:

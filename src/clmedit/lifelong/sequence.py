@@ -4,7 +4,7 @@
         seed -> result = editor.apply(model, tok, batch) -> session.absorb(result)
              -> one line in edits.jsonl: wall seconds, own peak, resident memory (RSS) after it
         at a checkpoint (after 1, 10, 100, 1,000 ... edits, and after the last): score every case
-             applied so far (run.checkpoint): retention, generalization, specificity, fluency
+             applied so far (lifelong.checkpoint): retention, generalization, specificity, fluency
     finally: session.restore() -> the model is bitwise the unedited one (checked; an error if not)
 
 The sequence is the first N cases of the data (after --limit) that fit the model's context window;
@@ -50,16 +50,16 @@ from clmedit.data.schema import EditCase
 from clmedit.editors.session import EditSession
 from clmedit.errors import InputError, IntegrityError
 from clmedit.files import atomic_write_text
+from clmedit.lifelong import checkpoint as ckpt
+from clmedit.lifelong.summary import plan_calls, write_sequential_summary
 from clmedit.models.cost import resident_bytes
+from clmedit.models.fingerprint import fingerprint, fingerprint_diff
+from clmedit.models.text import model_name as name_of
 from clmedit.results import EDITS_FILE, read_edits
-from clmedit.run import checkpoint as ckpt
 from clmedit.run import records, rundir
-from clmedit.run.checks import case_problem, context_window
 from clmedit.run.folds import fit_fold, split_folds, training_half
-from clmedit.run.prepare import ensure_base_answers
-from clmedit.run.runner import error_record, load_model_for, setup_run
-from clmedit.run.sequential_summary import plan_calls, write_sequential_summary
 from clmedit.run.settings import RunConfig, parse_checkpoints
+from clmedit.run.setup import claim_run, load_model_for, ready, setup_run, usable_cases
 
 log = logging.getLogger(__name__)
 
@@ -73,23 +73,6 @@ def sequence_pool(config: RunConfig, cases: list[EditCase]) -> tuple[list[EditCa
     return folds[0], training_half(folds, 0, config.folds_overlap)[0]
 
 
-def usable_sequence(
-    cases: list[EditCase], n: int, tok: Any, window: int | None, fluency: bool
-) -> tuple[list[EditCase], list[dict[str, Any]]]:
-    """The first `n` cases that fit the model (see run.checks.case_problem), and why others did not."""
-    sequence, unusable = [], []
-    for case in cases:
-        if len(sequence) == n:
-            break
-        problem = case_problem(case, tok, window, fluency)
-        if problem is None:
-            sequence.append(case)
-        else:
-            log.warning("%s; left out of the sequence", problem)
-            unusable.append({"case_id": case.case_id, "reason": problem})
-    return sequence, unusable
-
-
 @dataclass
 class _Sequence:
     """One sequential run over a loaded model: the plan, the session, and what is done."""
@@ -100,7 +83,7 @@ class _Sequence:
     model: Any
     tok: Any
     batches: list[list[EditCase]]
-    states: dict[int, list[int]]  # checkpoint states -> requested counts (run.checkpoint)
+    states: dict[int, list[int]]  # checkpoint states -> requested counts (lifelong.checkpoint)
     model_name: str
     session: EditSession = field(default_factory=EditSession)
     applied: list[tuple[int, EditCase]] = field(default_factory=list)  # (edit number, case) in the model
@@ -150,17 +133,17 @@ class _Sequence:
             "case_ids": [c.case_id for c in batch],
             "edits": self.edits_after(j + 1),
         }
-        before = records.fingerprint(self.model) if self.config.verify_restore else None
+        before = fingerprint(self.model) if self.config.verify_restore else None
         rec["rss_before_bytes"] = resident_bytes()
         set_seed(self.config.seed)
         try:
             result = self.editor.apply(self.model, self.tok, batch)
         except Exception as err:  # one bad edit must not end a 1,000-edit run
-            rec["error"] = error_record(err)
+            rec["error"] = records.error_record(err)
             log.warning(
                 "edit of %s failed: %s: %s", batch[0].case_id, rec["error"]["type"], rec["error"]["message"]
             )
-            if before is not None and records.fingerprint_diff(before, records.fingerprint(self.model)):
+            if before is not None and fingerprint_diff(before, fingerprint(self.model)):
                 raise RuntimeError(
                     f"editor {self.editor.name!r} failed on {batch[0].case_id} and left the model changed; "
                     "stopping so the sequence holds only the edits it records"
@@ -244,32 +227,25 @@ def run_sequential(config: RunConfig, model=None, tok=None, editor=None, overwri
         )
     out, editor = setup.out, setup.editor
     with rundir.writing(out / EDITS_FILE, config.shard):
-        about = {"data": config.data, "preset": config.preset, "hp": config.hparams}
-        rundir.claim(out, rundir.identity(config, editor.name, setup.hparams, setup.every), about, overwrite)
+        claim_run(config, setup, overwrite, writes="cases.jsonl")
         if model is None:
             model, tok = load_model_for(config.model, config.device, config.dtype)
-        from clmedit.models.text import model_name as name_of
-
-        sequence, unusable = usable_sequence(
-            pool, config.sequential, tok, context_window(model), config.fluency
-        )
+        sequence, unusable = usable_cases(pool, model, tok, config.fluency, config.sequential)
         if len(sequence) < config.sequential:
             log.warning("only %d usable cases for --sequential %d", len(sequence), config.sequential)
         batches = [sequence[i : i + config.batch_size] for i in range(0, len(sequence), config.batch_size)]
         counts = [sum(len(b) for b in batches[: j + 1]) for j in range(len(batches))]
         states = ckpt.checkpoint_states(counts, parse_checkpoints(config.checkpoints))
-        ensure_base_answers(model, tok, sequence, config.answers_from)
+        clean = ready(config, editor, model, tok, sequence)
         if editor.trainable:
             fit_fold(editor, model, tok, train, out / "fold0")
-        editor.prepare(model, tok)  # one-off work stays out of the timed applies
-        clean = records.fingerprint(model)
         run = _Sequence(config, out, editor, model, tok, batches, states, name_of(model))
         try:
             if batches:
                 run.go(read_edits(out))
         finally:
             run.session.restore()
-            changed = records.fingerprint_diff(clean, records.fingerprint(model))
+            changed = fingerprint_diff(clean, fingerprint(model))
             write_sequential_summary(out, config, setup, batches, states, unusable, run.model_name)
             if changed:
                 raise RuntimeError(

@@ -21,10 +21,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from clmedit.errors import InputError
 from clmedit.files import atomic_write_text
+from clmedit.fixes.artifact import load_edited
+from clmedit.fixes.manifest import EDIT_FILE, MANIFEST, read_manifest
 from clmedit.models.load import save_model
+from clmedit.outputs import check_output_dir
 from clmedit.report import escape
-from clmedit.run.artifact import EDIT_FILE, MANIFEST, load_edited
+from clmedit.run.checks import check_device, check_out_dir
+from clmedit.run.setup import load_model_for
 
 log = logging.getLogger(__name__)
 PROVENANCE = "clmedit_fix.json"  # beside an exported checkpoint: which fixes it holds
@@ -45,6 +50,22 @@ result = clmedit.load_edited(model, {folder}, tok=tok)   # tok optional; checks 
 
 def _tree(model) -> list[tuple[str, str]]:
     return [(n, type(m).__qualname__) for n, m in model.named_modules()]
+
+
+def export_fix_file(load: Path, out: str | Path, model: str | None = None, device: str | None = None,
+                    dtype: str = "auto") -> dict[str, Any]:  # fmt: skip
+    """`clmedit export`: load `model` (default: the fix file's base model) and export the fix file
+    `load` to the new or empty folder `out` (`export_fix`); everything is checked before the model loads."""
+    if not (load / "manifest.json").is_file():
+        raise InputError(
+            f"--load {load} is not a clmedit fix file (no manifest.json); make one with `clmedit apply --out`"
+        )
+    out = check_output_dir(out, [load], ours=lambda p: False)  # an export goes to a new or empty folder
+    manifest = read_manifest(load)
+    check_device(device)
+    check_out_dir(out.absolute().parent)  # the folder itself appears only when the export succeeded
+    m, tok = load_model_for(model or manifest["model"], device, dtype)
+    return export_fix(m, tok, load, out)
 
 
 def export_fix(model, tok, fix_dir: str | Path, out: str | Path) -> dict[str, Any]:

@@ -23,12 +23,15 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
+from clmedit.editors.base import Editor, editor_class
 from clmedit.errors import InputError
 from clmedit.files import atomic_write_text, slug
-from clmedit.run.runner import RunConfig, load_model_for, parse_shard, run
+from clmedit.grid.cell import run
+from clmedit.run.settings import RunConfig, parse_shard
+from clmedit.run.setup import load_model_for, make_editor
 
 if TYPE_CHECKING:
-    from clmedit.run.distributed import Cluster
+    from clmedit.grid.distributed import Cluster
 
 log = logging.getLogger(__name__)
 
@@ -45,18 +48,10 @@ STUDY_EDITORS = (
     "agrace",
     "scope",  # ours, not the paper's: its rows say so
 )
-TRAINED = {"malmen", "agrace", "agrace-last", "scope"}
 # Measured on smollm2-135m, 2 CPU cores, idle (a `--quick` study's cases.jsonl): the evaluation of one
-# case (greedy outputs + 64 sampled fluency tokens for two texts) and each editor's apply, by task.
-# Used for the estimate and the ETA only.
+# case (greedy outputs + 64 sampled fluency tokens for two texts), by task; each editor's own cost it
+# states itself (Editor.APPLY_SECONDS, fit_seconds, once_seconds). For the estimate and the ETA only.
 EVAL_SECONDS = {"cnle": 4.1, "csne": 4.9}
-APPLY_SECONDS = {
-    "cnle": {"ft": 2.1, "rome": 4.8, "memit": 4.6, "pmet": 5.6, "malmen": 0.2, "grace": 1.5},
-    "csne": {"ft": 4.8, "rome": 12.9, "memit": 11.7, "pmet": 13.8, "malmen": 0.4, "grace": 2.3},
-}
-MALMEN_STEP_SECONDS = 2.0
-ENCODER_FOLD_SECONDS = 30.0
-STATS_SECONDS = 120.0  # MEMIT/PMET covariance statistics, once per model (cached on disk)
 
 
 @dataclass(frozen=True)
@@ -104,33 +99,34 @@ def plan(model: str, tasks: list[str], size: Size, out: Path, data: dict[str, st
             configs.append(RunConfig(
                 model=model, editor=editor, data=(data or {}).get(task, f"default:{task}"),
                 out=out / slug(task) / slug(editor), limit=size.cases.get(editor),
-                hparams=size.hparams.get(editor, {}), folds=2 if editor in TRAINED else 1, keys=True, **common,
+                hparams=size.hparams.get(editor, {}), folds=2 if editor_class(editor).trainable else 1, keys=True,
+                **common,
             ))  # fmt: skip
     return configs
 
 
-def estimate_seconds(config: RunConfig, n_cases: int) -> float:
+def estimate_seconds(config: RunConfig, n_cases: int, editor: Editor) -> float:
     """Rough wall seconds of one cell on smollm2-135m / 2 CPU cores (for the estimate and the ETA)."""
     task = "csne" if "csne" in config.data else "cnle"
-    apply = APPLY_SECONDS[task].get(
-        config.editor, APPLY_SECONDS[task]["grace"] if "grace" in config.editor else 0.0
-    )
-    secs = n_cases * (EVAL_SECONDS[task] + apply)
-    if config.editor == "malmen":
-        secs += config.folds * MALMEN_STEP_SECONDS * int(config.hparams.get("steps", 300))
-    elif config.editor in TRAINED:  # the encoder's epochs dominate (the default: 100)
-        secs += config.folds * ENCODER_FOLD_SECONDS * int(config.hparams.get("enc_epochs", 100)) / 100
-    return secs
+    secs = n_cases * (EVAL_SECONDS[task] + editor.APPLY_SECONDS.get(task, 0.0))
+    return secs + config.folds * editor.fit_seconds() if editor.trainable else secs
 
 
-def stats_seconds(configs: list[RunConfig]) -> float:
-    """Rough seconds of MEMIT/PMET's covariance statistics (once per model; 0 when cached or not run)."""
-    from clmedit.locate.params import DEFAULT_SAMPLES
+def _estimate(mine: list[tuple[tuple[str, str], RunConfig]], built: dict[str, int]) -> tuple[dict[int, float], float]:
+    """Per cell (by id of its config) its estimated seconds, and the whole shard's (with one-off work)."""
+    from clmedit.run.records import done_ids
 
-    samples = [
-        int(c.hparams.get("stats_samples", DEFAULT_SAMPLES)) for c in configs if c.editor in _LOCATE[1:]
-    ]
-    return STATS_SECONDS * max(samples) / DEFAULT_SAMPLES if samples else 0.0
+    est, once = {}, [0.0]
+    for (task, _), c in mine:
+        todo = max(0, min(built[task], c.limit or built[task]) - len(done_ids(c.out)))
+        try:
+            editor = make_editor(c.editor, c.model, c.preset, c.hparams)
+        except Exception:  # the cell fails when it runs, with its error; no estimate meanwhile
+            est[id(c)] = 0.0
+            continue
+        est[id(c)] = estimate_seconds(c, todo, editor) if todo else 0.0
+        once.append(editor.once_seconds() if todo else 0.0)
+    return est, sum(est.values()) + max(once)
 
 
 def _dataset_info(model, tok, task: str, spec: str, n: int | None, out: Path, seed: int) -> dict[str, Any]:
@@ -177,40 +173,27 @@ def study(
     `data` maps a task to a case file (default: the built-in `default:<task>` cases); `lm`/`tok` reuse
     a loaded model (it must be the unedited model). `folds_overlap`: the study's own split for the
     trained editors (their test probes among their training inputs; rows are labelled so). With a
-    `cluster` the runs go to Ray workers (run.distributed: the same records, sooner); this process
+    `cluster` the runs go to Ray workers (grid.distributed: the same records, sooner); this process
     still fills the datasets' answers.
     `budget` is every run's generation budget (RunConfig).
     """
     from clmedit.data.schema import read_cases
     from clmedit.report.study import write_study_report
     from clmedit.run.prepare import resolve_data
-    from clmedit.run.records import done_ids, fingerprint, fingerprint_diff
 
     t0 = time.perf_counter()
     out, sz = Path(out), size_preset(size, limit)
-    tasks = [t.strip().lower() for t in tasks if t.strip()]
-    if not tasks or any(t not in ("cnle", "csne") for t in tasks):
-        raise InputError(f"--tasks must name cnle and/or csne, got {','.join(tasks) or 'nothing'}")
+    tasks = _check_study(out, model, sz, budget, tasks)
     i, n = parse_shard(shard)
-    manifest_path = out / "study.json"
-    old = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else {}
-    if budget not in ("study", "in-context"):
-        raise InputError(f"--budget must be 'study' or 'in-context', got {budget!r}")
-    if old and (old.get("model"), old.get("size"), old.get("budget", "study")) != (model, sz.name, budget):
-        raise InputError(f"{out} holds a study of model {old.get('model')!r}, size {old.get('size')!r}, budget "
-                         f"{old.get('budget', 'study')!r}; use another --out for model {model!r}, size {sz.name!r}, "
-                         f"budget {budget!r}")  # fmt: skip
     specs = {t: (data or {}).get(t, f"default:{t}") for t in tasks}
     built = {t: len(read_cases(resolve_data(specs[t], seed=seed))) for t in tasks}  # builds defaults once
     configs = plan(model, tasks, sz, out, specs, seed=seed, device=device, fluency=fluency,
                    folds_overlap=folds_overlap, budget=budget)  # fmt: skip
     cells = [(t, e) for t in tasks for e in STUDY_EDITORS]  # the order of plan()
     mine = list(zip(cells, configs))[i::n]
-    todo = {id(c): max(0, min(built[t], c.limit or built[t]) - len(done_ids(c.out))) for (t, _), c in mine}
-    est = {id(c): estimate_seconds(c, todo[id(c)]) if todo[id(c)] else 0.0 for _, c in mine}
-    total = sum(est.values()) + stats_seconds([c for _, c in mine if est[id(c)]])
-    log.info("study: %d of %d runs (shard %s), %d cases to do; estimated %.0f min (smollm2-135m, 2 CPU cores)",
-             len(mine), len(configs), shard, sum(todo.values()), total / 60)  # fmt: skip
+    est, total = _estimate(mine, built)
+    log.info("study: %d of %d runs (shard %s); estimated %.0f min (smollm2-135m, 2 CPU cores)",
+             len(mine), len(configs), shard, total / 60)  # fmt: skip
     if lm is None:
         lm, tok = load_model_for(model, device)
     widest = [sz.cases[e] for e in STUDY_EDITORS]
@@ -219,26 +202,50 @@ def study(
         for t in tasks
     }
     runs = [{"task": t, "editor": e, "dir": str(c.out.relative_to(out))} for (t, e), c in zip(cells, configs)]
-    manifest = {
-        "model": model,
-        "size": sz.name,
-        "size_note": sz.note,
-        "budget": budget,
-        "tasks": tasks,
-        "runs": runs,
-        "datasets": datasets,
-    }
-    atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
-    bar = tqdm(total=round(total), unit="s", desc="study (estimated seconds of work)", dynamic_ncols=True,
-               disable=cluster is not None)  # fmt: skip
-    done_cases, failed, clean = 0, [], fingerprint(lm)
-    if cluster is not None:  # the cells run on Ray workers (run.distributed shows their progress)
-        from clmedit.run.distributed import run_grid
+    manifest = {"model": model, "size": sz.name, "size_note": sz.note, "budget": budget, "tasks": tasks,
+                "runs": runs, "datasets": datasets}  # fmt: skip
+    atomic_write_text(out / "study.json", json.dumps(manifest, indent=1))
+    if cluster is not None:  # the cells run on Ray workers (grid.distributed shows their progress)
+        from clmedit.grid.distributed import run_grid
 
         lm = tok = None  # the workers load their own copies: free this one (a GPU's memory above all)
         why = run_grid([c for _, c in mine], cluster)
         failed = [f"{e} on {t}: {w}" for ((t, e), _), w in zip(mine, why) if w is not None]
-    for k, ((task, editor), config) in enumerate(mine if cluster is None else [], 1):
+    else:
+        failed = _run_here(mine, lm, tok, est, total)
+    manifest.update(wall_seconds=time.perf_counter() - t0, failed_runs=failed)
+    atomic_write_text(out / "study.json", json.dumps(manifest, indent=1))
+    page = write_study_report(out)
+    log.info("study: %d runs in %.1f min; report in %s", len(mine), manifest["wall_seconds"] / 60, page)
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(mine)} runs failed (rerun to retry them; report in {page}): "
+                           + "; ".join(failed))  # fmt: skip
+    return page
+
+
+def _check_study(out: Path, model: str, sz: Size, budget: str, tasks: tuple[str, ...]) -> list[str]:
+    """The study's tasks, checked with its budget; a folder of another study (model, size, budget) is refused."""
+    tasks_ = [t.strip().lower() for t in tasks if t.strip()]
+    if not tasks_ or any(t not in ("cnle", "csne") for t in tasks_):
+        raise InputError(f"--tasks must name cnle and/or csne, got {','.join(tasks_) or 'nothing'}")
+    manifest_path = out / "study.json"
+    old = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else {}
+    if budget not in ("study", "in-context"):
+        raise InputError(f"--budget must be 'study' or 'in-context', got {budget!r}")
+    if old and (old.get("model"), old.get("size"), old.get("budget", "study")) != (model, sz.name, budget):
+        raise InputError(f"{out} holds a study of model {old.get('model')!r}, size {old.get('size')!r}, budget "
+                         f"{old.get('budget', 'study')!r}; use another --out for model {model!r}, size {sz.name!r}, "
+                         f"budget {budget!r}")  # fmt: skip
+    return tasks_
+
+
+def _run_here(mine: list[tuple[tuple[str, str], RunConfig]], lm, tok, est: dict[int, float], total: float) -> list[str]:
+    """Run the cells one after another on the loaded model; returns why each failed one failed."""
+    from clmedit.models.fingerprint import fingerprint, fingerprint_diff
+
+    bar = tqdm(total=round(total), unit="s", desc="study (estimated seconds of work)", dynamic_ncols=True)
+    done_cases, failed, clean = 0, [], fingerprint(lm)
+    for k, ((task, editor), config) in enumerate(mine, 1):
         t_run = time.perf_counter()
         try:
             summary = json.loads(
@@ -261,11 +268,4 @@ def study(
                  *("-" if v is None else f"{v:.1f}" for v in ems))  # fmt: skip
     bar.update(bar.total - bar.n)  # the estimate's remainder (the statistics) is done too
     bar.close()
-    manifest.update(wall_seconds=time.perf_counter() - t0, failed_runs=failed)
-    atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
-    page = write_study_report(out)
-    log.info("study: %d runs in %.1f min; report in %s", len(mine), manifest["wall_seconds"] / 60, page)
-    if failed:
-        raise RuntimeError(f"{len(failed)} of {len(mine)} runs failed (rerun to retry them; report in {page}): "
-                           + "; ".join(failed))  # fmt: skip
-    return page
+    return failed

@@ -5,7 +5,7 @@ becomes work items of two kinds, both carried out by the runner's own code:
 
 - train(run, k): fold k's trained part (A-GRACE encoder, MALMEN hypernetwork) fitted once into
   `<run>/fold<k>`, as the runner fits it before fold k's first case; the run's shards wait for it;
-- shard(run, i/n): `runner.run` on every n-th case. It loads `fold<k>` (its training finished
+- shard(run, i/n): `grid.cell.run` on every n-th case. It loads `fold<k>` (its training finished
   first); MEMIT/PMET statistics and neighbour answers come from the locked disk cache.
 
 So every case's record is the one a single machine writes (the runner seeds each apply and
@@ -31,19 +31,12 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from clmedit.errors import InputError
+from clmedit.grid.cell import run
 from clmedit.run import records
-from clmedit.run.checks import case_problem, context_window
-from clmedit.run.folds import fit_fold, split_folds, training_half
-from clmedit.run.prepare import ensure_base_answers
-from clmedit.run.runner import (
-    RunConfig,
-    claim_run,
-    load_model_for,
-    run,
-    scored_cases,
-    setup_run,
-    write_run_summary,
-)
+from clmedit.run.folds import fit_fold, scored_cases, split_folds, training_half
+from clmedit.run.settings import RunConfig
+from clmedit.run.setup import claim_run, load_model_for, ready, setup_run, usable_cases
+from clmedit.run.summary import write_run_summary
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 1.0  # how often the driver refreshes the progress bar while work runs
@@ -119,11 +112,9 @@ def fit_run_fold(config: RunConfig, fold: int, model, tok) -> None:
     first case: on the other folds' cases, after the neighbour answers of the cases still to do and
     `editor.prepare`. A folder holding it already (DONE) is left as it is."""
     setup = setup_run(config)
-    window, done = context_window(model), records.done_ids(setup.out)
+    done = records.done_ids(setup.out)
     todo = [c for c in scored_cases(setup.cases, config) if c.case_id not in done]
-    ensure_base_answers(model, tok, [c for c in todo if case_problem(c, tok, window, config.fluency) is None],
-                        config.answers_from)  # fmt: skip
-    setup.editor.prepare(model, tok)
+    ready(config, setup.editor, model, tok, usable_cases(todo, model, tok, config.fluency)[0])
     parts = split_folds(setup.cases, config.folds, config.seed)
     train, _ = training_half(parts, fold, config.folds_overlap)  # probe-disjoint, as the runner's
     fit_fold(setup.editor, model, tok, train, setup.out / f"fold{fold}")

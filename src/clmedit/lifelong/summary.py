@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from clmedit.data.schema import EditCase
-from clmedit.editors.registry import editor_label
 from clmedit.files import atomic_write_text
+from clmedit.lifelong import checkpoint as ckpt
 from clmedit.results import per_edit_seconds, read_edits
-from clmedit.run import checkpoint as ckpt
 from clmedit.run.folds import protocol, split_folds, training_half
+from clmedit.run.summary import row_facts
 
 
 def _median(values: list[float]) -> float | None:
@@ -70,15 +70,10 @@ def write_sequential_summary(
     failed = [r for r in calls if r.get("error")]
     rows = checkpoint_rows(out, batches, states, calls)
     last = next((r for r in reversed(rows) if r["complete"]), None)
-    secs = [float(r["seconds"]) for r in ok]
-    edit_secs = [s for r in ok if (s := per_edit_seconds(r)) is not None]
-    peaks = [int(r["peak_bytes"]) for r in ok if r.get("peak_bytes") is not None]
-    rss = [r for r in calls if r.get("rss_bytes") is not None]
-    start = calls[0].get("rss_before_bytes") if calls else None
     summary = {
         "mode": "sequential",
         "editor": setup.editor.name,
-        "label": editor_label(setup.editor.name),
+        **row_facts(setup.editor.name),
         "model": model_name,
         "tasks": sorted({c.task for b in batches for c in b}),
         "config": config.model_dump(mode="json"),
@@ -96,17 +91,7 @@ def write_sequential_summary(
             "examples": [{"case_ids": r["case_ids"][:5], **r["error"]} for r in failed[:10]],
         },
         "metrics": last["metrics"] if last else {},
-        "cost": {
-            "median_seconds": _median(secs),
-            "mean_seconds": statistics.fmean(secs) if secs else None,
-            "total_seconds": sum(secs),
-            "median_seconds_per_edit": _median(edit_secs),
-            "max_peak_bytes": max(peaks) if peaks else None,
-            "mean_peak_bytes": statistics.fmean(peaks) if peaks else None,
-            "rss_start_bytes": start,
-            "rss_end_bytes": rss[-1]["rss_bytes"] if rss else None,
-            "rss_growth_bytes": rss[-1]["rss_bytes"] - start if rss and start is not None else None,
-        },
+        "cost": _cost(calls, ok),
         "sequential": {
             "edits_requested": config.sequential,
             "batch_size": config.batch_size,
@@ -122,3 +107,23 @@ def write_sequential_summary(
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     atomic_write_text(out / "table.md", render_checkpoints([summary]) + "\n")
     return summary
+
+
+def _cost(calls: list[dict[str, Any]], ok: list[dict[str, Any]]) -> dict[str, Any]:
+    """The apply calls' cost: seconds (per call and per edit), own peaks, resident memory from first to last."""
+    secs = [float(r["seconds"]) for r in ok]
+    edit_secs = [s for r in ok if (s := per_edit_seconds(r)) is not None]
+    peaks = [int(r["peak_bytes"]) for r in ok if r.get("peak_bytes") is not None]
+    rss = [r for r in calls if r.get("rss_bytes") is not None]
+    start = calls[0].get("rss_before_bytes") if calls else None
+    return {
+        "median_seconds": _median(secs),
+        "mean_seconds": statistics.fmean(secs) if secs else None,
+        "total_seconds": sum(secs),
+        "median_seconds_per_edit": _median(edit_secs),
+        "max_peak_bytes": max(peaks) if peaks else None,
+        "mean_peak_bytes": statistics.fmean(peaks) if peaks else None,
+        "rss_start_bytes": start,
+        "rss_end_bytes": rss[-1]["rss_bytes"] if rss else None,
+        "rss_growth_bytes": rss[-1]["rss_bytes"] - start if rss and start is not None else None,
+    }

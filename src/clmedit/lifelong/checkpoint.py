@@ -28,8 +28,12 @@ from typing import Any
 from tqdm.auto import tqdm
 from transformers import set_seed
 
-from clmedit.data.schema import EditCase, iter_jsonl
+from clmedit.data.schema import EditCase
+from clmedit.eval.protocol import evaluate_case
+from clmedit.eval.scores import summarise
 from clmedit.files import atomic_write_text
+from clmedit.models.fingerprint import fingerprint
+from clmedit.results import CaseRecord, read_case_file
 from clmedit.run import records
 
 log = logging.getLogger(__name__)
@@ -60,16 +64,16 @@ def checkpoint_path(out: Path, edits: int) -> Path:
 
 
 def state_digest(model) -> str:
-    """sha256 over the model's per-tensor checksums and module types (`records.fingerprint`)."""
-    fp = records.fingerprint(model)
+    """sha256 over the model's per-tensor checksums and module types (`models.fingerprint.fingerprint`)."""
+    fp = fingerprint(model)
     return hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()
 
 
-def read_scored(path: Path) -> dict[str, dict[str, Any]]:
+def read_scored(path: Path) -> dict[str, CaseRecord]:
     """The case records of one checkpoint file, by case_id (a torn last line is skipped)."""
     if not path.is_file():
         return {}
-    return {str(r["case_id"]): r for r in iter_jsonl(path) if isinstance(r, dict) and "case_id" in r}
+    return {r.case_id: r for r in read_case_file(path)}
 
 
 def check_state(path: Path, digest: str) -> bool:
@@ -105,40 +109,33 @@ def score_checkpoint(
     The model is not changed. A case whose evaluation raises records its error (not retried on
     resume: the line marks it done at this checkpoint).
     """
-    from clmedit.eval.protocol import evaluate_case
-    from clmedit.run.runner import error_record
-
     done = read_scored(path)
     todo = [(n, c) for n, c in edited if c.case_id not in done]
     inputs = edited_inputs([c for _, c in edited])
     bar = tqdm(todo, desc=f"checkpoint {path.stem}", unit="case", leave=False, dynamic_ncols=True)
     for number, case in bar:
         scored, dropped = kept_neighbours(case, inputs)
-        rec: dict[str, Any] = {"case_id": case.case_id, "task": case.task, "edit": number,
-                               "neighbours_excluded": dropped, "neighbours_kept": len(scored.neighbours)}  # fmt: skip
+        rec = CaseRecord(case_id=case.case_id, task=case.task, edit=number, neighbours_excluded=dropped,
+                         neighbours_kept=len(scored.neighbours))  # fmt: skip
         set_seed(config.seed)
         t0 = time.perf_counter()
         try:
-            scores = evaluate_case(model, tok, scored, model_name=model_name, fluency=config.fluency,
-                                   seed=config.seed, budget=config.budget)  # fmt: skip
-            dumped = scores.model_dump(mode="json")
-            rec.update(scores=dumped, outputs=dumped.pop("outputs", {}), error=None)
+            rec.scores = evaluate_case(model, tok, scored, model_name=model_name, fluency=config.fluency,
+                                       seed=config.seed, budget=config.budget)  # fmt: skip
         except Exception as err:  # one bad case must not end the checkpoint
-            rec["error"] = error_record(err)
-            log.warning("checkpoint %s: case %s failed: %s", path.stem, case.case_id, rec["error"]["message"])
-        rec["eval_seconds"] = time.perf_counter() - t0
+            rec.error = records.error_record(err)
+            log.warning("checkpoint %s: case %s failed: %s", path.stem, case.case_id, rec.error["message"])
+        rec.eval_seconds = time.perf_counter() - t0
         records.append_record(path, rec)
     return len(todo)
 
 
-def summarise_checkpoint(recs: list[dict[str, Any]]) -> dict[str, Any]:
+def summarise_checkpoint(recs: list[CaseRecord]) -> dict[str, Any]:
     """Means x100 over one checkpoint's cases: effectiveness (retention), generalization, fluency over
     every scored case; specificity over the cases that kept at least one neighbour."""
-    from clmedit.eval.protocol import CaseScores, summarise
-
-    ok = [r for r in recs if not r.get("error")]
-    scores = [CaseScores.model_validate({**r["scores"], "outputs": r.get("outputs", {})}) for r in ok]
-    with_neighbours = [s for s, r in zip(scores, ok) if r.get("neighbours_kept", 1) > 0]
+    ok = [r for r in recs if r.ok]
+    scores = [r.scores for r in ok]
+    with_neighbours = [r.scores for r in ok if (r.neighbours_kept if r.neighbours_kept is not None else 1) > 0]
     metrics = summarise(scores) if scores else {}
     if metrics:
         metrics["specificity"] = summarise(with_neighbours)["specificity"] if with_neighbours else None
@@ -148,6 +145,6 @@ def summarise_checkpoint(recs: list[dict[str, Any]]) -> dict[str, Any]:
         "failed": len(recs) - len(ok),
         "budget_short": sum(1 for s in scores if s.budget_short),  # EM cannot be 1 on a check
         "specificity_cases": len(with_neighbours),
-        "neighbours_excluded": sum(int(r.get("neighbours_excluded", 0)) for r in recs),
-        "eval_seconds": sum(float(r.get("eval_seconds") or 0.0) for r in recs),
+        "neighbours_excluded": sum(r.neighbours_excluded or 0 for r in recs),
+        "eval_seconds": sum(r.eval_seconds or 0.0 for r in recs),
     }

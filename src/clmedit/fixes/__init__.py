@@ -1,0 +1,1 @@
+"""Fix files: apply a list of fixes, save the edit, load it anywhere, export it."""

@@ -1,0 +1,1 @@
+"""Lifelong (sequential) editing: many edits applied one after another, scored at checkpoints."""
