@@ -28,7 +28,8 @@ def _plain_half(configs: list, shard: str) -> None:
     """One plain process of the ceiling: load the model once and run `shard` of every config."""
     import torch
 
-    from clmedit.run.runner import load_model_for, run
+    from clmedit.grid.cell import run
+    from clmedit.run.setup import load_model_for
 
     torch.set_num_threads(1)
     model, tok = load_model_for(configs[0].model, "cpu")
