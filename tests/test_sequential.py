@@ -18,8 +18,8 @@ from clmedit.editors.session import EditSession, backup_weights
 from clmedit.errors import InputError, IntegrityError
 from clmedit.models.arch import arch_of
 from clmedit.results import read_edits
-from clmedit.run import records
 from clmedit.run import checkpoint as ckpt
+from clmedit.run import records
 from clmedit.run.checkpoint import checkpoint_states
 from clmedit.run.runner import RunConfig, run
 from clmedit.run.sequential import run_sequential
