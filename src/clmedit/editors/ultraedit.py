@@ -15,7 +15,8 @@ Nothing is trained and nothing but three running sums is kept between edits (no 
 no covariance statistics): the statistics include this edit's rows before it is solved, as
 the paper updates them first. The paper's GPT-J setting edits fc_out (down_proj) of layers
 18..26 of 28 with lr 1e-6 and lambda 1; lr here is per normalised feature, so small models
-need a larger one (presets/ultraedit).
+need a larger one (presets/ultraedit). `center: false` (tests only) skips the mean: on a fresh
+editor a one-token edit gives one row per layer, which its own mean would cancel.
 
 Invariant: only the edited down_proj weights and the running sums change; restore() writes
 both back bitwise. A fix file holds the weights and the sums, so further fixes applied after
@@ -48,7 +49,9 @@ class UltraEditHParams(EditorHParams):
     )
     lr: float = Field(1e-6, gt=0, description="step size of the normalised gradient step [lr]")
     ridge: float = Field(1.0, gt=0, description="lambda of the least-squares shift")
-    center: bool = Field(True, description="subtract the lifelong mean before scaling (the paper); off: scale only")
+    center: bool = Field(
+        True, description="subtract the lifelong mean before scaling (the paper); off: scale only"
+    )
     pair_batch_size: int = Field(8, ge=1, description="cases per forward/backward when reading pairs")
 
 
@@ -58,7 +61,7 @@ class UltraEdit(Editor):
 
     def __init__(self, hparams: UltraEditHParams | None = None):
         super().__init__(hparams)
-        # count, sum and sum of squares of every normalised row so far: float64 (count as a 0-d tensor)
+        # count, sum and sum of squares of every [u; g] row so far: float64 (count as a 0-d tensor)
         self.sums: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def edit_layers(self, model) -> list[int]:
@@ -71,8 +74,8 @@ class UltraEdit(Editor):
         modules = {l_: arch.down_proj_module(model, l_) for l_ in layers}
         # registered before any change: a failure at any point undoes the sums and every layer shifted
         result.undo.append(Snapshot({(id(self), "sums"): self.sums}, self._put_sums))
-        result.undo.append(backup_weights({arch.path("down_proj", l_): m.weight for l_, m in modules.items()}))
-        norms: dict[int, float] = {}
+        paths = {arch.path("down_proj", l_): m.weight for l_, m in modules.items()}
+        result.undo.append(backup_weights(paths))
         norms = self._step(model, tok, cases, modules)
         result.info = {"layers": layers, "shift_norms": norms, "rows_seen": int(self.sums[0])}
 
