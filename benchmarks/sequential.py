@@ -1,7 +1,8 @@
 """Lifelong editing: N sequential edits of one editor, then retention, cost and memory over the edits.
 
     python benchmarks/sequential.py --editor grace --edits 1000 --data default:cnle --threads 1 \
-        --out results/sequential/grace [--batch-size 1] [--checkpoints 1,10,100,1000] [--fluency]
+        --out results/sequential/grace [--batch-size 1] [--checkpoints 1,10,100,1000] [--fluency] \
+        [--score-sample 500]
 
 Runs `clmedit run --sequential N` (resumable: rerun the same command after an interruption) and
 prints, at each checkpoint, retention (effectiveness of every edit made so far), generalization and
@@ -9,7 +10,8 @@ specificity EM x100; the seconds per edit at the start vs the end (median of the
 the last 10, and their ratio); and the growth of resident memory: RSS after the last edit minus RSS
 before the first, and minus RSS after the first checkpoint (whose generation allocates one-off
 buffers, ~70 MB on smollm2-135m, that do not grow with the edits; the target is about the latter). Targets for GRACE on smollm2-135m, 1,000 CNLE edits: retention EM >= 95,
-specificity EM >= 90, end/start seconds ratio <= 1.2, RSS growth <= 50 MB.
+specificity EM >= 90, end/start seconds ratio <= 1.2, RSS growth <= 50 MB. With --score-sample K each
+checkpoint scores a fixed random sample of K edited cases (drawn with the run's seed) instead of all.
 
 Data: `default:cnle` (mined from the standard library) has fewer than 1,000 cases. When --data is
 `default:cnle` and it is short of --edits, the benchmark builds (once, cached under
@@ -99,6 +101,9 @@ def report(out: Path) -> None:
     summary = json.loads((out / "summary.json").read_text())
     print(f"\n{summary['label']} on {summary['model']}, {summary['counts']['applied']} edits applied "
           f"({summary['counts']['failed']} failed), batch size {summary['sequential']['batch_size']}")  # fmt: skip
+    sample = summary["sequential"].get("score_sample")
+    if sample:
+        print(f"each checkpoint scores a fixed random sample of {sample['size']} edited cases (seed {sample['seed']})")
     print(" edits  retention EM  generalization EM  specificity EM  spec. cases  excluded  s/edit  RSS MiB")
     for r in summary["sequential"]["checkpoints"]:
         secs, rss = r.get("seconds_per_edit"), r.get("rss_bytes")
@@ -133,6 +138,7 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--batch-size", type=int, default=1)
     ap.add_argument("--checkpoints", default="1,10,100,1000")
+    ap.add_argument("--score-sample", type=int, default=None, help="score K sampled edited cases per checkpoint")
     ap.add_argument("--fluency", action="store_true", help="also sample fluency at each checkpoint (slow)")
     ap.add_argument("--hp", action="append", default=[], help="hparams override key=value (repeatable)")
     ap.add_argument("--extra-packages", default=EXTRA_PACKAGES, help="packages mined for a larger CNLE set")
@@ -158,7 +164,7 @@ def main() -> None:
     data = pick_data(args.data, args.edits, [p for p in args.extra_packages.split(",") if p])
     config = RunConfig(model=args.model, editor=args.editor, data=data, out=args.out, sequential=args.edits,
                        folds=args.folds, batch_size=args.batch_size, checkpoints=args.checkpoints,
-                       fluency=args.fluency,
+                       fluency=args.fluency, score_sample=args.score_sample,
                        device=args.device, hparams=parse_hp(args.hp))  # fmt: skip
     report(run(config))
 

@@ -21,8 +21,8 @@ from clmedit.models.arch import arch_of
 from tests.conftest import make_case
 from tests.test_conformance import _editor
 
-# MALMEN shifts its layers after its last forward pass: it gets its own injection below
-FORWARD_AFTER_CHANGE = [n for n in editor_names() if n not in ("none", "malmen")]
+# MALMEN and UltraEdit shift their layers after their last forward pass: their own injection below
+FORWARD_AFTER_CHANGE = [n for n in editor_names() if n not in ("none", "malmen", "ultraedit")]
 
 
 class Injected(RuntimeError):
@@ -94,12 +94,15 @@ def test_a_failure_mid_apply_undoes_everything(name, llama_tiny, tmp_path, monke
     _assert_bitwise(model, snap)
 
 
-def test_malmen_failure_in_its_layer_loop_leaves_no_layer_changed(llama_tiny, monkeypatch):
-    """The last edited layer's in-place add fails after the earlier layers were shifted."""
+@pytest.mark.parametrize("name", ["malmen", "ultraedit"])
+def test_failure_in_the_layer_loop_leaves_no_layer_changed(name, llama_tiny, monkeypatch):
+    """The last edited layer's in-place add fails after the earlier layers were shifted (MALMEN,
+    UltraEdit); UltraEdit's lifelong statistics are put back too."""
     model, tok = llama_tiny
-    tiny = str(preset_path("malmen", "tiny"))
-    editor = get_editor("malmen", preset=tiny, layers=[1, 2, 3], reference_layers=4)
-    editor.fit(model, tok, [make_case(i) for i in range(2, 6)])
+    tiny = str(preset_path(name, "tiny"))
+    editor = get_editor(name, preset=tiny, layers=[1, 2, 3], reference_layers=4)
+    if editor.trainable:
+        editor.fit(model, tok, [make_case(i) for i in range(2, 6)])
     arch = arch_of(model)
     layers = editor.edited_layers(model)
     assert layers == [1, 2, 3]
@@ -111,7 +114,7 @@ def test_malmen_failure_in_its_layer_loop_leaves_no_layer_changed(llama_tiny, mo
     def failing_add_(self, *args, **kwargs):
         if self.data_ptr() == last.data_ptr():
             seen["changed"] = _differs(model, snap)
-            raise Injected("fault injected in MALMEN's per-layer loop")
+            raise Injected("fault injected in the per-layer loop")
         return add_(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.Tensor, "add_", failing_add_)
@@ -120,6 +123,7 @@ def test_malmen_failure_in_its_layer_loop_leaves_no_layer_changed(llama_tiny, mo
     monkeypatch.undo()
     assert seen["changed"], "the earlier layers must have been shifted when the fault came"
     _assert_bitwise(model, snap)
+    assert getattr(editor, "sums", None) is None  # UltraEdit: no rows of the failed edit are kept
 
 
 class SlowPrepare(NoEdit):

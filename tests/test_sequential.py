@@ -17,6 +17,7 @@ from clmedit.editors.base import Editor, EditResult
 from clmedit.editors.session import EditSession, backup_weights
 from clmedit.errors import InputError, IntegrityError
 from clmedit.grid.cell import run
+from clmedit.lifelong import checkpoint as ckpt
 from clmedit.lifelong.checkpoint import checkpoint_states
 from clmedit.lifelong.sequence import run_sequential
 from clmedit.models.arch import arch_of
@@ -80,7 +81,7 @@ def test_session_keeps_the_first_copy_of_each_tensor_and_restores_bitwise(llama_
     assert fingerprint(model) == before
 
 
-@pytest.mark.parametrize("name", ["ft", "rome", "memit", "alphaedit", "wise", "grace"])
+@pytest.mark.parametrize("name", ["ft", "rome", "memit", "alphaedit", "ultraedit", "wise", "grace"])
 def test_sequential_applies_of_real_editors_hold_one_copy_and_restore_bitwise(name, llama_tiny):
     model, tok = llama_tiny
     editor = _editor(name)
@@ -226,10 +227,28 @@ def test_sequential_usage_errors(llama_tiny, data, tmp_path):
         run(_config(data, tmp_path / "d", sequential=2), model, tok, editor=Shift())
 
 
+def test_score_sample_scores_a_fixed_random_sample_of_the_edited_cases(llama_tiny, data, tmp_path):
+    model, tok = llama_tiny
+    config = _config(data, tmp_path / "r", sequential=5, checkpoints="1,3", score_sample=2, seed=2)
+    out = run(config, model, tok, editor=Shift())
+    ids = [f"case-{i}" for i in range(5)]
+    scored = {n: ckpt.read_scored(ckpt.checkpoint_path(out, n)).keys() for n in (1, 3, 5)}
+    assert scored[1] == {"case-0"} and len(scored[3]) == 2
+    assert scored[5] == ckpt.score_sample(ids, 2, seed=2) and scored[5] != {"case-0", "case-1"}  # not the first two
+    assert scored[5] & set(ids[:3]) <= scored[3]  # one fixed sample: a case sampled later was sampled earlier
+    assert ckpt.score_sample(ids, 2, seed=1) != scored[5]  # the seed draws it
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["sequential"]["score_sample"] == {"size": 2, "seed": 2}
+    assert [r["scored"] for r in summary["sequential"]["checkpoints"]] == [1, 2, 2]
+    assert summary["sequential"]["complete"]
+    with pytest.raises(ValueError, match="--score-sample"):
+        _config(data, tmp_path / "s", score_sample=2)
+
+
 # --- real editors through the runner -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["ft", "rome", "memit", "alphaedit", "wise", "grace"])
+@pytest.mark.parametrize("name", ["ft", "rome", "memit", "alphaedit", "ultraedit", "wise", "grace"])
 def test_sequential_run_of_real_editors(name, llama_tiny, data, tmp_path):
     model, tok = llama_tiny
     before = fingerprint(model)

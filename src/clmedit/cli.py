@@ -71,6 +71,7 @@ def run_cmd(
     answers_from: str | None = run_option("answers_from"),
     sequential: int | None = run_option("sequential"),
     checkpoints: str = run_option("checkpoints"),
+    score_sample: int | None = run_option("score_sample"),
 ) -> None:
     """Edit each case, evaluate it, restore; write cases.jsonl, summary.json and table.md.
 

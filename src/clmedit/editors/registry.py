@@ -20,6 +20,7 @@ EDITORS: dict[str, str] = {
     "memit": "clmedit.editors.memit:Memit",
     "pmet": "clmedit.editors.pmet:Pmet",
     "alphaedit": "clmedit.editors.alphaedit:AlphaEdit",
+    "ultraedit": "clmedit.editors.ultraedit:UltraEdit",
     "malmen": "clmedit.editors.malmen.editor:Malmen",
     "grace": "clmedit.editors.grace.editor:Grace",
     "agrace-no-cl": "clmedit.editors.agrace.editor:AGraceNoCL",
@@ -31,7 +32,8 @@ EDITORS: dict[str, str] = {
 ALIASES: dict[str, str] = {"ft-l": "ft", "ftl": "ft", "a-grace": "agrace"}
 # name -> how tables and figures show it (the study's names)
 LABELS: dict[str, str] = {
-    "none": "Unedited", "ft": "FT-L", "rome": "ROME", "memit": "MEMIT", "pmet": "PMET", "alphaedit": "AlphaEdit", "malmen": "MALMEN",
+    "none": "Unedited", "ft": "FT-L", "rome": "ROME", "memit": "MEMIT", "pmet": "PMET", "alphaedit": "AlphaEdit",
+    "ultraedit": "UltraEdit", "malmen": "MALMEN",
     "grace": "GRACE", "agrace": "A-GRACE", "agrace-no-cl": "A-GRACE w/o CL", "agrace-last": "A-GRACE w/o mean",
     "wise": "WISE", "scope": "SCOPE (ours)",
 }  # fmt: skip

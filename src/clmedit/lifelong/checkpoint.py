@@ -95,6 +95,19 @@ def kept_neighbours(case: EditCase, edited_inputs: set[str]) -> tuple[EditCase, 
     return (case.model_copy(update={"neighbours": kept}) if dropped else case), dropped
 
 
+def score_sample(case_ids: list[str], k: int | None, seed: int) -> set[str]:
+    """The edited cases a checkpoint scores: all of `case_ids` (k None), else the k of them whose
+    sha256 of `seed:case_id` is smallest.
+
+    A fixed random sample: it depends on the seed and the ids only, never on the order or the
+    checkpoint, so a case sampled at a later checkpoint is in every sample that could hold it, and a
+    resumed run scores the same cases.
+    """
+    if k is None or len(case_ids) <= k:
+        return set(case_ids)
+    return set(sorted(case_ids, key=lambda c: hashlib.sha256(f"{seed}:{c}".encode()).hexdigest())[:k])
+
+
 def edited_inputs(cases: list[EditCase]) -> set[str]:
     """The prompts and rephrases of edited cases, as neighbour prompts are compared with them."""
     return {text.strip() for c in cases for text in (c.prompt, c.rephrase)}
@@ -103,14 +116,16 @@ def edited_inputs(cases: list[EditCase]) -> set[str]:
 def score_checkpoint(
     model, tok, edited: list[tuple[int, EditCase]], path: Path, config, model_name: str
 ) -> int:
-    """Score every (edit number, case) in `edited` not yet in `path`, appending one line per case;
-    returns how many were scored now.
+    """Score every (edit number, case) in `edited` (or its `config.score_sample` sample) not yet in
+    `path`, appending one line per case; returns how many were scored now. Neighbours are compared
+    with every edited input, sampled or not.
 
     The model is not changed. A case whose evaluation raises records its error (not retried on
     resume: the line marks it done at this checkpoint).
     """
     done = read_scored(path)
-    todo = [(n, c) for n, c in edited if c.case_id not in done]
+    sample = score_sample([c.case_id for _, c in edited], config.score_sample, config.seed)
+    todo = [(n, c) for n, c in edited if c.case_id in sample and c.case_id not in done]
     inputs = edited_inputs([c for _, c in edited])
     bar = tqdm(todo, desc=f"checkpoint {path.stem}", unit="case", leave=False, dynamic_ncols=True)
     for number, case in bar:

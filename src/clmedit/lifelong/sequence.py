@@ -4,7 +4,8 @@
         seed -> result = editor.apply(model, tok, batch) -> session.absorb(result)
              -> one line in edits.jsonl: wall seconds, own peak, resident memory (RSS) after it
         at a checkpoint (after 1, 10, 100, 1,000 ... edits, and after the last): score every case
-             applied so far (lifelong.checkpoint): retention, generalization, specificity, fluency
+             applied so far, or a fixed random sample of K of them (--score-sample; lifelong.checkpoint):
+             retention, generalization, specificity, fluency
     finally: session.restore() -> the model is bitwise the unedited one (checked; an error if not)
 
 The sequence is the first N cases of the data (after --limit) that fit the model's context window;
@@ -95,7 +96,8 @@ class _Sequence:
         """Whether checkpoint state j is scored for every case its recorded calls applied."""
         if j > len(recorded):
             return False
-        expected = {c.case_id for r, b in zip(recorded[:j], self.batches) if not r.get("error") for c in b}
+        applied = [c.case_id for r, b in zip(recorded[:j], self.batches) if not r.get("error") for c in b]
+        expected = ckpt.score_sample(applied, self.config.score_sample, self.config.seed)
         return expected <= ckpt.read_scored(ckpt.checkpoint_path(self.out, self.edits_after(j))).keys()
 
     def replay(self, j: int, rec: dict[str, Any]) -> None:

@@ -38,17 +38,21 @@ def plan_calls(recorded: list[dict[str, Any]], batches: list[list[EditCase]]) ->
 
 
 def checkpoint_rows(
-    out: Path, batches: list[list[EditCase]], states: dict[int, list[int]], calls: list[dict[str, Any]]
-) -> list[dict[str, Any]]:
-    """One summary row per checkpoint state of the plan (see module doc); `calls` are its apply records."""
+    out: Path, batches: list[list[EditCase]], states: dict[int, list[int]], calls: list[dict[str, Any]],
+    sample: int | None = None, seed: int = 0,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """One summary row per checkpoint state of the plan (see module doc); `calls` are its apply records.
+    With `sample` K, a row summarises the checkpoint's fixed sample of K edited cases (ckpt.score_sample)."""
     rows, previous = [], 0
     for j, requested in states.items():
         edits = sum(len(b) for b in batches[:j])
         done = calls[:j]
-        applied = sum(len(r.get("case_ids") or []) for r in done if not r.get("error"))
-        recs = list(ckpt.read_scored(ckpt.checkpoint_path(out, edits)).values())
-        row: dict[str, Any] = {"edits": edits, "requested": requested, "apply_calls": j, "applied": applied}
-        row["complete"] = len(done) == j and len(recs) >= applied
+        applied = [c for r in done if not r.get("error") for c in r.get("case_ids") or []]
+        wanted = ckpt.score_sample(applied, sample, seed)
+        scored = ckpt.read_scored(ckpt.checkpoint_path(out, edits))
+        recs = [r for case_id, r in scored.items() if case_id in wanted]
+        row: dict[str, Any] = {"edits": edits, "requested": requested, "apply_calls": j, "applied": len(applied)}
+        row["complete"] = len(done) == j and len(recs) >= len(wanted)
         row.update(ckpt.summarise_checkpoint(recs) if recs else {"metrics": {}, "scored": 0})
         secs = [s for r in calls[previous:j] if (s := per_edit_seconds(r)) is not None]
         row["seconds_per_edit"] = _median(secs)
@@ -68,7 +72,7 @@ def write_sequential_summary(
     calls = plan_calls(read_edits(out), batches)
     ok = [r for r in calls if not r.get("error")]
     failed = [r for r in calls if r.get("error")]
-    rows = checkpoint_rows(out, batches, states, calls)
+    rows = checkpoint_rows(out, batches, states, calls, config.score_sample, config.seed)
     last = next((r for r in reversed(rows) if r["complete"]), None)
     summary = {
         "mode": "sequential",
@@ -95,6 +99,8 @@ def write_sequential_summary(
         "sequential": {
             "edits_requested": config.sequential,
             "batch_size": config.batch_size,
+            # the fixed random sample each checkpoint scores (None: every edited case)
+            "score_sample": {"size": config.score_sample, "seed": config.seed} if config.score_sample else None,
             "complete": bool(rows) and all(r["complete"] for r in rows),
             "unusable": unusable,
             "checkpoints": rows,

@@ -49,6 +49,7 @@ NOT_IDENTITY = frozenset(
         "hparams",
         "sequential",
         "checkpoints",
+        "score_sample",
         "eval_limit",
         "folds_overlap",
     }

@@ -61,6 +61,10 @@ class RunConfig(BaseModel):
     checkpoints: str = Field(
         DEFAULT_CHECKPOINTS, description="with --sequential: after how many edits every edited case is evaluated"
     )
+    score_sample: int | None = Field(
+        None, gt=0, description="with --sequential: score a fixed random sample of K edited cases at each "
+        "checkpoint (drawn with the run's seed; default: every edited case)",
+    )
 
     @field_validator("out", mode="before")
     @classmethod
@@ -88,6 +92,8 @@ class RunConfig(BaseModel):
             raise InputError("--eval-limit scores the first N cases of each fold: it needs --folds 2 or more")
         if self.sequential is None and parse_checkpoints(self.checkpoints) != parse_checkpoints(DEFAULT_CHECKPOINTS):
             raise InputError("--checkpoints says when a sequential run evaluates: it needs --sequential N")
+        if self.sequential is None and self.score_sample is not None:
+            raise InputError("--score-sample says what a sequential run's checkpoints score: it needs --sequential N")
         return self
 
     @property

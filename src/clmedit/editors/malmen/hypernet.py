@@ -46,6 +46,19 @@ def ridge_solve(keys: torch.Tensor, values: torch.Tensor, lam: torch.Tensor | fl
     return torch.linalg.solve(gram, keys.T @ values).T
 
 
+def mean_std(count: int, total: torch.Tensor, total_sq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and unbiased std (clamped >= 1e-6; all ones below two rows) from running sums of rows.
+
+    Running sums let pairs stream past once (MALMEN's training) or accumulate over a lifetime of
+    edits (UltraEdit's lifelong normalisation). Requires count >= 1.
+    """
+    mean = total / count
+    if count < 2:
+        return mean, torch.ones_like(mean)
+    var = ((total_sq - count * mean * mean) / (count - 1)).clamp_min(0)
+    return mean, var.sqrt().clamp_min(1e-6)
+
+
 @dataclass(frozen=True)
 class HypernetConfig:
     """The net's shape: what a saved net needs to be rebuilt (the editor's hparams choose it)."""
@@ -99,13 +112,9 @@ class MalmenNet(nn.Module):
         """Mean and (unbiased) std of [u; g] from running sums, so pairs can stream past once."""
         if count == 0:
             return  # no pairs: keep the identity normalisation
-        mean = total / max(count, 1)
+        mean, std = mean_std(count, total, total_sq)
         self.mean[layer] = mean.to(self.mean)
-        if count > 1:
-            var = ((total_sq - count * mean * mean) / (count - 1)).clamp_min(0)
-            self.std[layer] = var.sqrt().clamp_min(1e-6).to(self.std)
-        else:
-            self.std[layer] = 1.0
+        self.std[layer] = std.to(self.std)
 
     def value_shifts(self, layer: int, keys: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
         """v (n, d_value) for keys (n, d_key), value gradients (n, d_value) of layer slot `layer`."""
