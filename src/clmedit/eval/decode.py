@@ -84,7 +84,9 @@ def prefill(model: nn.Module, tok, prompts: Sequence[str]) -> Prefilled:
     extra = {"logits_to_keep": 1} if model._supports_logits_to_keep() else {}
     cache = DynamicCache(config=model.config.get_text_config(decoder=True))
     with torch.no_grad():
-        out = model(input_ids=ids, attention_mask=mask, cache=cache, use_cache=True, return_dict=True, **enc, **extra)
+        out = model(
+            input_ids=ids, attention_mask=mask, cache=cache, use_cache=True, return_dict=True, **enc, **extra
+        )
     logits = out.logits[:, -1].to(copy=True, dtype=torch.float32)
     positions = enc["position_ids"][:, -1:] if "position_ids" in enc else None
     return Prefilled(order, ids, mask, positions, logits, cache, extra)

@@ -131,7 +131,9 @@ def evaluate_case(
     flu_out: list[str] = []
     flu = None
     if fluency:
-        flu_out = gen([case.prompt, case.rephrase], FLUENCY_TOKENS, do_sample=True, top_k=FLUENCY_TOP_K, seed=seed)
+        flu_out = gen(
+            [case.prompt, case.rephrase], FLUENCY_TOKENS, do_sample=True, top_k=FLUENCY_TOP_K, seed=seed
+        )
         flu_out = [o.strip() for o in flu_out]
         flu = statistics.fmean(ngram_entropy(o) for o in flu_out)
     return CaseScores(
