@@ -120,7 +120,7 @@ def score_checkpoint(
         t0 = time.perf_counter()
         try:
             scores = evaluate_case(model, tok, scored, model_name=model_name, fluency=config.fluency,
-                                   seed=config.seed, budget=config.budget)  # fmt: skip
+                                   seed=config.seed, budget=config.budget, evaluation=config.evaluation)  # fmt: skip
             dumped = scores.model_dump(mode="json")
             rec.update(scores=dumped, outputs=dumped.pop("outputs", {}), error=None)
         except Exception as err:  # one bad case must not end the checkpoint

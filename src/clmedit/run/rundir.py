@@ -51,6 +51,7 @@ NOT_IDENTITY = frozenset(
         "checkpoints",
         "eval_limit",
         "folds_overlap",
+        "evaluation",  # both paths give the same outputs
     }
 )
 # The files and folders a sequential run writes (run.sequential); they are results like cases*.jsonl.

@@ -222,7 +222,7 @@ def _edit_and_score(config, editor, model, tok, batch, mname, clean, evaluate_ca
             set_seed(config.seed)
             t0 = time.perf_counter()
             scores = evaluate_case(model, tok, case, model_name=mname, fluency=config.fluency,
-                                   seed=config.seed, budget=config.budget)  # fmt: skip
+                                   seed=config.seed, budget=config.budget, evaluation=config.evaluation)  # fmt: skip
             dumped = scores.model_dump(mode="json")
             recs.append(
                 {
