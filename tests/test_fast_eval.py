@@ -86,6 +86,25 @@ def test_in_context_budget_and_single_rows():
         assert sampled == generate(model, tok, [prompt], 20, do_sample=True, top_k=5, seed=3)
 
 
+def test_one_prefill_serves_greedy_and_fluency(monkeypatch):
+    """On a stateless model the [prompt, rephrase] batch is prefilled once: two prefills per case, not three."""
+    from clmedit.eval import decode as decode_module
+
+    model, tok = tiny_model("llama")
+    case = make_case(2)
+    fill_base_answers(model, tok, [case])
+    batches = []
+    original = decode_module.prefill
+
+    def counting(model, tok, prompts):
+        batches.append(len(prompts))
+        return original(model, tok, prompts)
+
+    monkeypatch.setattr(decode_module, "prefill", counting)
+    ref, fast = _both(model, tok, case)
+    assert batches == [2, 5] and fast == ref
+
+
 def test_hooks_turn_prefill_sharing_off():
     """A forward hook may keep per-generation state (GRACE counts decoded steps): no prefill is reused."""
     model, tok = tiny_model("llama")
