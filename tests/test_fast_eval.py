@@ -114,3 +114,12 @@ def test_hooks_turn_prefill_sharing_off():
     finally:
         handle.remove()
     assert stateless(model)
+
+
+def test_what_the_loop_does_not_do_runs_the_reference():
+    """A checkpoint asking generate for a static cache gets generate's own tokens (bitwise ours would not be)."""
+    model, tok = tiny_model("llama")
+    model.generation_config.cache_implementation = "static"
+    prompts = [make_case(0).prompt, make_case(0).rephrase]
+    want = generate(model, tok, prompts, 12, do_sample=True, top_k=5, seed=1)
+    assert CaseDecoder(model, tok)(prompts, 12, do_sample=True, top_k=5, seed=1) == want

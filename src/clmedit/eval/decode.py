@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache, LogitsProcessorList
 
-from clmedit.eval.generate import _decode_new, _eos_ids, _generation_config, _left_padding, _rng
+from clmedit.eval.generate import _decode_new, _eos_ids, _generation_config, _left_padding, _rng, generate
 from clmedit.models.text import model_inputs
 
 
@@ -107,6 +107,14 @@ def _processors(model: nn.Module, config, start: Prefilled) -> LogitsProcessorLi
     )  # fmt: skip
 
 
+def ours(model: nn.Module, config) -> bool:
+    """False when the checkpoint's generation_config asks `model.generate` for what this loop does not do
+    (another cache, chunked prefill, stop strings, a time limit): then the reference runs instead."""
+    merged, _ = model._prepare_generation_config(config)
+    unusual = (merged.cache_implementation, merged.prefill_chunk_size, merged.stop_strings, merged.max_time)
+    return all(v is None for v in unusual) and merged.num_beams == 1 and not merged.return_dict_in_generate
+
+
 def decode(model: nn.Module, start: Prefilled, config, eos: set[int]) -> torch.Tensor:
     """(B, n) new tokens from `start`, as `model.generate`'s sampling loop picks them (n <= max_new_tokens).
 
@@ -168,6 +176,8 @@ class CaseDecoder:
         if max_new_tokens <= 0:
             return [""] * len(prompts)
         config = _generation_config(self.model, self.tok, max_new_tokens, do_sample, top_k)
+        if not ours(self.model, config):
+            return generate(self.model, self.tok, prompts, max_new_tokens, do_sample, top_k, seed)
         eos = _eos_ids(self.model, self.tok)
         start = self._start(prompts)
         device = start.ids.device
