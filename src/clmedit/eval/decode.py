@@ -3,7 +3,8 @@
 Invariant (tested on every tiny family and editor): `CaseDecoder(model, tok)(prompts, ...)` returns
 exactly what `generate.generate(model, tok, prompts, ...)` returns. It holds because every model
 call is the reference's call, bit for bit: the same rows in the same order and left padding, the
-same inputs (input_ids, the 2-D attention mask, a DynamicCache, use_cache), the logits processors
+same inputs (input_ids, the 2-D attention mask or none, position ids, logits_to_keep, a DynamicCache),
+the logits processors
 and token choice `model.generate` builds (transformers' own builders), and for sampling one
 torch.multinomial over the batch's probabilities per step under the same seeded RNG, so the random
 stream is the reference's. Other batch shapes are not used: they change float results bitwise
