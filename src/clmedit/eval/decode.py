@@ -150,6 +150,7 @@ def decode(model: nn.Module, start: Prefilled, config, eos: set[int]) -> torch.T
             out = model(input_ids=nxt[:, None], attention_mask=mask, cache=cache, use_cache=True, return_dict=True,
                         **step_kw)  # fmt: skip
             logits = out.logits[:, -1].to(copy=True, dtype=torch.float32)
+            del out  # as generate does: the step's outputs are freed before the next step allocates
     return torch.stack(new, dim=1)
 
 
