@@ -68,7 +68,7 @@ def test_three_generate_calls_and_seeded_fluency(tiny, monkeypatch):
         return original(*args, **kwargs)
 
     monkeypatch.setattr(model, "generate", counting)
-    scores = evaluate_case(model, tok, case, seed=3)
+    scores = evaluate_case(model, tok, case, seed=3, evaluation="reference")
     assert calls == [2, 5, 2]  # prompt+rephrase, the five neighbours, fluency
     monkeypatch.undo()
     sampled = generate(model, tok, [case.prompt, case.rephrase], 64, do_sample=True, top_k=5, seed=3)

@@ -62,6 +62,7 @@ def run_cmd(
     folds_overlap: bool = run_option("folds_overlap"),
     fluency: bool = run_option("fluency"),
     budget: str = run_option("budget"),
+    evaluation: str = run_option("evaluation", "--eval", "--evaluation"),
     device: str | None = run_option("device"),
     dtype: str = run_option("dtype"),
     verify_restore: bool = run_option("verify_restore"),
@@ -99,6 +100,7 @@ def bench_cmd(
     limit: int = typer.Option(BENCH_LIMIT, "--limit", "-n", min=1, help="cases per task"),
     out: Path = typer.Option(Path("results/bench"), "--out", "-o"),
     fluency: bool = run_option("fluency"),
+    evaluation: str = run_option("evaluation", "--eval", "--evaluation"),
     device: str | None = run_option("device"),
     dtype: str = run_option("dtype"),
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
@@ -111,13 +113,16 @@ def bench_cmd(
 
     # bench writes table.md and one run folder per (model, task, editor), each checked by the runner
     check_output_dir(out, ours=lambda p: not foreign_entries(p, lambda e: e.name == "table.md" or e.is_dir()))
+    if evaluation not in ("fast", "reference"):  # checked before the model loads
+        raise fail(f"--eval must be 'fast' or 'reference', got {evaluation!r}")
     set_threads(threads)
 
     from clmedit.grid.bench import bench, bench_editor_names, bench_tasks
 
     t0 = time.perf_counter()
     names, task_list = bench_editor_names(editors), bench_tasks(tasks)
-    table, summaries = bench(model, names, task_list, limit, out, fluency, device, overwrite=overwrite, dtype=dtype)
+    table, summaries = bench(model, names, task_list, limit, out, fluency, device, overwrite=overwrite, dtype=dtype,
+                             evaluation=evaluation)  # fmt: skip
     typer.echo(table)
     typer.echo(
         f"\n{len(names)} editors x {tasks} x {limit} cases in {time.perf_counter() - t0:.0f} s; see {out}"
@@ -159,6 +164,7 @@ def study_cmd(
     out: str = typer.Option("results/study", "--out", "-o", help="study folder (resumes)"),
     fluency: bool = typer.Option(True, "--fluency/--no-fluency"),
     budget: str = run_option("budget"),
+    evaluation: str = run_option("evaluation", "--eval", "--evaluation"),
     device: str | None = typer.Option(None, "--device"),
     threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP + " (with --ray: per worker, default 1)"),
     ray: str | None = typer.Option(None, "--ray", help="run the grid on Ray: local (a cluster here), auto (the running one) or ray://HOST:PORT"),
@@ -171,6 +177,8 @@ def study_cmd(
 
     if sum((quick, full, limit is not None)) > 1:
         raise fail("choose one of --quick, --full and --limit N")
+    if evaluation not in ("fast", "reference"):
+        raise fail(f"--eval must be 'fast' or 'reference', got {evaluation!r}")
     if ray is None and (workers != 1 or gpus_per_worker):
         raise fail("--workers and --gpus-per-worker need --ray local|auto|ray://HOST:PORT")
     out = check_output_dir(out, ours=lambda p: (p / "study.json").is_file())  # before any model loads
@@ -182,7 +190,7 @@ def study_cmd(
     cluster = None if ray is None else Cluster(ray, workers, gpus_per_worker, threads or 1)
     try:
         page = study(model, tuple(tasks.split(",")), size, limit, shard, out, device=device, fluency=fluency,
-                     folds_overlap=folds_overlap, cluster=cluster, budget=budget)  # fmt: skip
+                     folds_overlap=folds_overlap, cluster=cluster, budget=budget, evaluation=evaluation)  # fmt: skip
     except RuntimeError as err:  # some runs of the grid failed; the others and the report are written
         raise fail(str(err), code=1) from None
     typer.echo(f"report: {page}")

@@ -55,6 +55,7 @@ def bench_tasks(spec: str) -> list[str]:
 def bench(
     model: str, editors: list[str], tasks: list[str], limit: int, out: str | Path,
     fluency: bool = True, device: str | None = None, overwrite: bool = False, dtype: str = "auto",
+    evaluation: str = "reference",
 ) -> tuple[str, list[dict[str, Any]]]:  # fmt: skip
     """Run every (task, editor) into out/<model>/<task>/<editor>; returns the Markdown table and the summaries."""
     out = check_out_dir(out)
@@ -70,7 +71,7 @@ def bench(
         for editor in editors:
             config = RunConfig(
                 model=model, editor=editor, data=f"default:{task}", out=model_dir / task / editor,
-                limit=limit, fluency=fluency, device=device, dtype=dtype,
+                limit=limit, fluency=fluency, device=device, dtype=dtype, evaluation=evaluation,
             )  # fmt: skip
             log.info("bench: %s on %s (%d cases)", editor, task, limit)
             run_dir = run(config, model=m, tok=tok, overwrite=overwrite)

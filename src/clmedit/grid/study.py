@@ -167,6 +167,7 @@ def study(
     limit: int | None = None, shard: str = "0/1", out: str | Path = "results/study",
     data: dict[str, str] | None = None, device: str | None = None, fluency: bool = True, seed: int = 0,
     lm=None, tok=None, folds_overlap: bool = False, cluster: Cluster | None = None, budget: str = "study",
+    evaluation: str = "reference",
 ) -> Path:  # fmt: skip
     """Run the grid (resuming), then write the report; returns the path of report.html.
 
@@ -175,7 +176,7 @@ def study(
     trained editors (their test probes among their training inputs; rows are labelled so). With a
     `cluster` the runs go to Ray workers (grid.distributed: the same records, sooner); this process
     still fills the datasets' answers.
-    `budget` is every run's generation budget (RunConfig).
+    `budget` is every run's generation budget, `evaluation` its evaluation path (RunConfig).
     """
     from clmedit.data.schema import read_cases
     from clmedit.report.study import write_study_report
@@ -188,7 +189,7 @@ def study(
     specs = {t: (data or {}).get(t, f"default:{t}") for t in tasks}
     built = {t: len(read_cases(resolve_data(specs[t], seed=seed))) for t in tasks}  # builds defaults once
     configs = plan(model, tasks, sz, out, specs, seed=seed, device=device, fluency=fluency,
-                   folds_overlap=folds_overlap, budget=budget)  # fmt: skip
+                   folds_overlap=folds_overlap, budget=budget, evaluation=evaluation)  # fmt: skip
     cells = [(t, e) for t in tasks for e in STUDY_EDITORS]  # the order of plan()
     mine = list(zip(cells, configs))[i::n]
     est, total = _estimate(mine, built)

@@ -136,7 +136,8 @@ def score_checkpoint(
         t0 = time.perf_counter()
         try:
             rec.scores = evaluate_case(model, tok, scored, model_name=model_name, fluency=config.fluency,
-                                       seed=config.seed, budget=config.budget)  # fmt: skip
+                                       seed=config.seed, budget=config.budget,
+                                       evaluation=config.evaluation)  # fmt: skip
         except Exception as err:  # one bad case must not end the checkpoint
             rec.error = records.error_record(err)
             log.warning("checkpoint %s: case %s failed: %s", path.stem, case.case_id, rec.error["message"])

@@ -52,6 +52,7 @@ NOT_IDENTITY = frozenset(
         "score_sample",
         "eval_limit",
         "folds_overlap",
+        "evaluation",  # both paths give the same outputs
     }
 )
 # The files and folders a sequential run writes (lifelong.sequence); they are results like cases*.jsonl.

@@ -131,7 +131,8 @@ def _edit_and_score(loop: _Loop, batch: list[EditCase]) -> list[CaseRecord]:
             set_seed(config.seed)
             t0 = time.perf_counter()
             scores = evaluate_case(model, tok, case, model_name=loop.model_name, fluency=config.fluency,
-                                   seed=config.seed, budget=config.budget)  # fmt: skip
+                                   seed=config.seed, budget=config.budget,
+                                   evaluation=config.evaluation)  # fmt: skip
             scored.append((case, scores, time.perf_counter() - t0))
     except Exception as err:  # one bad case must not end a 1,000-case run
         failure = records.error_record(err)

@@ -48,6 +48,10 @@ class RunConfig(BaseModel):
         description="new tokens for effectiveness/generalization: 'study' = len(tok.encode(target)) (the "
         "paper's rule; can be shorter than the target after the prompt), 'in-context' = the target's tokens after it",
     )
+    evaluation: Literal["fast", "reference"] = Field(
+        "reference",
+        description="evaluation path: 'reference' (model.generate, three calls per case) or 'fast' (eval.decode); same outputs",
+    )
     device: str | None = Field(None, description="torch device; default: cuda if available")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="weights' dtype; auto: float32 on CPU, the checkpoint's dtype on GPU"
