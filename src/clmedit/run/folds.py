@@ -18,7 +18,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from clmedit.data.schema import EditCase, read_cases
+from clmedit.data.schema import EditCase, probe_texts, read_cases
 from clmedit.errors import InputError
 from clmedit.files import atomic_write_text
 
@@ -33,11 +33,6 @@ def split_folds(cases: list[EditCase], folds: int, seed: int = 0) -> list[list[E
     order = list(range(len(cases)))
     random.Random(seed).shuffle(order)
     return [[cases[j] for j in sorted(order[k::folds])] for k in range(folds)]
-
-
-def probe_texts(cases: list[EditCase]) -> set[str]:
-    """Every input the protocol scores `cases` on: their prompts, rephrases and neighbour prompts."""
-    return {t for c in cases for t in (c.prompt, c.rephrase, *(n.prompt for n in c.neighbours))}
 
 
 def disjoint_training(train: list[EditCase], test: list[EditCase]) -> tuple[list[EditCase], dict[str, int]]:
