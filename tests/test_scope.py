@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from clmedit.data.schema import format_prompt
-from clmedit.editors.base import get_editor
 from clmedit.editors.agrace.editor import TrainingFeatures
 from clmedit.editors.agrace.encoder import EncoderConfig
+from clmedit.editors.base import get_editor
 from clmedit.editors.scope.fit import (
     Scope,
     choose_scope,
@@ -90,7 +90,9 @@ def test_a_case_with_fewer_neighbours_than_a_scored_case_counts_its_missing_ones
     # 1 of the 6 observed neighbours is inside: case 0's four missing ones are out with (5/6)^4
     expected = kept_share(neighbours[:, None], nb_min, scope, 5)
     assert expected.tolist() == pytest.approx([(5 / 6) ** 4 / 2])
-    wide = choose_scope(torch.tensor([0.1, 0.1]), neighbours, torch.full((2,), math.inf), None, (math.inf,), 1.0, 5)
+    wide = choose_scope(
+        torch.tensor([0.1, 0.1]), neighbours, torch.full((2,), math.inf), None, (math.inf,), 1.0, 5
+    )
     assert wide.kept == pytest.approx((5 / 6) ** 4 / 2)
 
 

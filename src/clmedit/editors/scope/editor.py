@@ -161,7 +161,9 @@ class ScopeEditor(AGrace):
         data.config.meta.update(scope=asdict(self.scope), candidates=candidates)
         return {"scope": asdict(self.scope), "candidates": candidates, "bank": len(self.bank)}
 
-    def rewritten_neighbours(self, model, tok, data: TrainingFeatures) -> tuple[Positives, torch.Tensor] | None:
+    def rewritten_neighbours(
+        self, model, tok, data: TrainingFeatures
+    ) -> tuple[Positives, torch.Tensor] | None:
         """(neighbour, its rewrite) feature pairs of every training case's neighbours, owned by the
         case, and the row of data.neighbours each comes from: rewritten the way the build makes
         rephrases (data.augment), so the encoder sees many more examples of what a rewording does
