@@ -15,7 +15,10 @@ that an ablation turns off:
    neighbours, kept with the encoder as the "bank"). R and gamma are chosen on held-out training
    cases: those maximising rephrases inside plus cases keeping every neighbour out, or, with
    `kept_target`, the widest scopes that keep every neighbour out for that share of them (fit.py).
-   A crowded region of key space gets small scopes, an isolated key a wide one.
+   A crowded region of key space gets small scopes, an isolated key a wide one. Validation is
+   scored as the runner scores the test fold (`honest_validation`): no probe of a validation
+   case is a known key or a negative, and a neighbour it lost to the outer protocol counts as
+   out only at the rate its observed ones are.
 4. Rewrite keys (`edit_rewrites`, CSNE): an edit also inserts the keys of a few rewrites of its own
    prompt (the build's identifier renaming with other names), each a scoped ball with the edit's
    value. What one rewording does to a key is not a sphere around it; a few sampled rewordings
