@@ -39,6 +39,7 @@ VARIANTS = {
     "no-rewrites": {"edit_rewrites": 0},
     "mean-only": {"key_pool": "mean"},
     "grace-radius": {"use_bank": False, "fixed_radius": 1.0},
+    "leaky-validation": {"honest_validation": False},
 }
 
 

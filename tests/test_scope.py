@@ -7,8 +7,19 @@ import pytest
 import torch
 
 from clmedit.data.schema import format_prompt
+from clmedit.editors.agrace.editor import TrainingFeatures
+from clmedit.editors.agrace.encoder import EncoderConfig
 from clmedit.editors.base import get_editor
-from clmedit.editors.scope.fit import Scope, choose_scope, hard_negatives, nearest_known, rank
+from clmedit.editors.scope.fit import (
+    Scope,
+    choose_scope,
+    hard_negatives,
+    kept_share,
+    nearest_known,
+    rank,
+    unprobed_rows,
+    validation_distances,
+)
 from clmedit.models.text import target_ids
 from tests.conftest import greedy_ids, make_case
 
@@ -68,6 +79,58 @@ def test_choose_scope_counts_an_edit_as_the_union_of_its_balls():
     # a ball that holds a neighbour loses the case although the other ball keeps it out
     wide = choose_scope(positive, neighbours, bank, kept_target=1.0, gammas=(math.inf,), radius=0.7)
     assert (wide.kept, wide.inside) == (0.5, 1.0)
+
+
+def test_a_case_with_fewer_neighbours_than_a_scored_case_counts_its_missing_ones():
+    # case 0 kept its one neighbour out; case 1 has five, one of them inside the scope
+    neighbours = torch.tensor([[1.5, math.inf, math.inf, math.inf, math.inf], [0.5, 2.0, 2.0, 2.0, 2.0]])
+    scope = torch.ones(1, 2, 1)  # one candidate, two cases, one ball each: radius 1
+    nb_min = neighbours.min(1, keepdim=True).values
+    assert kept_share(neighbours[:, None], nb_min, scope, None).tolist() == [0.5]  # what is observed
+    # 1 of the 6 observed neighbours is inside: case 0's four missing ones are out with (5/6)^4
+    expected = kept_share(neighbours[:, None], nb_min, scope, 5)
+    assert expected.tolist() == pytest.approx([(5 / 6) ** 4 / 2])
+    wide = choose_scope(
+        torch.tensor([0.1, 0.1]), neighbours, torch.full((2,), math.inf), None, (math.inf,), 1.0, 5
+    )
+    assert wide.kept == pytest.approx((5 / 6) ** 4 / 2)
+
+
+def _features(cases):
+    """1-d features: prompt i at 10 i, its rephrase at 10 i + 1, its neighbours at 10 i + 2 + j,
+    except that a neighbour text seen before reuses the first one's feature (identical text, identical key)."""
+    seen: dict[str, float] = {}
+    rows = []
+    for i, c in enumerate(cases):
+        for j, n in enumerate(c.neighbours):
+            rows.append(seen.setdefault(n.prompt, 10.0 * i + 2 + j))
+    n = len(cases)
+    owner = torch.repeat_interleave(torch.arange(n), torch.tensor([len(c.neighbours) for c in cases]))
+    return TrainingFeatures(
+        10.0 * torch.arange(n)[:, None], 10.0 * torch.arange(n)[:, None] + 1, torch.tensor(rows)[:, None],
+        owner, EncoderConfig(d_in=1), list(cases),
+    )  # fmt: skip
+
+
+def test_validation_knows_no_probe_of_its_validation_cases():
+    """The runner's rule inside the training data: a validation case's neighbour that is, verbatim, a
+    training case's neighbour (one shared pool) is not a known key when that case is validated."""
+    from tests.test_probe_disjoint import pooled_cases
+
+    cases = pooled_cases(6)
+    data = _features(cases)
+    val, train = torch.tensor([0]), torch.arange(1, 6)
+    known = unprobed_rows(data, val)
+    texts = [n.prompt for c in cases for n in c.neighbours]
+    probes = {cases[0].prompt, cases[0].rephrase, *(n.prompt for n in cases[0].neighbours)}
+    assert [t not in probes for t in texts] == known.neighbours.tolist()
+    assert not known.neighbours[data.owner == 0].any() and known.anchor.tolist() == [False] + [True] * 5
+    identity = torch.nn.Identity()
+    _, nbs, leaky = validation_distances(identity, data, val, train)
+    _, _, honest = validation_distances(identity, data, val, train, known=known)
+    # with its shared neighbours known, the nearest known key is one of its own neighbours (the leak)
+    assert float(leaky[0, 0]) == float(nbs[0, 0].min())
+    assert float(honest[0, 0]) > float(nbs[0, 0].min())
 
 
 def test_hard_negatives_are_the_most_similar_other_prompts():

@@ -104,6 +104,11 @@ class EditCase(BaseModel):
         return all(model_name in n.answers for n in self.neighbours)
 
 
+def probe_texts(cases: Iterable[EditCase]) -> set[str]:
+    """Every input the protocol scores `cases` on: their prompts, rephrases and neighbour prompts."""
+    return {t for c in cases for t in (c.prompt, c.rephrase, *(n.prompt for n in c.neighbours))}
+
+
 def as_request(item: EditCase | EditRequest) -> EditRequest:
     """The request an editor may see for `item` (a case is stripped of its rephrase and neighbours)."""
     if isinstance(item, EditRequest):

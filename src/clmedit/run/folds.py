@@ -18,7 +18,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from clmedit.data.schema import EditCase, read_cases
+from clmedit.data.schema import EditCase, probe_texts, read_cases
 from clmedit.errors import InputError
 from clmedit.files import atomic_write_text
 from clmedit.outputs import check_output_dir
@@ -48,11 +48,6 @@ def scored_cases(cases: list[EditCase], config: Any) -> list[EditCase]:
         return cases
     chosen = {c.case_id for fold in split_folds(cases, config.folds, config.seed) for c in fold[: config.eval_limit]}
     return [c for c in cases if c.case_id in chosen]
-
-
-def probe_texts(cases: list[EditCase]) -> set[str]:
-    """Every input the protocol scores `cases` on: their prompts, rephrases and neighbour prompts."""
-    return {t for c in cases for t in (c.prompt, c.rephrase, *(n.prompt for n in c.neighbours))}
 
 
 def disjoint_training(train: list[EditCase], test: list[EditCase]) -> tuple[list[EditCase], dict[str, int]]:

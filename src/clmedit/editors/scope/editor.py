@@ -15,7 +15,10 @@ that an ablation turns off:
    neighbours, kept with the encoder as the "bank"). R and gamma are chosen on held-out training
    cases: those maximising rephrases inside plus cases keeping every neighbour out, or, with
    `kept_target`, the widest scopes that keep every neighbour out for that share of them (fit.py).
-   A crowded region of key space gets small scopes, an isolated key a wide one.
+   A crowded region of key space gets small scopes, an isolated key a wide one. Validation is
+   scored as the runner scores the test fold (`honest_validation`): no probe of a validation
+   case is a known key or a negative, and a neighbour it lost to the outer protocol counts as
+   out only at the rate its observed ones are.
 4. Rewrite keys (`edit_rewrites`, CSNE): an edit also inserts the keys of a few rewrites of its own
    prompt (the build's identifier renaming with other names), each a scoped ball with the edit's
    value. What one rewording does to a key is not a sphere around it; a few sampled rewordings
@@ -49,11 +52,13 @@ from clmedit.editors.agrace.training import Positives, holdout, train_candidate
 from clmedit.editors.base import EditResult, EditState
 from clmedit.editors.scope.fit import (
     GAMMAS,
+    Known,
     Scope,
     choose_scope,
     hard_negatives,
     nearest_known,
     rank,
+    unprobed_rows,
     validation_distances,
 )
 from clmedit.errors import IntegrityError
@@ -93,6 +98,10 @@ class ScopeHParams(AGraceHParams):
     fixed_radius: float | None = Field(
         None, gt=0, description="R fixed (ablation) instead of chosen on validation"
     )
+    honest_validation: bool = Field(
+        True, description="validate as the runner tests: no probe of a validation case in its bank or negatives, "
+        "missing neighbours counted at the observed rate",
+    )  # fmt: skip
 
 
 class ScopeEditor(AGrace):
@@ -122,6 +131,7 @@ class ScopeEditor(AGrace):
         self.hparams = hp = self.hparams.override("fit arguments", **kwargs)
         data = self.training_features(model, tok, train_cases)
         extra = self.rewritten_neighbours(model, tok, data) if hp.augment else None
+        expected = max(len(c.neighbours) for c in data.cases) if hp.honest_validation else None
         rewrites = self.rewrite_features(model, tok, data)
         margin = data.config.meta["margin"]
         seeds = [hp.seed + k for k in range(hp.enc_selection_seeds)]
@@ -132,13 +142,14 @@ class ScopeEditor(AGrace):
             runs, parts = [], []
             for seed in seeds:
                 val, train = holdout(len(data.anchor), hp.enc_val_fraction, seed)
-                negatives = self._negatives(data, train)
+                known = unprobed_rows(data, val) if hp.honest_validation else None
+                negatives, positives = self._negatives(data, train, val, known), self._known(extra, known)
                 encoder, _, _ = train_candidate(data.anchor, data.positive, negatives, fraction, seed, hp,
-                                                margin, hp.eps, data.config, extra)  # fmt: skip
+                                                margin, hp.eps, data.config, positives)  # fmt: skip
                 runs.append(encoder)
-                parts.append(validation_distances(encoder, data, val, train, rewrites))
+                parts.append(validation_distances(encoder, data, val, train, rewrites, known))
             pos, nbs, bank = (torch.cat([p[i] for p in parts]) for i in range(3))
-            scope = choose_scope(pos, nbs, bank, hp.kept_target, gammas, hp.fixed_radius)
+            scope = choose_scope(pos, nbs, bank, hp.kept_target, gammas, hp.fixed_radius, expected)
             candidates.append({"init_pos_fraction": fraction, **asdict(scope)})
             log.info("scope init %s: R %.3g gamma %s -> inside %.2f kept %.2f (%d validation cases)",
                      fraction, scope.radius, scope.gamma, scope.inside, scope.kept, scope.cases)  # fmt: skip
@@ -153,10 +164,13 @@ class ScopeEditor(AGrace):
         data.config.meta.update(scope=asdict(self.scope), candidates=candidates)
         return {"scope": asdict(self.scope), "candidates": candidates, "bank": len(self.bank)}
 
-    def rewritten_neighbours(self, model, tok, data: TrainingFeatures) -> Positives | None:
+    def rewritten_neighbours(
+        self, model, tok, data: TrainingFeatures
+    ) -> tuple[Positives, torch.Tensor] | None:
         """(neighbour, its rewrite) feature pairs of every training case's neighbours, owned by the
-        case: rewritten the way the build makes rephrases (data.augment), so the encoder sees
-        many more examples of what a rewording does to a key than one rephrase per case."""
+        case, and the row of data.neighbours each comes from: rewritten the way the build makes
+        rephrases (data.augment), so the encoder sees many more examples of what a rewording does
+        to a key than one rephrase per case."""
         nbs = [(i, n.prompt, c.task) for i, c in enumerate(data.cases) for n in c.neighbours]
         new: list[str | None] = [None] * len(nbs)
         for task in {t for _, _, t in nbs}:
@@ -170,11 +184,11 @@ class ScopeEditor(AGrace):
         feats = cached_prompt_features(
             model, tok, [new[k] for k in done], layer, data.config.pool, cache=hp.feature_cache
         )
-        owner = torch.tensor([nbs[k][0] for k in done])
+        owner, rows = torch.tensor([nbs[k][0] for k in done]), torch.tensor(done)
         log.info(
             "%s: %d of %d training neighbours rewritten as extra positives", self.name, len(done), len(nbs)
         )
-        return data.neighbours[done], feats, owner
+        return (data.neighbours[rows], feats, owner), rows
 
     def prompt_rewrites(self, task: str, prompt: str) -> list[str]:
         """Up to `edit_rewrites` distinct rewrites of one formatted prompt, made as the build makes
@@ -213,10 +227,28 @@ class ScopeEditor(AGrace):
         log.info("%s: %d rewrites of %d training prompts for the scope", self.name, len(texts), len(per_case))
         return out, exists
 
-    def _negatives(self, data: TrainingFeatures, train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every neighbour, plus each prompt's most similar training-split prompts (hard negatives)."""
-        index, owner = hard_negatives(data.anchor, train, self.hparams.hard_negatives)
-        return torch.cat([data.neighbours, data.anchor[index]]), torch.cat([data.owner, owner])
+    def _negatives(
+        self, data: TrainingFeatures, train: torch.Tensor, val: torch.Tensor, known: Known | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every neighbour, plus each prompt's most similar training-split prompts (hard negatives);
+        with `known`, none that is a probe of a validation case, but the validation cases' own
+        (which only score the validation loss)."""
+        pool, rows = train, torch.ones(len(data.owner), dtype=torch.bool)
+        if known is not None:
+            pool, rows = train[known.anchor[train]], known.neighbours | torch.isin(data.owner, val)
+        index, owner = hard_negatives(data.anchor, pool, self.hparams.hard_negatives)
+        return torch.cat([data.neighbours[rows], data.anchor[index]]), torch.cat([data.owner[rows], owner])
+
+    @staticmethod
+    def _known(extra: tuple[Positives, torch.Tensor] | None, known: Known | None) -> Positives | None:
+        """The extra positive pairs whose neighbour is `known` (all without it)."""
+        if extra is None:
+            return None
+        (x, rewritten, owner), rows = extra
+        if known is None:
+            return x, rewritten, owner
+        keep = known.neighbours[rows]
+        return x[keep], rewritten[keep], owner[keep]
 
     # --- the scope of a new entry ---------------------------------------------------------------------
     def insert_key(self, model, tok, case, inputs, prompt_mask) -> torch.Tensor:

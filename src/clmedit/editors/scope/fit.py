@@ -14,6 +14,13 @@ threshold is chosen when neither error is preferred). A user who needs a level o
 gamma = inf is "no bank" (one radius R for every entry). An edit with rewrite keys is the union of
 several such balls: its rephrase is in when any ball covers it, and it keeps its neighbours when no
 ball holds one.
+
+The validation follows the runner's probe-disjoint protocol inside the training data: the known keys
+and the negatives a validation split is scored with hold no input that is a probe of its validation
+cases (`unprobed_rows`), just as the test fold's probes are never in the bank. Validation cases keep
+fewer neighbours than a scored case has (those that were test probes were removed), so their *kept*
+is the share of cases with every observed neighbour out, times the chance that each missing one would
+be out too, at the rate the observed neighbours are (`expected` neighbours per scored case).
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+
+from clmedit.data.schema import probe_texts
 
 if TYPE_CHECKING:
     from clmedit.editors.agrace.editor import TrainingFeatures
@@ -70,6 +79,24 @@ def hard_negatives(prompts: torch.Tensor, pool: torch.Tensor, k: int) -> tuple[t
     return pool[top].reshape(-1), torch.arange(len(x)).repeat_interleave(k)
 
 
+@dataclass(frozen=True)
+class Known:
+    """Which training inputs (rows of anchor, positive, neighbours) a validation split may know: those
+    that are no probe of its validation cases. A case whose prompt or rephrase is one is dropped whole."""
+
+    anchor: torch.Tensor  # (N,) bool
+    neighbours: torch.Tensor  # (M,) bool
+
+
+def unprobed_rows(data: TrainingFeatures, val: torch.Tensor) -> Known:
+    """The inputs of `data` that are no probe of the validation cases `val` (the runner's rule)."""
+    probes = probe_texts(data.cases[i] for i in val.tolist())
+    whole = torch.tensor([c.prompt not in probes and c.rephrase not in probes for c in data.cases])
+    texts = [n.prompt for c in data.cases for n in c.neighbours]  # the rows of data.neighbours
+    neighbours = torch.tensor([t not in probes for t in texts], dtype=torch.bool) & whole[data.owner]
+    return Known(whole, neighbours)
+
+
 def rank(inside: float, kept: float, kept_target: float | None) -> tuple:
     """How a scope is judged on validation, the larger the better; ties go to the one keeping more.
 
@@ -84,7 +111,7 @@ def rank(inside: float, kept: float, kept_target: float | None) -> tuple:
 
 def choose_scope(
     positive: torch.Tensor, neighbours: torch.Tensor, bank: torch.Tensor, kept_target: float | None,
-    gammas: tuple[float, ...] = GAMMAS, radius: float | None = None,
+    gammas: tuple[float, ...] = GAMMAS, radius: float | None = None, expected: int | None = None,
 ) -> Scope:  # fmt: skip
     """Pick (R, gamma) on validation cases whose edits are unions of J balls (J = 1: the prompt's key
     alone), the best by `rank`.
@@ -94,6 +121,8 @@ def choose_scope(
     key. 1-D positive / bank and 2-D neighbours are one ball. A case's rephrase is inside when any
     ball covers it (d <= scope, as the codebook matches); it keeps its neighbours when no ball holds
     one (d > scope). Absent balls are inf in all three. `radius`: R fixed instead of chosen.
+    `expected`: the neighbours a scored case has; a case with fewer counts as kept with the chance
+    that its missing ones are all out (`kept_share`).
     """
     if positive.ndim == 1:
         positive, neighbours, bank = positive[:, None], neighbours[:, None], bank[:, None]
@@ -106,7 +135,7 @@ def choose_scope(
     for gamma in gammas:
         scope = (gamma * bank).unsqueeze(0).clamp(max=radii[:, None, None])  # (R, V, J)
         inside = (positive.unsqueeze(0) <= scope).any(2).float().mean(1)
-        kept = (nb_min.unsqueeze(0) > scope).all(2).float().mean(1)
+        kept = kept_share(neighbours, nb_min, scope, expected)
         for i in range(len(radii)):
             score = rank(float(inside[i]), float(kept[i]), kept_target)
             if best is None or score > best[0]:
@@ -115,12 +144,30 @@ def choose_scope(
     return best[1]
 
 
+def kept_share(
+    neighbours: torch.Tensor, nb_min: torch.Tensor, scope: torch.Tensor, expected: int | None
+) -> torch.Tensor:
+    """(R,) share of validation cases keeping every neighbour out of its balls, per candidate scope
+    (R, V, J); with `expected`, each case's share times (1 - p)^(missing neighbours), p being the
+    share of all observed neighbours that some ball holds under that scope."""
+    kept = (nb_min.unsqueeze(0) > scope).all(2).float()  # (R, V)
+    if expected is None:
+        return kept.mean(1)
+    observed = neighbours[:, 0].isfinite()  # (V, K): the prompt's own ball sees every neighbour
+    held = (neighbours.unsqueeze(0) <= scope.unsqueeze(-1)).any(2) & observed  # (R, V, K)
+    p = held.sum((1, 2)).float() / observed.sum().clamp(min=1)
+    missing = (expected - observed.sum(1)).clamp(min=0).float()  # (V,)
+    return (kept * (1 - p[:, None]) ** missing[None]).mean(1)
+
+
 @torch.no_grad()
 def validation_distances(encoder, data: TrainingFeatures, val: torch.Tensor, train: torch.Tensor,
-                          rewrites: tuple[torch.Tensor, torch.Tensor] | None = None):  # fmt: skip
+                          rewrites: tuple[torch.Tensor, torch.Tensor] | None = None,
+                          known: Known | None = None):  # fmt: skip
     """For the validation cases, per ball j (the prompt's key, then its rewrites' keys): (centre ->
     rephrase (V, J), centre -> neighbours (V, J, K), centre -> nearest key of the training split's
-    prompts, rephrases and neighbours (V, J)); inf where a case has fewer rewrites or neighbours."""
+    prompts, rephrases and neighbours that are `known` (default: all) (V, J)); inf where a case has
+    fewer rewrites or neighbours."""
     centres = encoder(data.anchor[val]).unsqueeze(1)  # (V, 1, d_key)
     present = torch.ones(len(val), 1, dtype=torch.bool)
     if rewrites is not None:
@@ -135,7 +182,11 @@ def validation_distances(encoder, data: TrainingFeatures, val: torch.Tensor, tra
         mine = encoder(data.neighbours[data.owner == case])
         neighbours[row, :, : len(mine)] = torch.cdist(centres[row], mine)
     neighbours = neighbours.masked_fill(far.unsqueeze(-1), math.inf)
-    in_train = torch.isin(data.owner, train)
-    bank = encoder(torch.cat([data.anchor[train], data.positive[train], data.neighbours[in_train]]))
+    is_train = torch.zeros(len(data.anchor), dtype=torch.bool)
+    is_train[train] = True
+    in_train = is_train[data.owner]
+    if known is not None:
+        is_train, in_train = is_train & known.anchor, in_train & known.neighbours
+    bank = encoder(torch.cat([data.anchor[is_train], data.positive[is_train], data.neighbours[in_train]]))
     known = nearest_known(centres.reshape(-1, centres.shape[-1]), bank).reshape(centres.shape[:2])
     return positive, neighbours, known.masked_fill(far, math.inf)
