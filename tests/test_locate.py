@@ -197,11 +197,13 @@ def test_kl_direction_and_decay_by_hand():
 
 @pytest.mark.parametrize("name", ["rome", "memit", "pmet"])
 def test_update_is_solved_for_the_key_of_the_texts_the_value_was_fitted_on(llama_tiny, name):
-    """The study's objective: the value is fitted after the prompt alone and behind each context
-    prefix, and each layer's update is solved for those very texts' averaged key (ROME: flat mean;
-    MEMIT/PMET: grouped). With C = I a one-case update is rank one along that key."""
+    """The study's objective: the value is fitted after the prompt alone and behind each of the 5
+    generated context prefixes, and each layer's update is solved for those very texts' key,
+    averaged as the study's code does (ROME: flat mean; MEMIT/PMET: the prompt alone and the
+    prefixed texts as two equal groups). With C = I a one-case update is rank one along that key.
+    Keys and texts are rebuilt here by hand, from the prefixes and compute_keys alone."""
     from clmedit.editors.base import get_editor
-    from clmedit.locate.keys import context_mean, with_contexts
+    from clmedit.locate.keys import context_prefixes
     from clmedit.models.text import sequence_ids
     from tests.conftest import make_case
     from tests.test_rome import TINY
@@ -212,9 +214,8 @@ def test_update_is_solved_for_the_key_of_the_texts_the_value_was_fitted_on(llama
     editor = get_editor(
         name, **TINY, mom2_adjustment=False, mom2_weight=1e-3, layers=layers, reference_layers=4
     )
-    prefixes = editor.prefixes(model, tok)
-    texts = with_contexts([case.prompt], prefixes)
-    assert len(texts) == 6
+    prefixes = context_prefixes(model, tok)
+    texts = [case.prompt] + [pre + case.prompt for pre in prefixes]
     weights = [model.model.layers[layer].mlp.down_proj.weight for layer in layers]
     w0 = [w.detach().clone() for w in weights]
     seen: list[list[int]] = []  # every token row the model embedded during the edit
@@ -230,8 +231,8 @@ def test_update_is_solved_for_the_key_of_the_texts_the_value_was_fitted_on(llama
         assert any(row[: len(ids)] == ids for row in seen), text
     try:
         for i, layer in enumerate(layers):  # keys read with the layers below already edited
-            keys = compute_keys(model, tok, texts, [layer])[layer]
-            key = context_mean(keys, len(prefixes), grouped=name != "rome")[0].double()
+            keys = compute_keys(model, tok, texts, [layer])[layer].double()
+            key = keys.mean(0) if name == "rome" else (keys[0] + keys[1:].mean(0)) / 2
             dw = (edited[i] - w0[i]).double()
             u = dw[dw.norm(dim=1).argmax()]  # any nonzero row of r u^T is parallel to u
             assert torch.nn.functional.cosine_similarity(u, key, dim=0).abs() > 0.9999
