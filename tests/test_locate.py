@@ -183,6 +183,28 @@ def test_dynamic_nll_stops_a_case_whose_target_is_already_the_argmax(llama_tiny)
     assert plain.steps[0] > 0
 
 
+def test_each_case_stops_on_its_own_loss_as_if_optimised_alone(llama_tiny):
+    """The study's code optimises one case at a time, stops it once its total loss is below 0.05
+    and runs at most steps - 1 Adam steps: a batch gives every case the delta and step count it
+    gets alone, also when the cases stop at different steps."""
+    from clmedit.locate.values import ValueParams, optimize_values
+
+    model, tok = llama_tiny
+    prompts, targets = ["def sort(xs):", "import"], ["return sorted(xs)", "os"]
+    sites = [("mlp", 1)]
+    # on the tiny model "import" -> "os" falls below NLL 5.5 after one step, the other stays above 5.8
+    hp = dict(steps=12, lr=0.5, clamp_factor=1000.0, weight_decay=0.0, kl_factor=0.0, stop_loss=5.5)
+    together = optimize_values(model, tok, prompts, targets, sites, ValueParams(**hp, value_batch_size=2))
+    alone = [optimize_values(model, tok, [p], [t], sites, ValueParams(**hp)) for p, t in zip(prompts, targets)]
+    assert together.steps == [a.steps[0] for a in alone]
+    assert len(set(together.steps)) == 2 and max(together.steps) <= hp["steps"] - 1
+    for i, a in enumerate(alone):
+        assert together.nll[i] == pytest.approx(a.nll[0], abs=1e-4)
+        assert torch.allclose(together.delta["model.layers.1.mlp"][i], a.delta["model.layers.1.mlp"][0], atol=1e-4)
+    budget = optimize_values(model, tok, prompts[:1], targets[:1], sites, ValueParams(**{**hp, "stop_loss": 0.0}))
+    assert budget.steps == [hp["steps"] - 1]
+
+
 def test_kl_direction_and_decay_by_hand():
     """p_d = (0.9, 0.1), p = (0.5, 0.5): KL(p_d || p) = 0.9 ln 1.8 + 0.1 ln 0.2; d = (3, 4), ||h|| = 2: 5 / 4."""
     import math
