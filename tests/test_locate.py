@@ -195,13 +195,19 @@ def test_each_case_stops_on_its_own_loss_as_if_optimised_alone(llama_tiny):
     # on the tiny model "import" -> "os" falls below NLL 5.5 after one step, the other stays above 5.8
     hp = dict(steps=12, lr=0.5, clamp_factor=1000.0, weight_decay=0.0, kl_factor=0.0, stop_loss=5.5)
     together = optimize_values(model, tok, prompts, targets, sites, ValueParams(**hp, value_batch_size=2))
-    alone = [optimize_values(model, tok, [p], [t], sites, ValueParams(**hp)) for p, t in zip(prompts, targets)]
+    alone = [
+        optimize_values(model, tok, [p], [t], sites, ValueParams(**hp)) for p, t in zip(prompts, targets)
+    ]
     assert together.steps == [a.steps[0] for a in alone]
     assert len(set(together.steps)) == 2 and max(together.steps) <= hp["steps"] - 1
     for i, a in enumerate(alone):
         assert together.nll[i] == pytest.approx(a.nll[0], abs=1e-4)
-        assert torch.allclose(together.delta["model.layers.1.mlp"][i], a.delta["model.layers.1.mlp"][0], atol=1e-4)
-    budget = optimize_values(model, tok, prompts[:1], targets[:1], sites, ValueParams(**{**hp, "stop_loss": 0.0}))
+        assert torch.allclose(
+            together.delta["model.layers.1.mlp"][i], a.delta["model.layers.1.mlp"][0], atol=1e-4
+        )
+    budget = optimize_values(
+        model, tok, prompts[:1], targets[:1], sites, ValueParams(**{**hp, "stop_loss": 0.0})
+    )
     assert budget.steps == [hp["steps"] - 1]
 
 
