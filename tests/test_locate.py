@@ -183,6 +183,34 @@ def test_dynamic_nll_stops_a_case_whose_target_is_already_the_argmax(llama_tiny)
     assert plain.steps[0] > 0
 
 
+def test_each_case_stops_on_its_own_loss_as_if_optimised_alone(llama_tiny):
+    """The study's code optimises one case at a time, stops it once its total loss is below 0.05
+    and runs at most steps - 1 Adam steps: a batch gives every case the delta and step count it
+    gets alone, also when the cases stop at different steps."""
+    from clmedit.locate.values import ValueParams, optimize_values
+
+    model, tok = llama_tiny
+    prompts, targets = ["def sort(xs):", "import"], ["return sorted(xs)", "os"]
+    sites = [("mlp", 1)]
+    # on the tiny model "import" -> "os" falls below NLL 5.5 after one step, the other stays above 5.8
+    hp = dict(steps=12, lr=0.5, clamp_factor=1000.0, weight_decay=0.0, kl_factor=0.0, stop_loss=5.5)
+    together = optimize_values(model, tok, prompts, targets, sites, ValueParams(**hp, value_batch_size=2))
+    alone = [
+        optimize_values(model, tok, [p], [t], sites, ValueParams(**hp)) for p, t in zip(prompts, targets)
+    ]
+    assert together.steps == [a.steps[0] for a in alone]
+    assert len(set(together.steps)) == 2 and max(together.steps) <= hp["steps"] - 1
+    for i, a in enumerate(alone):
+        assert together.nll[i] == pytest.approx(a.nll[0], abs=1e-4)
+        assert torch.allclose(
+            together.delta["model.layers.1.mlp"][i], a.delta["model.layers.1.mlp"][0], atol=1e-4
+        )
+    budget = optimize_values(
+        model, tok, prompts[:1], targets[:1], sites, ValueParams(**{**hp, "stop_loss": 0.0})
+    )
+    assert budget.steps == [hp["steps"] - 1]
+
+
 def test_kl_direction_and_decay_by_hand():
     """p_d = (0.9, 0.1), p = (0.5, 0.5): KL(p_d || p) = 0.9 ln 1.8 + 0.1 ln 0.2; d = (3, 4), ||h|| = 2: 5 / 4."""
     import math
@@ -197,11 +225,13 @@ def test_kl_direction_and_decay_by_hand():
 
 @pytest.mark.parametrize("name", ["rome", "memit", "pmet"])
 def test_update_is_solved_for_the_key_of_the_texts_the_value_was_fitted_on(llama_tiny, name):
-    """The study's objective: the value is fitted after the prompt alone and behind each context
-    prefix, and each layer's update is solved for those very texts' averaged key (ROME: flat mean;
-    MEMIT/PMET: grouped). With C = I a one-case update is rank one along that key."""
+    """The study's objective: the value is fitted after the prompt alone and behind each of the 5
+    generated context prefixes, and each layer's update is solved for those very texts' key,
+    averaged as the study's code does (ROME: flat mean; MEMIT/PMET: the prompt alone and the
+    prefixed texts as two equal groups). With C = I a one-case update is rank one along that key.
+    Keys and texts are rebuilt here by hand, from the prefixes and compute_keys alone."""
     from clmedit.editors.base import get_editor
-    from clmedit.locate.keys import context_mean, with_contexts
+    from clmedit.locate.keys import context_prefixes
     from clmedit.models.text import sequence_ids
     from tests.conftest import make_case
     from tests.test_rome import TINY
@@ -212,9 +242,8 @@ def test_update_is_solved_for_the_key_of_the_texts_the_value_was_fitted_on(llama
     editor = get_editor(
         name, **TINY, mom2_adjustment=False, mom2_weight=1e-3, layers=layers, reference_layers=4
     )
-    prefixes = editor.prefixes(model, tok)
-    texts = with_contexts([case.prompt], prefixes)
-    assert len(texts) == 6
+    prefixes = context_prefixes(model, tok)
+    texts = [case.prompt] + [pre + case.prompt for pre in prefixes]
     weights = [model.model.layers[layer].mlp.down_proj.weight for layer in layers]
     w0 = [w.detach().clone() for w in weights]
     seen: list[list[int]] = []  # every token row the model embedded during the edit
@@ -230,8 +259,8 @@ def test_update_is_solved_for_the_key_of_the_texts_the_value_was_fitted_on(llama
         assert any(row[: len(ids)] == ids for row in seen), text
     try:
         for i, layer in enumerate(layers):  # keys read with the layers below already edited
-            keys = compute_keys(model, tok, texts, [layer])[layer]
-            key = context_mean(keys, len(prefixes), grouped=name != "rome")[0].double()
+            keys = compute_keys(model, tok, texts, [layer])[layer].double()
+            key = keys.mean(0) if name == "rome" else (keys[0] + keys[1:].mean(0)) / 2
             dw = (edited[i] - w0[i]).double()
             u = dw[dw.norm(dim=1).argmax()]  # any nonzero row of r u^T is parallel to u
             assert torch.nn.functional.cosine_similarity(u, key, dim=0).abs() > 0.9999

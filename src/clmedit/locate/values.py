@@ -13,10 +13,12 @@ as the study's code writes it (its ROME/MEMIT/PMET `compute_v`/`compute_z`). The
 the edit token of every one of these texts, the texts whose averaged key the weight update is
 then solved for. The KL term is read on the prompt itself (`kl_suffix` appends text, e.g. ROME's
 original " is a") and keeps what the model says right after the edited representation from
-drifting; h_s is the site's original output at the prompt's own edit token. After each Adam step ||d_s|| is clamped to clamp_factor * ||h_s||.
-w = nll_factor, except with `dynamic_nll` (PMET): once a case's every target token is already
-the argmax, w drops to 0.1 * nll_factor for the next step, and the case stops once its KL is
-<= 0.01 as well. The target value of a site is v_s = h_s + d_s.
+drifting; h_s is the site's original output at the prompt's own edit token. After each Adam
+step ||d_s|| is clamped to clamp_factor * ||h_s||. As in the study's code, a case stops once its
+L(d) is below stop_loss, and at most steps - 1 Adam steps run (the last pass only reads the loss
+of the deltas returned). w = nll_factor, except with `dynamic_nll` (PMET): once a case's every
+target token is already the argmax, w drops to 0.1 * nll_factor for the next step, and the
+case stops once kl_factor * KL <= 0.01 as well. The target value of a site is v_s = h_s + d_s.
 
 The layers below the lowest site do not change, so their output is computed once and each step
 runs only the upper stack (models.partial.UpperStack). Cases are independent (each delta only
@@ -59,7 +61,7 @@ class ValueParams(BaseModel):
     )
     nll_factor: float = Field(1.0, gt=0, description="weight of the target NLL [nll_loss_factor]")
     dynamic_nll: bool = Field(False, description="PMET: NLL weight 0.1x once the target is the argmax")
-    stop_loss: float = Field(5e-2, ge=0, description="stop once every case's target NLL is below this")
+    stop_loss: float = Field(5e-2, ge=0, description="a case stops once its loss L(d) is below this")
     value_batch_size: int = Field(8, ge=1, description="cases whose values are optimised together")
 
 
@@ -209,44 +211,46 @@ def _optimize_chunk(model, tok, prompts, targets, sites, paths, hp: ValueParams,
         edits = {p: {"edit_output": add_delta(p)} for p in paths}
         nll = torch.full((n,), float("inf"))
         weight = torch.full((n,), hp.nll_factor, device=device)  # per-case NLL weight (dynamic_nll)
-        done = torch.zeros(n, dtype=torch.bool, device=device)  # dynamic_nll: cases that stopped
-        steps_run = 0
-        for _ in range(hp.steps):
+        done = torch.zeros(n, dtype=torch.bool, device=device)  # cases that stopped: deltas frozen
+        steps_run = torch.zeros(n, dtype=torch.long)
+        for step in range(hp.steps):
             traces = [Trace(model, p, retain_output=False, **edits[p]) for p in paths]
             try:
                 logits = stack(logits_to_keep=keep)
             finally:
                 for tr in traces:
                     tr.close()
-            nll = _row_nll(logits[:r], tgt).view(n, reps).mean(1)  # per case, over its contexts
-            if bool((nll < hp.stop_loss).all()):
-                break
+            case_nll = _row_nll(logits[:r], tgt).view(n, reps).mean(1)  # per case, over its contexts
             kl_log = torch.log_softmax(logits[kl_rows, 0].float(), dim=-1)
             kl, decay = kl_and_decay(
                 kl_log, kl_ref, [deltas[p] for p in paths], [init_norm[p] for p in paths]
             )
-            loss = (weight * nll + hp.kl_factor * kl + hp.weight_decay * decay)[~done].sum()
+            case_loss = weight * case_nll + hp.kl_factor * kl + hp.weight_decay * decay
+            log.debug("step %d: nll %s", step, case_nll.tolist())
+            nll = torch.where(done, nll.to(device), case_nll.detach())  # a stopped case keeps its last
+            done |= case_loss.detach() < hp.stop_loss
             if hp.dynamic_nll:
                 argmax = _target_is_argmax(logits[:r], tgt).view(n, reps).all(1)
-                done |= argmax & (kl.detach() <= 0.01)
+                done |= argmax & (hp.kl_factor * kl.detach() <= 0.01)
                 weight = torch.where(argmax, 0.1 * hp.nll_factor, hp.nll_factor)
-                if bool(done.all()):
-                    break
+            # the last pass only reads the loss of the deltas returned (the study's code: steps - 1 updates)
+            if bool(done.all()) or step == hp.steps - 1:
+                break
             kept = {p: deltas[p].detach()[done].clone() for p in paths}
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            case_loss[~done].sum().backward()
             opt.step()
-            steps_run += 1
+            steps_run += (~done).cpu()
             with torch.no_grad():
                 for p in paths:
                     deltas[p][done] = kept[p]  # a stopped case keeps its delta (Adam would move it)
                     cap = (hp.clamp_factor * init_norm[p]).unsqueeze(-1)
                     norm = deltas[p].norm(dim=-1, keepdim=True)
                     deltas[p].mul_(torch.where(norm > cap, cap / norm.clamp(min=1e-12), 1.0))
-    log.debug("value optimisation: %d steps, nll %s", steps_run, nll.tolist())
+    log.debug("value optimisation: steps %s, nll %s", steps_run.tolist(), nll.tolist())
     return Values(
         init=init,
         delta={p: d.detach() for p, d in deltas.items()},
-        nll=nll.detach().tolist(),
-        steps=[steps_run] * n,
+        nll=nll.detach().cpu().tolist(),
+        steps=steps_run.tolist(),
     )
