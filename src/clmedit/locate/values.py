@@ -179,6 +179,34 @@ def optimize_values(
     return out
 
 
+def _add_delta(deltas: dict[str, torch.Tensor], path: str, rows: torch.Tensor, b: dict):
+    """The edit_output hook of `path`: each row's output at its lookup position plus its case's delta."""
+
+    def edit(output: torch.Tensor, _inp) -> torch.Tensor:
+        if path not in deltas:
+            return output
+        d = deltas[path].to(output.dtype)[b["case"]]  # a case's delta at each of its rows
+        return output.index_put((rows, b["lookup"]), d, accumulate=True)
+
+    return edit
+
+
+def _update(opt, deltas: dict[str, torch.Tensor], done: torch.Tensor, case_loss: torch.Tensor,
+            init_norm: dict[str, torch.Tensor], clamp_factor: float) -> None:  # fmt: skip
+    """One Adam step for the cases still running, then every delta clamped to clamp_factor x its
+    output's norm; a stopped case keeps its delta (Adam's momentum would move it)."""
+    kept = {p: d.detach()[done].clone() for p, d in deltas.items()}
+    opt.zero_grad(set_to_none=True)
+    case_loss[~done].sum().backward()
+    opt.step()
+    with torch.no_grad():
+        for p, d in deltas.items():
+            d[done] = kept[p]
+            cap = (clamp_factor * init_norm[p]).unsqueeze(-1)
+            norm = d.norm(dim=-1, keepdim=True)
+            d.mul_(torch.where(norm > cap, cap / norm.clamp(min=1e-12), 1.0))
+
+
 def _optimize_chunk(model, tok, prompts, targets, sites, paths, hp: ValueParams, prefixes) -> Values:
     device = next(model.parameters()).device
     n, reps = len(prompts), len(prefixes) + 1
@@ -190,15 +218,6 @@ def _optimize_chunk(model, tok, prompts, targets, sites, paths, hp: ValueParams,
     deltas: dict[str, torch.Tensor] = {}
     keep, tgt = _kept_positions(b)
 
-    def add_delta(path: str):
-        def edit(output: torch.Tensor, _inp) -> torch.Tensor:
-            if path not in deltas:
-                return output
-            d = deltas[path].to(output.dtype)[b["case"]]  # a case's delta at each of its rows
-            return output.index_put((rows, b["lookup"]), d, accumulate=True)
-
-        return edit
-
     with trainable_only(model):  # no weight gradients are built
         stack = UpperStack(model, min(layer for _, layer in sites), b["ids"], b["mask"])
         with torch.no_grad(), TraceDict(model, paths, retain_output=True, detach=True) as td:
@@ -208,7 +227,7 @@ def _optimize_chunk(model, tok, prompts, targets, sites, paths, hp: ValueParams,
         init_norm = {p: init[p].norm(dim=-1) for p in paths}  # (N,)
         deltas.update({p: torch.zeros_like(init[p], requires_grad=True) for p in paths})
         opt = torch.optim.Adam(list(deltas.values()), lr=hp.lr)
-        edits = {p: {"edit_output": add_delta(p)} for p in paths}
+        edits = {p: {"edit_output": _add_delta(deltas, p, rows, b)} for p in paths}
         nll = torch.full((n,), float("inf"))
         weight = torch.full((n,), hp.nll_factor, device=device)  # per-case NLL weight (dynamic_nll)
         done = torch.zeros(n, dtype=torch.bool, device=device)  # cases that stopped: deltas frozen
@@ -236,17 +255,8 @@ def _optimize_chunk(model, tok, prompts, targets, sites, paths, hp: ValueParams,
             # the last pass only reads the loss of the deltas returned (the study's code: steps - 1 updates)
             if bool(done.all()) or step == hp.steps - 1:
                 break
-            kept = {p: deltas[p].detach()[done].clone() for p in paths}
-            opt.zero_grad(set_to_none=True)
-            case_loss[~done].sum().backward()
-            opt.step()
+            _update(opt, deltas, done, case_loss, init_norm, hp.clamp_factor)
             steps_run += (~done).cpu()
-            with torch.no_grad():
-                for p in paths:
-                    deltas[p][done] = kept[p]  # a stopped case keeps its delta (Adam would move it)
-                    cap = (hp.clamp_factor * init_norm[p]).unsqueeze(-1)
-                    norm = deltas[p].norm(dim=-1, keepdim=True)
-                    deltas[p].mul_(torch.where(norm > cap, cap / norm.clamp(min=1e-12), 1.0))
     log.debug("value optimisation: steps %s, nll %s", steps_run.tolist(), nll.tolist())
     return Values(
         init=init,

@@ -44,7 +44,6 @@ import torch
 from pydantic import Field
 from safetensors.torch import load_file
 
-from clmedit.data.augment import rewrite_prompts
 from clmedit.editors.agrace.editor import AGrace, AGraceHParams, TrainingFeatures
 from clmedit.editors.agrace.encoder import save_encoder
 from clmedit.editors.agrace.features import Pool, cached_prompt_features
@@ -61,6 +60,7 @@ from clmedit.editors.scope.fit import (
     unprobed_rows,
     validation_distances,
 )
+from clmedit.editors.scope.rewrites import neighbour_rewrites, prompt_rewrites, stack_rewrites
 from clmedit.errors import IntegrityError
 from clmedit.files import atomic_save_tensors, atomic_write_text
 from clmedit.locate.keys import key_distance
@@ -171,42 +171,24 @@ class ScopeEditor(AGrace):
         case, and the row of data.neighbours each comes from: rewritten the way the build makes
         rephrases (data.augment), so the encoder sees many more examples of what a rewording does
         to a key than one rephrase per case."""
-        nbs = [(i, n.prompt, c.task) for i, c in enumerate(data.cases) for n in c.neighbours]
-        new: list[str | None] = [None] * len(nbs)
-        for task in {t for _, _, t in nbs}:
-            rows = [k for k, (_, _, t) in enumerate(nbs) if t == task]
-            for k, text in zip(rows, rewrite_prompts(task, [nbs[k][1] for k in rows], self.hparams.seed)):
-                new[k] = text
-        done = [k for k, text in enumerate(new) if text is not None]
-        if not done:
+        found = neighbour_rewrites(data.cases, self.hparams.seed)
+        if not found:
             return None
         layer, hp = self.edit_layer(model), self.hparams
         feats = cached_prompt_features(
-            model, tok, [new[k] for k in done], layer, data.config.pool, cache=hp.feature_cache
+            model, tok, [text for _, _, text in found], layer, data.config.pool, cache=hp.feature_cache
         )
-        owner, rows = torch.tensor([nbs[k][0] for k in done]), torch.tensor(done)
-        log.info(
-            "%s: %d of %d training neighbours rewritten as extra positives", self.name, len(done), len(nbs)
-        )
+        owner, rows = torch.tensor([i for i, _, _ in found]), torch.tensor([k for _, k, _ in found])
+        log.info("%s: %d training neighbours rewritten as extra positives", self.name, len(found))
         return (data.neighbours[rows], feats, owner), rows
 
     def prompt_rewrites(self, task: str, prompt: str) -> list[str]:
-        """Up to `edit_rewrites` distinct rewrites of one formatted prompt, made as the build makes
-        rephrases (data.augment): CSNE's identifier renamings, one per seed, with other names than
-        the build drew. CNLE's rule rewording is deterministic: it *is* the build's rephrase, so its
-        key would say nothing about other rewordings, and CNLE edits take none by default."""
-        hp = self.hparams
-        count = hp.edit_rewrites
-        if count is None:
-            count = hp.edit_rewrites_csne if task == "csne" else hp.edit_rewrites_cnle
-        out: list[str] = []
-        for j in range(count):
-            text = rewrite_prompts(task, [prompt], hp.seed + 1 + j)[0]
-            if text is not None and text not in out:
-                out.append(text)
-        return out
+        """Up to `edit_rewrites` distinct rewrites of one formatted prompt (rewrites.prompt_rewrites)."""
+        return prompt_rewrites(self.hparams, task, prompt)
 
-    def rewrite_features(self, model, tok, data: TrainingFeatures) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def rewrite_features(
+        self, model, tok, data: TrainingFeatures
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Features (N, J, d_in) of every training prompt's rewrites and which exist (N, J), for
         choosing the scope as edits will use it: one ball per key, the prompt's and its rewrites'."""
         per_case = [self.prompt_rewrites(c.task, c.prompt) for c in data.cases]
@@ -217,13 +199,7 @@ class ScopeEditor(AGrace):
         feats = cached_prompt_features(
             model, tok, texts, self.edit_layer(model), data.config.pool, cache=self.hparams.feature_cache
         )
-        out = torch.zeros(len(per_case), width, feats.shape[1], dtype=feats.dtype)
-        exists = torch.zeros(len(per_case), width, dtype=torch.bool)
-        row = 0
-        for i, mine in enumerate(per_case):
-            out[i, : len(mine)] = feats[row : row + len(mine)]
-            exists[i, : len(mine)] = True
-            row += len(mine)
+        out, exists = stack_rewrites([len(mine) for mine in per_case], feats)
         log.info("%s: %d rewrites of %d training prompts for the scope", self.name, len(texts), len(per_case))
         return out, exists
 
