@@ -25,7 +25,7 @@ from clmedit.eval.generate import _generation_config
 from clmedit.eval.protocol import evaluate_case
 from clmedit.models.load import load_model
 from clmedit.run.prepare import ensure_base_answers, resolve_data
-from clmedit.run.runner import make_editor
+from clmedit.run.setup import make_editor
 
 
 def timed(fn, *args, **kwargs) -> tuple[float, float, object]:
