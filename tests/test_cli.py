@@ -76,7 +76,7 @@ def data(tmp_path):
         (["run", "--data", "x", "--out", "o", "--hp", "novalue"], "key=value"),
         (["bench", "--editors", "nope"], "unknown editor"),
         (["report", "nowhere"], "no summary.json"),
-        (["apply"], "either --fixes"),
+        (["apply"], "--load DIR --fixes FILE --out NEW_DIR"),
         (["apply", "--fixes", "f.jsonl"], "needs --out"),
     ],
 )

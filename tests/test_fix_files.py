@@ -11,6 +11,7 @@ transformers loads (no clmedit in that process); a GRACE edit becomes adapter fi
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -211,3 +212,57 @@ def test_exported_grace_edit_is_adapter_files_for_load_edited(tmp_path):
     assert greedy_ids(fresh, tok, prompt, N_NEW) == greedy_ids(edited, tok, prompt, N_NEW) != unedited
     result.restore()
     assert greedy_ids(fresh, tok, prompt, N_NEW) == unedited
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_adding_fixes_to_a_fix_file_keeps_every_fix_and_leaves_the_old_file_alone(tiny_dir, tmp_path):
+    """`apply --load OLD --fixes MORE --out NEW`: NEW holds the old edit (not re-applied) and the new fix."""
+    cli = CliRunner()
+    first, more = tmp_path / "first.jsonl", tmp_path / "more.jsonl"
+    first.write_text("".join(json.dumps({"prompt": make_case(i).prompt, "target": t}) + "\n"
+                             for i, t in enumerate(TARGETS[:2])))  # fmt: skip
+    more.write_text(json.dumps({"prompt": make_case(2).prompt, "target": TARGETS[2]}) + "\n")
+    base = ["apply", "--model", str(tiny_dir)]
+    grace = ["--editor", "grace", "--preset", str(preset_path("grace", "tiny"))]
+    done = cli.invoke(app, [*base, *grace, "--fixes", str(first), "--out", str(tmp_path / "old")])
+    assert done.exit_code == 0, done.output
+    before = _files(tmp_path / "old")
+    done = cli.invoke(app, [*base, "--load", str(tmp_path / "old"), "--fixes", str(more), "--out", str(tmp_path / "new")])
+    assert done.exit_code == 0, done.output
+    assert "2 fix(es) from" in done.output and "and 1 added" in done.output
+    assert _files(tmp_path / "old") == before  # the input fix file is untouched
+    manifest = json.loads((tmp_path / "new" / "manifest.json").read_text())
+    ids = [json.loads(line)["case_id"] for line in (tmp_path / "new" / "fixes.jsonl").read_text().splitlines()]
+    assert manifest["fixes"] == 3 and ids == ["fix-0", "fix-1", "fix-2"]
+
+    old_model, tok = load_model(str(tiny_dir))
+    load_artifact(old_model, tok, tmp_path / "old")
+    new_model, _ = load_model(str(tiny_dir))
+    load_artifact(new_model, tok, tmp_path / "new")
+    for i in range(2):  # the old fixes give the old file's tokens
+        prompt = make_case(i).prompt
+        assert greedy_ids(new_model, tok, prompt, N_NEW) == greedy_ids(old_model, tok, prompt, N_NEW)
+    prompt = make_case(2).prompt
+    want = target_ids(tok, prompt, TARGETS[2])
+    assert greedy_ids(old_model, tok, prompt, len(want)) != want  # the new fix was not in the old file
+    assert greedy_ids(new_model, tok, prompt, len(want)) == want
+
+    refused = {  # each refused before anything is written
+        "is an input": ["--load", str(tmp_path / "old"), "--fixes", str(more), "--out", str(tmp_path / "old")],
+        "already in": ["--load", str(tmp_path / "new"), "--fixes", str(tmp_path / "new" / "fixes.jsonl"),
+                       "--out", str(tmp_path / "x")],  # fmt: skip
+        "holds a grace edit": ["--load", str(tmp_path / "old"), "-e", "rome", "--fixes", str(more), "--out", "y"],
+        "keeps its own hparams": ["--load", str(tmp_path / "old"), "--hp", "n_iter=3", "--fixes", str(more),
+                                  "--out", "y"],  # fmt: skip
+    }
+    tampered = tmp_path / "tampered"
+    shutil.copytree(tmp_path / "old", tampered)
+    (tampered / "fixes.jsonl").write_text((tmp_path / "new" / "fixes.jsonl").read_text())
+    refused["was altered"] = ["--load", str(tampered), "--fixes", str(more), "--out", str(tmp_path / "x")]
+    for message, args in refused.items():
+        done = cli.invoke(app, [*base, *args])
+        assert done.exit_code == 2 and message in done.output, done.output
+    assert _files(tmp_path / "old") == before and not (tmp_path / "x").exists()

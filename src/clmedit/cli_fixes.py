@@ -14,7 +14,9 @@ from clmedit.cli_common import HP_HELP, parse_hp, run_option
 
 def apply_cmd(
     model: str = run_option("model"),
-    editor: str = typer.Option("grace", "--editor", "-e"),
+    editor: str | None = typer.Option(
+        None, "--editor", "-e", help="the editor (default grace); with --load, the fix file's editor is used"
+    ),
     fixes: Path | None = typer.Option(
         None, "--fixes", help="JSONL of fixes: EditCase or {prompt|intent|code, target}"
     ),
@@ -31,25 +33,40 @@ def apply_cmd(
     device: str | None = run_option("device"),
     dtype: str = run_option("dtype"),
 ) -> None:
-    """Apply fixes and save the whole edit as a fix file (--fixes --out), or load one and generate
-    (--load --prompt). A-GRACE, SCOPE and MALMEN apply with --trained DIR; the fix file then
-    carries what loading needs."""
+    """Apply fixes and save the whole edit as a fix file (--fixes --out), load one and generate
+    (--load --prompt), or add fixes to one (--load --fixes --out: a new fix file holding both; the
+    loaded edit is not re-applied). A-GRACE, SCOPE and MALMEN apply with --trained DIR; the fix file
+    then carries what loading needs (MALMEN's hypernetwork excepted)."""
     from clmedit.data.schema import PROMPT_TEMPLATES
     from clmedit.errors import InputError
-    from clmedit.fixes.apply import answers, make_fix_file, open_fix_file
+    from clmedit.fixes.apply import answers, extend_fix_file, make_fix_file, open_fix_file
 
-    if (fixes is None) == (load is None):
-        raise InputError("give either --fixes FILE --out DIR (make an artifact) or --load DIR --prompt TEXT")
+    if fixes is None and load is None:
+        raise InputError(
+            "give --fixes FILE --out DIR (make a fix file), --load DIR --prompt TEXT (use one), "
+            "or --load DIR --fixes FILE --out NEW_DIR (add fixes to one)"
+        )
     if fixes is not None and out is None:
-        raise InputError("--fixes needs --out DIR for the artifact")
-    if load is not None and not prompt:
-        raise InputError("--load needs at least one --prompt")
+        raise InputError("--fixes needs --out DIR for the fix file")
+    if fixes is None and not prompt:
+        raise InputError("--load needs at least one --prompt (or --fixes FILE --out NEW_DIR to add fixes)")
     if task not in PROMPT_TEMPLATES:
         raise InputError(f"--task {task!r} is not a task; use one of {', '.join(sorted(PROMPT_TEMPLATES))}")
-    if load is not None and trained is not None:
-        raise InputError("--trained is for making a fix file (--fixes); a fix file carries its trained part")
-    if fixes is not None:
-        m, tok = make_fix_file(model, editor, fixes, out, task, trained=trained, preset=preset,
+    if load is not None and fixes is None and trained is not None:
+        raise InputError("--trained is for applying fixes (--fixes); a fix file carries its trained part")
+    if load is not None and (preset or hp):
+        raise InputError("--preset and --hp make a new fix file; one given with --load keeps its own hparams")
+    if load is not None and editor is not None:
+        from clmedit.fixes.manifest import read_manifest
+
+        if (has := read_manifest(load)["editor"]) != editor:
+            raise InputError(f"--editor {editor}: the fix file {load} holds a {has} edit; leave --editor out")
+    if load is not None and fixes is not None:
+        m, tok, old, new = extend_fix_file(load, fixes, out, model, task, trained=trained, device=device,
+                                           dtype=dtype)  # fmt: skip
+        typer.echo(f"fix file written to {out}: {old} fix(es) from {load} and {new} added")
+    elif fixes is not None:
+        m, tok = make_fix_file(model, editor or "grace", fixes, out, task, trained=trained, preset=preset,
                                hparams=parse_hp(hp), device=device, dtype=dtype)  # fmt: skip
         typer.echo(f"fix file written to {out}")
     else:

@@ -6,12 +6,15 @@ the device) is checked before the model loads.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
-from clmedit.errors import InputError
+from clmedit.data.schema import EditCase, read_cases
+from clmedit.editors.base import undone_on_error
+from clmedit.errors import InputError, IntegrityError
 from clmedit.files import regular_file
-from clmedit.fixes.artifact import load_artifact, save_artifact
+from clmedit.fixes.artifact import BaseModelRecord, load_artifact, load_edited, save_artifact, write_fix_file
 from clmedit.fixes.cases import as_prompt, read_fixes
 from clmedit.fixes.manifest import FIX_FILES, is_fix_file, read_manifest
 from clmedit.outputs import check_output_dir
@@ -51,6 +54,57 @@ def make_fix_file(model: str, editor: str, fixes: Path, out: str | Path, task: s
     m, tok = load_model_for(model, device, dtype)
     save_artifact(m, tok, ed, cases, out, model)
     return m, tok
+
+
+def extend_fix_file(load: Path, fixes: Path, out: str | Path, model: str, task: str = "cnle", *,
+                    trained: Path | None = None, device: str | None = None, dtype: str = "auto"):  # fmt: skip
+    """Add the fixes in `fixes` to the fix file `load` and save the whole edit, old fixes and new, as
+    the new fix file `out`; returns the edited (model, tok). `load`'s edit is loaded, never re-applied,
+    and the editor (with its hparams and any trained part the fix file carries) keeps editing it, so
+    the cost is one load plus one apply of the new fixes. `load` is left as it was. `trained`: the
+    trained part of an editor whose fix file does not carry it (MALMEN's hypernetwork). Returns
+    (model, tok, fixes loaded, fixes added)."""
+    manifest, old = _fixes_of(load)
+    check_device(device)
+    regular_file(fixes, "--fixes")
+    out = check_output_dir(out, [fixes, load], FIX_FILES.__contains__, ours=is_fix_file)
+    new = read_fixes(fixes, task, first=len(old))
+    clash = sorted({c.case_id for c in old} & {c.case_id for c in new})
+    if clash:
+        raise InputError(f"--fixes {fixes}: fix id(s) {clash[:5]} are already in {load}; give new ids")
+    check_out_dir(out)
+    m, tok = load_model_for(model, device, dtype)
+    base = BaseModelRecord.of(m, tok, model)  # the unedited model, as a fix file made in one go records
+    editor = load_edited(m, load, tok).info["editor"]
+    if trained is not None:
+        editor.load(trained)
+    try:
+        result = editor.apply(m, tok, new)
+    except RuntimeError as err:  # a trained part the fix file does not carry (MALMEN's hypernetwork)
+        if not editor.trainable or trained is not None:
+            raise
+        raise InputError(f"{err}; give --trained DIR, the folder it was trained into") from None
+    with undone_on_error(result):
+        write_fix_file(m, editor, old + new, out, base, apply_seconds=result.seconds, peak_bytes=result.peak_bytes)
+    return m, tok, len(old), len(new)
+
+
+def _fixes_of(load: Path) -> tuple[dict, list[EditCase]]:
+    """The manifest of the fix file `load` and its fixes, which must be the ones its manifest declares
+    (the extended file records every fix it holds)."""
+    if not (load / "manifest.json").is_file():
+        raise InputError(f"--load {load} is not a clmedit fix file (no manifest.json); make one with --fixes --out")
+    manifest = read_manifest(load)
+    path = load / "fixes.jsonl"
+    if not path.is_file():
+        raise InputError(f"{load} has no fixes.jsonl: an extended fix file could not say which fixes it holds")
+    want = manifest.get("fixes_sha256")
+    if want != hashlib.sha256(regular_file(path, "fixes.jsonl", inside=load).read_bytes()).hexdigest():
+        raise IntegrityError(f"{path} is not the fixes.jsonl its manifest declares; the fix file was altered")
+    old = read_cases(path)
+    if len(old) != manifest["fixes"]:
+        raise IntegrityError(f"{path} holds {len(old)} fixes, its manifest {manifest['fixes']}")
+    return manifest, old
 
 
 def open_fix_file(load: Path, model: str, device: str | None = None, dtype: str = "auto"):

@@ -11,17 +11,18 @@ from clmedit.data.schema import EditCase, SkippedLines, format_prompt, iter_json
 from clmedit.errors import InputError, describe_validation
 
 
-def read_fixes(path: str | Path, task: str = "cnle") -> list[EditCase]:
+def read_fixes(path: str | Path, task: str = "cnle", first: int = 0) -> list[EditCase]:
     """Fixes from JSONL: full EditCase lines, or {prompt|intent|code, target} lines.
 
     `intent` is formatted as a CNLE prompt, `code` as a CSNE prompt, `prompt` with `task`'s
-    template unless it is already formatted.
+    template unless it is already formatted. A fix without an id is `fix-{first + i}` (`first`:
+    how many fixes a fix file being extended already holds).
     """
     fixes = []
     skipped = SkippedLines()
     for i, obj in enumerate(iter_jsonl(path, skipped)):
         try:
-            fixes.append(parse_fix(obj, i, task))
+            fixes.append(parse_fix(obj, first + i, task))
         except ValidationError as err:
             raise InputError(
                 f"{path}: fix {i + 1} is not a valid edit case ({describe_validation(err)})"
