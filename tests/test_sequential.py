@@ -259,7 +259,7 @@ def test_sequential_run_of_real_editors(name, llama_tiny, data, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["sequential"]["complete"] and summary["counts"]["applied"] == 3
     assert [r["scored"] for r in summary["sequential"]["checkpoints"]] == [1, 3]
-    # a longer sequence replays the three edits: bitwise the same models at checkpoints 1 and 3
+    # a longer sequence resumes from the snapshot of the three edits (checked to be the same model)
     run(config.model_copy(update={"sequential": 4, "checkpoints": "1,3"}), model, tok)
     rows = json.loads((out / "summary.json").read_text())["sequential"]["checkpoints"]
     assert [r["scored"] for r in rows] == [1, 3, 4]
@@ -282,3 +282,59 @@ def test_trainable_editor_is_fitted_on_the_other_fold_and_edits_fold_zero(llama_
     assert [e["case_ids"][0] for e in read_edits(out)] == fold0[:3]
     with pytest.raises(InputError, match="--folds 2"):
         run(config.model_copy(update={"folds": 1, "out": tmp_path / "s"}), model, tok)
+
+
+def _counting(editor, interrupt_at=None):
+    """`editor` whose applies are counted (`editor.applies`); the `interrupt_at`-th raises KeyboardInterrupt."""
+    apply, editor.applies = editor.apply, 0
+
+    def counted(*args, **kwargs):
+        editor.applies += 1
+        if editor.applies == interrupt_at:
+            raise KeyboardInterrupt
+        return apply(*args, **kwargs)
+
+    editor.apply = counted
+    return editor
+
+
+def _scored(out, edits: int) -> dict:
+    """A checkpoint's scores by case (timings left out)."""
+    return {k: r.scores.model_dump() for k, r in ckpt.read_scored(ckpt.checkpoint_path(out, edits)).items()}
+
+
+@pytest.mark.parametrize("name", ["ft", "alphaedit", "ultraedit", "wise", "grace"])
+def test_a_resumed_run_loads_its_snapshot_and_ends_where_an_uninterrupted_one_does(name, llama_tiny, data, tmp_path):
+    """Interrupted at the 4th edit, the rerun loads the snapshot of the first three (re-applying none of
+    them) and reaches bitwise the model and the scores of a run that was never interrupted."""
+    model, tok = llama_tiny
+    before = fingerprint(model)
+    config = RunConfig(model="tiny", editor=name, data=str(data), out=tmp_path / "a", fluency=False, sequential=5,
+                       checkpoints="2", snapshot_every=1, preset=str(preset_path(name, "tiny")))  # fmt: skip
+    whole = run(config, model, tok, editor=_counting(_editor(name)))
+    cut = config.model_copy(update={"out": tmp_path / "b"})
+    with pytest.raises(KeyboardInterrupt):
+        run(cut, model, tok, editor=_counting(_editor(name), interrupt_at=4))
+    position = json.loads((tmp_path / "b" / "checkpoints" / "snapshot" / "position.json").read_text())
+    assert (position["calls"], position["case_ids"]) == (3, ["case-0", "case-1", "case-2"])
+    again = _counting(_editor(name))
+    run(cut, model, tok, editor=again)
+    assert again.applies == 2  # only the two edits never applied; the three before came from the snapshot
+    assert fingerprint(model) == before
+    for edits in (2, 5):
+        state = f"checkpoints/edits-{edits:06d}.state"
+        assert (tmp_path / "b" / state).read_text() == (whole / state).read_text()
+        assert _scored(tmp_path / "b", edits) == _scored(whole, edits)
+
+
+def test_a_snapshot_off_the_recorded_path_is_not_used(llama_tiny, data, tmp_path):
+    model, tok = llama_tiny
+    config = RunConfig(model="tiny", editor="grace", data=str(data), out=tmp_path / "r", fluency=False,
+                       sequential=3, checkpoints="1", preset=str(preset_path("grace", "tiny")))  # fmt: skip
+    run(config, model, tok)
+    position = tmp_path / "r" / "checkpoints" / "snapshot" / "position.json"
+    moved = json.loads(position.read_text())
+    position.write_text(json.dumps({**moved, "case_ids": ["case-0", "case-2", "case-1"]}))
+    again = _counting(_editor("grace"))
+    run(config.model_copy(update={"sequential": 4}), model, tok, editor=again)
+    assert again.applies == 4  # the three recorded edits re-applied, then the new one

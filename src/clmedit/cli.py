@@ -73,6 +73,7 @@ def run_cmd(
     sequential: int | None = run_option("sequential"),
     checkpoints: str = run_option("checkpoints"),
     score_sample: int | None = run_option("score_sample"),
+    snapshot_every: int = run_option("snapshot_every"),
 ) -> None:
     """Edit each case, evaluate it, restore; write cases.jsonl, summary.json and table.md.
 

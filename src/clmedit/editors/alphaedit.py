@@ -9,7 +9,9 @@ P_i projects onto the null space of C_i = E[k k^T] over a code corpus (locate.st
 update leaves the outputs of the keys the model sees in ordinary code alone, which is what
 keeps many sequential edits from eroding the model. K_p^T K_p sums the keys of the earlier
 edits that are still in the model (the lifelong setting), so a new edit does not undo them;
-restoring an edit takes its keys out again.
+restoring an edit takes its keys out again. The edit's state (a fix file, a sequential run's
+snapshot) holds K_p^T K_p beside the weights, so fixes added after loading it keep the earlier
+ones' keys protected, as in one stream.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ import torch
 from pydantic import Field
 
 from clmedit.data.schema import EditRequest
-from clmedit.editors.base import EditResult
+from clmedit.editors.base import EditResult, EditState
 from clmedit.editors.memit import Memit, MemitHParams
 from clmedit.editors.session import Snapshot
+from clmedit.errors import IntegrityError
 from clmedit.locate.solve import null_space_projector, projected_update
+from clmedit.models.arch import arch_of
 from clmedit.models.text import model_name
 
 
@@ -95,6 +99,35 @@ class AlphaEdit(Memit):
         for key, gram in added.items():
             self._prior[key] = gram if before[key] is None else before[key] + gram
         result.info["nullspace_dims"] = {layer: self._null_dims[layer] for (_, layer) in added}
+
+    def edit_state(self, model) -> EditState:
+        """The edited weights (MEMIT's state) and, per edited layer, the kept edits' K_p^T K_p (`prior.<layer>`)."""
+        state = super().edit_state(model)
+        name = model_name(model)
+        for layer in self.edited_layers(model):
+            if (name, layer) in self._prior:
+                state.tensors[f"prior.{layer}"] = self._prior[(name, layer)].detach().cpu().contiguous()
+        return state
+
+    def _load_edit(self, model, tok, state: EditState, result: EditResult) -> None:
+        """The weights as MEMIT loads them, then the priors (taken out again by restore())."""
+        name, layers = model_name(model), self.edited_layers(model)
+        priors = {k: v for k, v in state.tensors.items() if k.startswith("prior.")}
+        for key, value in priors.items():
+            layer = key.removeprefix("prior.")
+            if not layer.isdigit() or int(layer) not in layers:
+                raise IntegrityError(f"the saved edit holds {key!r}; {self.name} edits layers {layers} here")
+            arch = arch_of(model)
+            width = arch.weight_out_in(arch.down_proj_module(model, int(layer))).shape[1]  # the key's width
+            if tuple(value.shape) != (width, width):
+                raise IntegrityError(f"the saved {key} is {tuple(value.shape)}, not ({width}, {width})")
+        weights = {k: v for k, v in state.tensors.items() if k not in priors}
+        super()._load_edit(model, tok, EditState(weights, state.meta), result)
+        keys = {(name, int(k.removeprefix("prior."))): v for k, v in priors.items()}
+        saved = {(id(self), "prior", key): self._prior.get(key) for key in keys}
+        result.undo.append(Snapshot(saved, self._put_prior))
+        for key, value in keys.items():
+            self._prior[key] = value.double().clone()
 
     def _put_prior(self, entry: tuple, value: torch.Tensor | None) -> None:
         """Put one layer's prior back exactly as it was before the edit (undos run last-in, first-out)."""

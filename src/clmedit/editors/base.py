@@ -127,6 +127,10 @@ class Editor(ABC):
     name: ClassVar[str]
     HParams: ClassVar[type[EditorHParams]] = EditorHParams
     trainable: ClassVar[bool] = False  # True: needs fit(train_cases) before apply (MALMEN, A-GRACE)
+    # True when `edit_state` holds everything a later apply depends on (no other state kept across
+    # applies), so a sequential run may resume from a saved edit (lifelong.snapshot) instead of
+    # re-applying every recorded edit. An editor that leaves it False is always re-applied.
+    SNAPSHOT_RESUME: ClassVar[bool] = False
     # Cost hints for estimates and ETAs only, measured on smollm2-135m, 2 CPU cores: seconds of one
     # apply by task (`fit_seconds` and `once_seconds` scale theirs with the hparams).
     APPLY_SECONDS: ClassVar[dict[str, float]] = {}

@@ -65,6 +65,7 @@ class FineTune(Editor):
     """FT-L (registry name "ft", alias "ft-l")."""
 
     name = "ft"
+    SNAPSHOT_RESUME = True  # its edit_state is its whole lifelong state
     HParams = FineTuneHParams
     APPLY_SECONDS = {"cnle": 2.1, "csne": 4.8}
 

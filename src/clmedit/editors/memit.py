@@ -33,6 +33,7 @@ class MemitHParams(LocateHParams):
 
 class Memit(Editor):
     name = "memit"
+    SNAPSHOT_RESUME = True  # its edit_state is its whole lifelong state
     HParams = MemitHParams
     APPLY_SECONDS = {"cnle": 4.6, "csne": 11.7}
 

@@ -8,6 +8,7 @@ from clmedit.editors.base import Editor, EditResult
 
 class NoEdit(Editor):
     name = "none"
+    SNAPSHOT_RESUME = True  # its edit_state is its whole lifelong state
 
     def _apply(self, model, tok, cases: list[EditRequest], result: EditResult) -> None:
         pass

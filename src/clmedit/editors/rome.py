@@ -32,6 +32,7 @@ class RomeHParams(LocateHParams):
 
 class Rome(Editor):
     name = "rome"
+    SNAPSHOT_RESUME = True  # its edit_state is its whole lifelong state
     HParams = RomeHParams
     APPLY_SECONDS = {"cnle": 4.8, "csne": 12.9}
 

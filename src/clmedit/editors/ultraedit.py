@@ -57,6 +57,7 @@ class UltraEditHParams(EditorHParams):
 
 class UltraEdit(Editor):
     name = "ultraedit"
+    SNAPSHOT_RESUME = True  # its edit_state is its whole lifelong state
     HParams = UltraEditHParams
 
     def __init__(self, hparams: UltraEditHParams | None = None):

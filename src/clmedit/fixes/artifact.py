@@ -148,13 +148,15 @@ def _check_meta(directory: Path, meta: dict[str, Any], editor: Editor) -> None:
             )
 
 
-def load_edited(model, directory: str | Path, tok: Any = None) -> EditResult:
+def load_edited(model, directory: str | Path, tok: Any = None, editor: Editor | None = None) -> EditResult:
     """Put the edit saved in `directory` (a fix file or an exported adapter) into `model`.
 
     `model` must be the unedited base model the fix was made for: its fingerprint is checked
     (with `tok`, the tokenizer's too). No training happens. Returns the EditResult (`restore()`
     takes the edit out); `info["manifest"]` is the manifest, `info["editor"]` the editor, which
-    can keep editing the loaded edit.
+    can keep editing the loaded edit: `editor` when given (it must be of the kind that saved the
+    edit; a sequential run resuming from a snapshot keeps its own editor), else one built from the
+    manifest.
     """
     directory = Path(directory)
     manifest = read_manifest(directory)
@@ -166,7 +168,10 @@ def load_edited(model, directory: str | Path, tok: Any = None) -> EditResult:
             f"{want}) than the one given (fingerprint {here}); load it into the unedited model it was made for"
         )
     tensors = read_declared(directory / EDIT_FILE, manifest["edit"]["tensors"])
-    editor = editor_for(manifest)
+    if editor is None:
+        editor = editor_for(manifest)
+    elif editor.name != manifest["editor"]:
+        raise IntegrityError(f"{directory} holds a {manifest['editor']} edit, not one of {editor.name}")
     _check_meta(directory, manifest["edit"]["meta"], editor)
     try:
         result = editor.load_edit(model, tok, EditState(tensors, manifest["edit"]["meta"]))

@@ -24,11 +24,12 @@ the model changed stops the run.
 
 Resuming: every apply call is one durable line of edits.jsonl and every scored case one line of
 its checkpoint file, so an interrupted run loses at most the call or case in progress, and
-completed checkpoints are never lost. The edited model itself is not stored: a rerun of the same
-configuration re-applies the recorded calls in order (untimed; a call that failed stays out), and
-at every checkpoint it passes it checks that the model is the one scored there before
-(`checkpoints/*.state`): a replay that diverges (other threads, device or dtype) is an error,
-never a silent mix of two runs. It scores what a checkpoint still lacks (an interrupted one
+completed checkpoints are never lost. The edit itself is saved every `snapshot_every` edits and at
+every checkpoint (`checkpoints/snapshot/`, lifelong.snapshot): a rerun of the same configuration
+loads that snapshot and re-applies only the recorded calls after it (untimed; a call that failed
+stays out); with no usable snapshot it re-applies them all. At every checkpoint it passes it checks
+that the model is the one scored there before (`checkpoints/*.state`): a replay that diverges
+(other threads, device or dtype) is an error, never a silent mix of two runs. It scores what a checkpoint still lacks (an interrupted one
 resumes case by case, a newly requested one is scored on the way) and applies the calls not yet
 recorded. A larger N or other checkpoints continue the same sequence (neither is part of the
 folder's identity; recorded calls that do not fit the new plan are dropped); another editor,
@@ -49,9 +50,11 @@ from transformers import set_seed
 
 from clmedit.data.schema import EditCase
 from clmedit.editors.session import EditSession
-from clmedit.errors import InputError, IntegrityError
+from clmedit.errors import InputError, IntegrityError, NotSavableError
 from clmedit.files import atomic_write_text
+from clmedit.fixes.artifact import BaseModelRecord
 from clmedit.lifelong import checkpoint as ckpt
+from clmedit.lifelong import snapshot
 from clmedit.lifelong.summary import plan_calls, write_sequential_summary
 from clmedit.models.cost import resident_bytes
 from clmedit.models.fingerprint import fingerprint, fingerprint_diff
@@ -86,8 +89,10 @@ class _Sequence:
     batches: list[list[EditCase]]
     states: dict[int, list[int]]  # checkpoint states -> requested counts (lifelong.checkpoint)
     model_name: str
+    base: BaseModelRecord | None = None  # the unedited model, as snapshots record it (None: no snapshots)
     session: EditSession = field(default_factory=EditSession)
     applied: list[tuple[int, EditCase]] = field(default_factory=list)  # (edit number, case) in the model
+    snapshot_calls: int = 0  # calls held by the latest snapshot
 
     def edits_after(self, j: int) -> int:
         return sum(len(b) for b in self.batches[:j])
@@ -181,6 +186,48 @@ class _Sequence:
             em("generalization"), em("specificity"), summary["neighbours_excluded"], resident_bytes() / 2**20,
         )  # fmt: skip
 
+    def applied_ids(self, recorded: list[dict[str, Any]]) -> list[list[str]]:
+        """[j]: the ids of the cases in the model after the first j recorded calls."""
+        ids, out = [], [[]]
+        for rec, batch in zip(recorded, self.batches):
+            ids = ids + ([] if rec.get("error") else [c.case_id for c in batch])
+            out.append(ids)
+        return out
+
+    def resume(self, recorded: list[dict[str, Any]]) -> int:
+        """Load the run's snapshot if it is usable: the number of recorded calls now in the model (0: none).
+
+        It may hold no call past the first checkpoint still to score (that checkpoint must be reached
+        by re-applying), nor past the recorded calls."""
+        todo = [j for j in self.states if j <= len(recorded) and not self.complete(j, recorded)]
+        loaded = snapshot.load_snapshot(self.out, self.model, self.tok, self.editor, self.applied_ids(recorded),
+                                        min(todo, default=len(recorded)))  # fmt: skip
+        if loaded is None:
+            return 0
+        result, calls = loaded
+        self.session.absorb(result)
+        for j in range(calls):
+            if not recorded[j].get("error"):
+                self.note_applied(j)
+        self.snapshot_calls = calls
+        log.info("resuming from the snapshot after %d edits", self.edits_after(calls))
+        return calls
+
+    def maybe_snapshot(self, j: int) -> None:
+        """After call j: save the edit at a checkpoint, or once `snapshot_every` edits passed since the last."""
+        every = self.config.snapshot_every
+        due = j + 1 in self.states or (every and self.edits_after(j + 1) - self.edits_after(self.snapshot_calls) >= every)
+        if self.base is None or not due or j + 1 <= self.snapshot_calls:
+            return
+        try:
+            snapshot.save_snapshot(self.out, self.model, self.editor, [c for _, c in self.applied], self.base,
+                                   j + 1, self.edits_after(j + 1))  # fmt: skip
+        except NotSavableError as err:  # an editor that cannot save its edit: resuming re-applies
+            log.warning("no snapshots for %s (%s); a rerun re-applies every recorded edit", self.editor.name, err)
+            self.base = None
+            return
+        self.snapshot_calls = j + 1
+
     def go(self, recorded: list[dict[str, Any]]) -> None:
         """Run the plan from the start: recorded calls are replayed, the others applied and recorded;
         every checkpoint state is checked against the one scored before and its missing cases scored."""
@@ -192,12 +239,15 @@ class _Sequence:
         if m == len(self.batches) and all(self.complete(j, recorded) for j in self.states):
             log.info("every edit and checkpoint of this sequence is done already")
             return
-        if m:
-            log.info("resuming: re-applying the %d recorded edits before going on", self.edits_after(m))
+        start = self.resume(recorded) if m and self.base is not None else 0
+        if m > start:
+            log.info("resuming: re-applying %d recorded edits before going on", self.edits_after(m) - self.edits_after(start))
         bar = tqdm(total=self.edits_after(len(self.batches)), desc=f"{self.editor.name} sequential",
-                   unit="edit", dynamic_ncols=True)  # fmt: skip
+                   unit="edit", dynamic_ncols=True, initial=self.edits_after(start))  # fmt: skip
         try:
-            for j in range(len(self.batches)):
+            if start in self.states:  # the snapshot is at a checkpoint still to score
+                self.checkpoint(start)
+            for j in range(start, len(self.batches)):
                 if j < m:
                     self.replay(j, recorded[j])
                 else:
@@ -205,6 +255,7 @@ class _Sequence:
                 bar.update(len(self.batches[j]))
                 if j + 1 in self.states:
                     self.checkpoint(j + 1)
+                self.maybe_snapshot(j)
         finally:
             bar.close()
 
@@ -241,7 +292,9 @@ def run_sequential(config: RunConfig, model=None, tok=None, editor=None, overwri
         clean = ready(config, editor, model, tok, sequence)
         if editor.trainable:
             fit_fold(editor, model, tok, train, out / "fold0")
-        run = _Sequence(config, out, editor, model, tok, batches, states, name_of(model))
+        # the unedited model, as snapshots record it (an editor with state outside its edit is re-applied)
+        base = BaseModelRecord.of(model, tok, config.model) if editor.SNAPSHOT_RESUME else None
+        run = _Sequence(config, out, editor, model, tok, batches, states, name_of(model), base)
         try:
             if batches:
                 run.go(read_edits(out))

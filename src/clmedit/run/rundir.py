@@ -50,6 +50,7 @@ NOT_IDENTITY = frozenset(
         "sequential",
         "checkpoints",
         "score_sample",
+        "snapshot_every",  # where a rerun may resume from, not what it computes
         "eval_limit",
         "folds_overlap",
         "evaluation",  # both paths give the same outputs

@@ -69,6 +69,11 @@ class RunConfig(BaseModel):
         None, gt=0, description="with --sequential: score a fixed random sample of K edited cases at each "
         "checkpoint (drawn with the run's seed; default: every edited case)",
     )
+    snapshot_every: int = Field(
+        100, ge=0, description="with --sequential: save the edit every N edits and at every checkpoint "
+        "(checkpoints/snapshot, the latest only), so a rerun resumes from it instead of re-applying every "
+        "recorded edit; 0: at checkpoints only",
+    )
 
     @field_validator("out", mode="before")
     @classmethod

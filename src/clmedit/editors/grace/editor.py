@@ -66,6 +66,7 @@ class Grace(Editor):
     """GRACE (Hartvigsen et al., 2023): discrete key-value adaptor at one down_proj."""
 
     name = "grace"
+    SNAPSHOT_RESUME = True  # its edit_state is its whole lifelong state
     HParams = GraceHParams
     APPLY_SECONDS = {"cnle": 1.5, "csne": 2.3}
 

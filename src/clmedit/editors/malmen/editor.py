@@ -88,6 +88,7 @@ class MalmenHParams(EditorHParams):
 
 class Malmen(Editor):
     name = "malmen"
+    SNAPSHOT_RESUME = True  # its edit_state is its whole lifelong state
     HParams = MalmenHParams
     trainable = True
     APPLY_SECONDS = {"cnle": 0.2, "csne": 0.4}

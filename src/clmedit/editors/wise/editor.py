@@ -105,6 +105,7 @@ class Wise(Editor):
     """WISE: side memory + routing + knowledge sharding/merging at one down_proj."""
 
     name = "wise"
+    SNAPSHOT_RESUME = True  # its edit_state is its whole lifelong state
     HParams = WiseHParams
 
     def edited_layers(self, model: nn.Module) -> list[int]:
