@@ -1,7 +1,7 @@
 """A fix file of many fixes on smollm2-135m: load seconds, adding fixes to it, token agreement.
 
     OMP_NUM_THREADS=1 python benchmarks/fix_load.py [--fixes 100] [--add 10] [--editor grace]
-                                                    [--data CASES] [--check 100] [--out DIR]
+                                                    [--data CASES] [--check 100] [--hp k=v] [--out DIR]
 
 Makes N fixes (`--data` cases; else CoNaLa pairs when ../shared/data holds them, else the default
 CNLE cases) with the editor's smollm2-135m preset in one apply call (minutes on a CPU), saves the fix
@@ -13,6 +13,8 @@ N+K file. Then the in-memory edited model and the loaded one greedily decode `--
 prompts for len(target) tokens: agreement = share of prompts whose token ids are identical;
 effectiveness = share whose tokens are the target's. Targets (issue 26): loading under 1 s per
 1,000 fixes; adding to a large file costs the load plus the new fixes' apply, not a re-apply.
+`--hp n_iter=1` builds a large GRACE file fast for a size test (its values then barely trained: the
+effectiveness printed says so).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 import torch
 from cases import benchmark_cases
 
+from clmedit.cli_common import parse_hp
 from clmedit.data.schema import write_cases
 from clmedit.editors.base import get_editor
 from clmedit.fixes.apply import extend_fix_file
@@ -64,6 +67,7 @@ def main() -> None:
     ap.add_argument("--editor", default="grace")
     ap.add_argument("--data", default=None, help="case file or default:cnle (default: CoNaLa pairs)")
     ap.add_argument("--check", type=int, default=100, help="fix prompts decoded for the agreement check")
+    ap.add_argument("--hp", action="append", default=[], help="editor hparam key=value (repeatable)")
     ap.add_argument("--out", default=None, help="where the fix files go (default: a temporary folder)")
     args = ap.parse_args()
     cases = benchmark_cases(args.fixes + args.add, args.data)
@@ -73,10 +77,11 @@ def main() -> None:
     root = Path(args.out or tempfile.mkdtemp(prefix="fix-load-"))
     model, tok = load_model(MODEL, device="cpu")
     start = time.perf_counter()
-    save_artifact(model, tok, get_editor(args.editor, preset=MODEL), first, root / "fix", MODEL)
+    editor = get_editor(args.editor, preset=MODEL, **parse_hp(args.hp))
+    save_artifact(model, tok, editor, first, root / "fix", MODEL)
     made = time.perf_counter() - start
     seconds, fresh, tok2 = timed_load(root / "fix")
-    print(f"{args.editor}, {len(first)} fixes on {MODEL}: made and saved in {made:.1f} s "
+    print(f"{args.editor} ({' '.join(args.hp) or 'preset'}), {len(first)} fixes on {MODEL}: made and saved in {made:.1f} s "
           f"({mib(root / 'fix'):.1f} MiB in {root / 'fix'})")  # fmt: skip
     print(f"load_artifact: {seconds:.3f} s = {seconds / len(first) * 1000:.3f} s per 1,000 fixes (target < 1)")
     check = first[: args.check]
