@@ -59,14 +59,20 @@ def test_codebook_state_round_trip_is_bitwise_and_checked():
     book.insert(torch.tensor([0.0, 1.0]), "a", torch.randn(3, 4))
     book.insert(torch.tensor([1.0, 0.0]), "b", torch.randn(1, 4))
     tensors, meta = book.state()
-    assert tensors["values"].shape == (2, 3, 4) and tensors["steps"].tolist() == [3, 1]
+    assert tensors["values"].shape == (4, 4) and tensors["steps"].tolist() == [3, 1]  # packed, no padding
     again = Codebook.from_state(tensors, json.loads(json.dumps(meta)))
     assert (again.eps_init, again.dist_fn, again.labels) == (0.5, "cos", ["a", "b"])
     assert torch.equal(again.keys, book.keys) and torch.equal(again.radii, book.radii)
     assert all(torch.equal(x, y) for x, y in zip(again.values, book.values))
+    padded = torch.zeros(2, 3, 4)  # the layout fix files had before values were packed
+    padded[0], padded[1, :1] = book.values[0], book.values[1]
+    earlier = Codebook.from_state({**tensors, "values": padded}, meta)
+    assert all(torch.equal(x, y) for x, y in zip(earlier.values, book.values))
     assert len(Codebook.from_state(*Codebook().state())) == 0
     with pytest.raises(ValueError, match="step counts"):
         Codebook.from_state({**tensors, "steps": torch.tensor([4, 1])}, meta)
+    with pytest.raises(ValueError, match="step counts"):
+        Codebook.from_state({**tensors, "values": padded, "steps": torch.tensor([4, 1])}, meta)
     with pytest.raises(ValueError, match="holds tensors"):
         Codebook.from_state({**tensors, "extra": torch.zeros(1)}, meta)
     with pytest.raises(ValueError, match="do not fit 3 entries"):

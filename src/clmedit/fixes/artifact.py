@@ -6,7 +6,7 @@ A fix file is a directory holding
                       every tensor of edit.safetensors (name -> shape, dtype, sha256)
     edit.safetensors  the edit as tensors (`Editor.edit_state`): for weight editors the new values
                       (not deltas) of the parameters the editor may change; for the GRACE family the
-                      codebook (keys, radii, padded values + step counts; labels in meta) and any
+                      codebook (keys, radii, packed values + step counts; labels in meta) and any
                       key encoder (SCOPE: also its bank); for WISE the side memory's buffers
     fixes.jsonl       the fixes as edit cases (provenance: what to re-create the edit from)
 

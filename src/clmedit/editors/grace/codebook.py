@@ -20,8 +20,11 @@ those back and drops the entries added since. Checkpoints must be rolled back la
 (checked by size); each costs what its apply touched, never a copy of the whole codebook.
 
 As data (`state` / `from_state`, what a fix file stores): tensors keys (N, d_key), radii (N,),
-values (N, S_max, d_out) zero-padded past each entry's own step count steps (N,); JSON labels
-and settings. `from_state(*book.state())` is the same codebook, bitwise.
+values (sum of steps, d_out): every entry's value, one after another, entry i taking steps[i] rows
+(steps (N,)); JSON labels and settings. `from_state(*book.state())` is the same codebook, bitwise.
+Values used to be stored padded, (N, S_max, d_out) with zeros past each entry's steps: one entry
+with a long target then sized every entry (a 10,000-fix file several times its data); that form
+is still read.
 """
 
 from __future__ import annotations
@@ -186,10 +189,7 @@ class Codebook:
         if len(self) == 0:
             return {}, meta
         steps = torch.tensor([v.shape[0] for v in self.values], dtype=torch.long)
-        first = self.values[0]
-        values = torch.zeros(len(self), int(steps.max()), first.shape[-1], dtype=first.dtype)
-        for i, v in enumerate(self.values):
-            values[i, : v.shape[0]] = v.cpu()
+        values = torch.cat([v.detach().cpu() for v in self.values])  # packed: entry i is its steps[i] rows
         tensors = {"keys": self.keys, "radii": self.radii, "values": values, "steps": steps}
         return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}, meta
 
@@ -214,18 +214,24 @@ class Codebook:
         if n == 0:
             return book
         keys, radii, values, steps = (tensors[k] for k in ("keys", "radii", "values", "steps"))
+        padded = values.ndim == 3  # the earlier layout, (N, S_max, d_out)
         if (
-            keys.ndim != 2 or keys.shape[0] != n or radii.shape != (n,) or values.ndim != 3
-            or values.shape[0] != n or steps.shape != (n,) or steps.dtype != torch.long
+            keys.ndim != 2 or keys.shape[0] != n or radii.shape != (n,) or values.ndim not in (2, 3)
+            or (padded and values.shape[0] != n) or steps.shape != (n,) or steps.dtype != torch.long
             or not keys.is_floating_point() or not radii.is_floating_point() or not values.is_floating_point()
         ):  # fmt: skip
             raise ValueError(
                 f"shapes do not fit {n} entries: keys {tuple(keys.shape)}, radii {tuple(radii.shape)}, "
                 f"values {tuple(values.shape)}, steps {tuple(steps.shape)} {steps.dtype}"
             )
-        if int(steps.min()) < 1 or int(steps.max()) > values.shape[1]:
+        if int(steps.min()) < 1 or (padded and int(steps.max()) > values.shape[1]):
             raise ValueError(f"step counts {steps.tolist()[:5]}... fall outside 1..{values.shape[1]}")
+        if not padded and int(steps.sum()) != values.shape[0]:
+            raise ValueError(f"step counts sum to {int(steps.sum())}, but the values hold {values.shape[0]} rows")
         book.keys, book.radii = keys.to(device).clone(), radii.to(device).clone()
         book.labels = list(labels)
-        book.values = [values[i, : int(s)].to(device).clone() for i, s in enumerate(steps)]
+        if padded:
+            book.values = [values[i, : int(s)].to(device).clone() for i, s in enumerate(steps)]
+        else:
+            book.values = [v.to(device).clone() for v in torch.split(values, steps.tolist())]
         return book
