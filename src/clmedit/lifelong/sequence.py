@@ -186,13 +186,9 @@ class _Sequence:
             em("generalization"), em("specificity"), summary["neighbours_excluded"], resident_bytes() / 2**20,
         )  # fmt: skip
 
-    def applied_ids(self, recorded: list[dict[str, Any]]) -> list[list[str]]:
-        """[j]: the ids of the cases in the model after the first j recorded calls."""
-        ids, out = [], [[]]
-        for rec, batch in zip(recorded, self.batches):
-            ids = ids + ([] if rec.get("error") else [c.case_id for c in batch])
-            out.append(ids)
-        return out
+    def applied_ids(self, recorded: list[dict[str, Any]], j: int) -> list[str]:
+        """The ids of the cases in the model after the first j recorded calls."""
+        return [c.case_id for rec, batch in zip(recorded[:j], self.batches) if not rec.get("error") for c in batch]
 
     def resume(self, recorded: list[dict[str, Any]]) -> int:
         """Load the run's snapshot if it is usable: the number of recorded calls now in the model (0: none).
@@ -200,8 +196,8 @@ class _Sequence:
         It may hold no call past the first checkpoint still to score (that checkpoint must be reached
         by re-applying), nor past the recorded calls."""
         todo = [j for j in self.states if j <= len(recorded) and not self.complete(j, recorded)]
-        loaded = snapshot.load_snapshot(self.out, self.model, self.tok, self.editor, self.applied_ids(recorded),
-                                        min(todo, default=len(recorded)))  # fmt: skip
+        loaded = snapshot.load_snapshot(self.out, self.model, self.tok, self.editor,
+                                        lambda j: self.applied_ids(recorded, j), min(todo, default=len(recorded)))  # fmt: skip
         if loaded is None:
             return 0
         result, calls = loaded

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,17 +70,17 @@ def read_position(out: Path) -> dict[str, Any] | None:
     return None
 
 
-def load_snapshot(out: Path, model, tok, editor: Editor, applied_ids: list[list[str]], limit: int
+def load_snapshot(out: Path, model, tok, editor: Editor, applied_ids: Callable[[int], list[str]], limit: int
                   ) -> tuple[EditResult, int] | None:  # fmt: skip
     """Put the run's snapshot into the unedited `model` with the run's own `editor`: (its result,
-    the number of calls it holds), or None when there is no usable one. `applied_ids[j]`: the case
+    the number of calls it holds), or None when there is no usable one. `applied_ids(j)`: the case
     ids in the model after the first j recorded calls; `limit`: the most calls a snapshot may hold
     (the first checkpoint still to score, or the recorded calls)."""
     position = read_position(out)
     if position is None:
         return None
     calls = position["calls"]
-    if not 0 < calls <= limit or position.get("case_ids") != applied_ids[calls]:
+    if not 0 < calls <= limit or position.get("case_ids") != applied_ids(calls):
         log.info("the snapshot (%d calls) is not on this run's recorded path; re-applying from the start", calls)
         return None
     try:
