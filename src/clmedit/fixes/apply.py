@@ -92,9 +92,7 @@ def extend_fix_file(load: Path, fixes: Path, out: str | Path, model: str, task: 
 def _fixes_of(load: Path) -> tuple[dict, list[EditCase]]:
     """The manifest of the fix file `load` and its fixes, which must be the ones its manifest declares
     (the extended file records every fix it holds)."""
-    if not (load / "manifest.json").is_file():
-        raise InputError(f"--load {load} is not a clmedit fix file (no manifest.json); make one with --fixes --out")
-    manifest = read_manifest(load)
+    manifest = _manifest_of(load)
     path = load / "fixes.jsonl"
     if not path.is_file():
         raise InputError(f"{load} has no fixes.jsonl: an extended fix file could not say which fixes it holds")
@@ -107,12 +105,17 @@ def _fixes_of(load: Path) -> tuple[dict, list[EditCase]]:
     return manifest, old
 
 
-def open_fix_file(load: Path, model: str, device: str | None = None, dtype: str = "auto"):
-    """`model` with the fix file `load` in it: (model, tok, manifest). Never trains."""
+def _manifest_of(load: Path) -> dict:
+    """The checked manifest of the fix file `--load`; InputError when the folder is not one."""
     if not (load / "manifest.json").is_file():
         raise InputError(f"--load {load} is not a clmedit fix file (no manifest.json); make one with --fixes --out")
+    return read_manifest(load)
+
+
+def open_fix_file(load: Path, model: str, device: str | None = None, dtype: str = "auto"):
+    """`model` with the fix file `load` in it: (model, tok, manifest). Never trains."""
+    _manifest_of(load)  # a missing, tampered or unreadable manifest is named before the model loads
     check_device(device)
-    read_manifest(load)  # a tampered or unreadable manifest is named before the model loads
     m, tok = load_model_for(model, device, dtype)
     return m, tok, load_artifact(m, tok, load)
 

@@ -101,8 +101,7 @@ class _Sequence:
         """Whether checkpoint state j is scored for every case its recorded calls applied."""
         if j > len(recorded):
             return False
-        applied = [c.case_id for r, b in zip(recorded[:j], self.batches) if not r.get("error") for c in b]
-        expected = ckpt.score_sample(applied, self.config.score_sample, self.config.seed)
+        expected = ckpt.score_sample(self.applied_ids(recorded, j), self.config.score_sample, self.config.seed)
         return expected <= ckpt.read_scored(ckpt.checkpoint_path(self.out, self.edits_after(j))).keys()
 
     def replay(self, j: int, rec: dict[str, Any]) -> None:

@@ -22,9 +22,8 @@ those back and drops the entries added since. Checkpoints must be rolled back la
 As data (`state` / `from_state`, what a fix file stores): tensors keys (N, d_key), radii (N,),
 values (sum of steps, d_out): every entry's value, one after another, entry i taking steps[i] rows
 (steps (N,)); JSON labels and settings. `from_state(*book.state())` is the same codebook, bitwise.
-Values used to be stored padded, (N, S_max, d_out) with zeros past each entry's steps: one entry
-with a long target then sized every entry (a 10,000-fix file several times its data); that form
-is still read.
+Values used to be stored padded, (N, S_max, d_out) with zeros past each entry's steps, so one entry
+with a long target sized every entry; that form is still read.
 """
 
 from __future__ import annotations
@@ -189,9 +188,10 @@ class Codebook:
         if len(self) == 0:
             return {}, meta
         steps = torch.tensor([v.shape[0] for v in self.values], dtype=torch.long)
-        values = torch.cat([v.detach().cpu() for v in self.values])  # packed: entry i is its steps[i] rows
-        tensors = {"keys": self.keys, "radii": self.radii, "values": values, "steps": steps}
-        return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}, meta
+        tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in (("keys", self.keys), ("radii", self.radii))}
+        tensors["values"] = torch.cat(self.values).detach().cpu()  # a new tensor, packed: entry i is its steps[i] rows
+        tensors["steps"] = steps
+        return tensors, meta
 
     @classmethod
     def from_state(
