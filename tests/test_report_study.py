@@ -42,7 +42,9 @@ def test_tables_from_synthetic_records(tmp_path):
     assert "| Specificity target | 4.00 / 4.0 | 19.29 / 19.0 | 4.00 / 4.0 | 20.68 / 20.0 |" in t3
     assert "| Cases | 2 | 21055 | 2 | 16020 |" in t3
     cost = (root / "cost.md").read_text()
-    assert "| CNLE | GRACE | 1.50 | 2.0 | 10.0 |" in cost  # seconds mean(1, 2); own 2 MiB; resident 10 MiB
+    assert "| CNLE | GRACE | 1.50 | 2.0 | 10.0 | - |" in cost  # seconds mean(1, 2); own 2 MiB; resident 10 MiB
+    assert "| CNLE | A-GRACE | 1.50 | 2.0 | 10.0 | 2.0 |" in cost  # fitting 60 s and 180 s per fold: 2.0 min
+    assert "| CSNE | A-GRACE | 1.50 | 2.0 | 10.0 | - |" in cost  # no finite, non-negative figure to show
     assert r"\begin{tabular}" in (root / "table5.tex").read_text()
 
 

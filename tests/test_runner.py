@@ -253,9 +253,14 @@ def test_two_folds_fit_save_and_reload_on_resume_without_refitting(llama_tiny, t
     with pytest.raises(KeyboardInterrupt):
         run(_config(data, out, folds=2), model, tok, editor=first)
     assert first.fits == 2 and (out / "fold0" / "DONE").is_file() and (out / "fold1" / "DONE").is_file()
+    done = [json.loads((out / f"fold{k}" / "DONE").read_text()) for k in range(2)]
+    assert [d["train_cases"] for d in done] == [2, 2] and all(d["fit_seconds"] >= 0 for d in done)
     again = Memo()
     run(_config(data, out, folds=2), model, tok, editor=again)
     assert (again.fits, again.loads, again.calls) == (0, 1, 1)  # fold 1's trained part reloaded
+    # the fitting time of both folds is reported, though this invocation loaded what the first fitted
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["fit_seconds"] == {str(k): d["fit_seconds"] for k, d in enumerate(done)}
     recs = records.read_records(out)
     assert len(recs) == 4 and all(r.error is None and r.info["learned"] == 2 for r in recs)
     assert sorted(r.fold for r in recs) == [0, 0, 1, 1]
@@ -341,3 +346,14 @@ def test_bench_runs_every_editor_on_a_tiny_model(tmp_path, monkeypatch):
     assert all(outputs["grace"][c] != outputs["none"][c] for c in outputs["none"])
     assert "| Unedited |" in table and "| GRACE |" in table
     assert (tmp_path / "b" / "table.md").read_text().strip() == table.strip()
+
+
+@pytest.mark.parametrize("marker", ["", "{}", '{"fit_seconds": "12"}', '{"fit_seconds": NaN}',
+                                    '{"fit_seconds": -1}', '{"fit_seconds": true}', "[1, 2]", "not json"])  # fmt: skip
+def test_a_fold_marker_without_a_trustworthy_fit_time_reports_none(tmp_path, marker):
+    from clmedit.run.folds import recorded_fit_seconds
+
+    (tmp_path / "DONE").write_text(marker)  # "": the marker of runs before fit times were recorded
+    assert recorded_fit_seconds(tmp_path) is None
+    (tmp_path / "DONE").write_text('{"fit_seconds": 12.5, "train_cases": 3}')
+    assert recorded_fit_seconds(tmp_path) == 12.5

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -32,6 +33,13 @@ def slug(text: str, fallback: str = "item") -> str:
     """`text` as a safe single file-name component (no separators, no leading dots)."""
     cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("._") or fallback
     return cleaned[:120]
+
+
+def finite_number(value: object) -> float | None:
+    """`value`, read from a file, as a float only if it is a finite number (never a bool, a string or NaN)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
 
 
 def regular_file(path: str | Path, what: str, inside: str | Path | None = None) -> Path:

@@ -131,15 +131,16 @@ class Editor(ABC):
     # applies), so a sequential run may resume from a saved edit (lifelong.snapshot) instead of
     # re-applying every recorded edit. An editor that leaves it False is always re-applied.
     SNAPSHOT_RESUME: ClassVar[bool] = False
-    # Cost hints for estimates and ETAs only, measured on smollm2-135m, 2 CPU cores: seconds of one
-    # apply by task (`fit_seconds` and `once_seconds` scale theirs with the hparams).
+    # Cost hints for estimates and ETAs only: seconds of one apply by task, as wall time on 2 CPU cores
+    # (smollm2-135m; the default study, two 1-thread workers: half a worker's seconds). `fit_seconds`
+    # and `once_seconds` scale theirs with the hparams.
     APPLY_SECONDS: ClassVar[dict[str, float]] = {}
 
     def __init__(self, hparams: EditorHParams | None = None):
         self.hparams = hparams if hparams is not None else self.HParams()
 
-    def fit_seconds(self) -> float:
-        """Rough seconds of fitting one fold with these hparams (a trainable editor's cost hint)."""
+    def fit_seconds(self, task: str) -> float:
+        """Rough seconds of fitting one fold for `task` with these hparams (a trainable editor's cost hint)."""
         return 0.0
 
     def once_seconds(self) -> float:

@@ -24,7 +24,7 @@ class PmetHParams(MemitHParams):
 class Pmet(Memit):
     name = "pmet"
     HParams = PmetHParams
-    APPLY_SECONDS = {"cnle": 5.6, "csne": 13.8}
+    APPLY_SECONDS = {"cnle": 35.6, "csne": 100.0}
     resid_split = "sqrt"
 
     def value_sites(self, layers: list[int]) -> list[Site]:

@@ -34,7 +34,7 @@ class Rome(Editor):
     name = "rome"
     SNAPSHOT_RESUME = True  # its edit_state is its whole lifelong state
     HParams = RomeHParams
-    APPLY_SECONDS = {"cnle": 4.8, "csne": 12.9}
+    APPLY_SECONDS = {"cnle": 30.3, "csne": 85.8}
 
     def __init__(self, hparams: RomeHParams | None = None):
         super().__init__(hparams)

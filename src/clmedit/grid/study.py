@@ -48,10 +48,11 @@ STUDY_EDITORS = (
     "agrace",
     "scope",  # ours, not the paper's: its rows say so
 )
-# Measured on smollm2-135m, 2 CPU cores, idle (a `--quick` study's cases.jsonl): the evaluation of one
-# case (greedy outputs + 64 sampled fluency tokens for two texts), by task; each editor's own cost it
-# states itself (Editor.APPLY_SECONDS, fit_seconds, once_seconds). For the estimate and the ETA only.
-EVAL_SECONDS = {"cnle": 4.1, "csne": 4.9}
+# The evaluation of one case (greedy outputs + 64 sampled fluency tokens for two texts), by task, as wall
+# seconds on 2 CPU cores: half the mean per-case seconds of the default study's two 1-thread workers
+# (smollm2-135m, its records' eval_seconds). Each editor states its own cost (Editor.APPLY_SECONDS,
+# fit_seconds, once_seconds), measured the same way. For the estimate and the ETA only.
+EVAL_SECONDS = {"cnle": 6.6, "csne": 7.2}
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ def estimate_seconds(config: RunConfig, n_cases: int, editor: Editor) -> float:
     """Rough wall seconds of one cell on smollm2-135m / 2 CPU cores (for the estimate and the ETA)."""
     task = "csne" if "csne" in config.data else "cnle"
     secs = n_cases * (EVAL_SECONDS[task] + editor.APPLY_SECONDS.get(task, 0.0))
-    return secs + config.folds * editor.fit_seconds() if editor.trainable else secs
+    return secs + config.folds * editor.fit_seconds(task) if editor.trainable else secs
 
 
 def _estimate(mine: list[tuple[tuple[str, str], RunConfig]], built: dict[str, int]) -> tuple[dict[int, float], float]:

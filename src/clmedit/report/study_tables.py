@@ -9,9 +9,11 @@ and `latex()` render any of them.
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
+from clmedit.files import finite_number
 from clmedit.report import escape
 from clmedit.report import published as pub
 from clmedit.report.findings import decrease, grid_of
@@ -159,21 +161,30 @@ def table5(summaries: list[dict[str, Any]]) -> Table:
     return t
 
 
+def _fit_minutes(summary: dict[str, Any]) -> float | None:
+    """Mean minutes of one fold's fit, over the folds whose saved part recorded it (None: none did)."""
+    secs = summary.get("fit_seconds") if isinstance(summary.get("fit_seconds"), dict) else {}
+    known = [v for v in map(finite_number, secs.values()) if v is not None and v >= 0]
+    return statistics.fmean(known) / 60 if known else None
+
+
 def cost_table(summaries: list[dict[str, Any]]) -> Table:
-    """Mean seconds, mean own peak and mean resident peak (MiB) of one edit, per editor and task."""
+    """Per editor and task: mean seconds, own peak and resident peak (MiB) of one edit, and a trained
+    editor's minutes of fitting per fold (paid once per fold, before its first edit)."""
     t = Table(
         "Cost of one edit (mean over cases)",
-        ["Task", "Editor", "Seconds", "Own peak (MiB)", "Resident peak (MiB)"],
+        ["Task", "Editor", "Seconds", "Own peak (MiB)", "Resident peak (MiB)", "Fit per fold (min)"],
     )
     for s in sorted(summaries, key=lambda s: (_task_of(s), _order(s))):
         c = s.get("cost") or {}
-        mib = [c.get(k) / 2**20 if isinstance(c.get(k), (int, float)) else None
+        mib = [v / 2**20 if (v := finite_number(c.get(k))) is not None else None
                for k in ("mean_peak_bytes", "mean_resident_peak_bytes")]  # fmt: skip
-        t.rows.append(
-            [_task_of(s).upper(), editor_label(s), _fmt(c.get("mean_seconds")), *(_fmt(v, 1) for v in mib)]
-        )
+        t.rows.append([_task_of(s).upper(), editor_label(s), _fmt(finite_number(c.get("mean_seconds"))),
+                       *(_fmt(v, 1) for v in mib), _fmt(_fit_minutes(s), 1)])  # fmt: skip
         t.classes.append("ours")
-    t.note = "Own peak: memory above what the process held before the edit (the study's measure); resident: the total."
+    t.note = ("Own peak: memory above what the process held before the edit (the study's measure); resident: "
+              "the total. Fit per fold: a trained editor's fitting, once per fold ('-': untrained, or not "
+              "recorded by the run that fitted it).")  # fmt: skip
     return t
 
 

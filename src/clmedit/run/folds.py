@@ -1,8 +1,9 @@
 """The k-fold protocol of trainable editors (MALMEN, A-GRACE, SCOPE): split, fit on the other folds, save, reload.
 
 Fold k's cases are edited by an editor fitted on every other fold (the study: 2 folds, 1:1). A fitted
-part is saved in `<run>/fold<k>` with a DONE marker written last, so a resumed run loads it instead
-of training again, and `clmedit train --fold k` can prepare it on another machine.
+part is saved in `<run>/fold<k>` with a DONE marker written last (it records the seconds `fit` took), so
+a resumed run loads it instead of training again, and `clmedit train --fold k` can prepare it on another
+machine.
 
 Folds are probe-disjoint by default (`training_half`): the neighbours of all cases come from one pool,
 so the other folds' inputs include, verbatim, many of fold k's probes. Every training input equal to a
@@ -15,12 +16,13 @@ from __future__ import annotations
 import json
 import logging
 import random
+import time
 from pathlib import Path
 from typing import Any
 
 from clmedit.data.schema import EditCase, probe_texts, read_cases
 from clmedit.errors import InputError
-from clmedit.files import atomic_write_text
+from clmedit.files import atomic_write_text, finite_number
 from clmedit.outputs import check_output_dir
 from clmedit.results import DISJOINT_FOLDS, OVERLAPPING_FOLDS
 from clmedit.run import records
@@ -109,11 +111,28 @@ def fit_fold(editor, model, tok, train: list[EditCase], fold_dir: Path) -> dict[
         editor.load(fold_dir)
         return {}
     log.info("fitting %s on %d cases", editor.name, len(train))
+    t0 = time.perf_counter()
     history = editor.fit(model, tok, train)
     if editor.trainable:
+        seconds = time.perf_counter() - t0
         editor.save(fold_dir)
-        atomic_write_text(fold_dir / "DONE", "")
+        done = {"fit_seconds": round(seconds, 2), "train_cases": len(train)}
+        atomic_write_text(fold_dir / "DONE", json.dumps(done) + "\n")
     return history
+
+
+def recorded_fit_seconds(fold_dir: Path) -> float | None:
+    """The seconds `fit` took for the part saved in `fold_dir`, as its DONE marker records them.
+
+    None when not recorded: no part yet, a run of an earlier version (an empty marker), or a marker
+    whose figure is not a finite, non-negative number (it is a file: never trusted as a number).
+    """
+    try:
+        value = json.loads((fold_dir / "DONE").read_text(encoding="utf-8"))["fit_seconds"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    seconds = finite_number(value)
+    return seconds if seconds is not None and seconds >= 0 else None
 
 
 def protocol(config: Any) -> str:

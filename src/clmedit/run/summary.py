@@ -20,7 +20,7 @@ from clmedit.eval.scores import summarise
 from clmedit.files import atomic_write_text
 from clmedit.results import CaseRecord, read_records
 from clmedit.run import records
-from clmedit.run.folds import fold_training, protocol, scored_cases
+from clmedit.run.folds import fold_training, protocol, recorded_fit_seconds, scored_cases
 from clmedit.run.settings import RunConfig
 from clmedit.run.setup import RunSetup
 
@@ -75,11 +75,14 @@ def _most_common(values) -> str | None:
 
 
 def fold_facts(config: RunConfig, editor, cases: list[EditCase]) -> dict[str, Any]:
-    """For a trained editor's summary: the fold protocol and, per test fold, the training inputs removed."""
+    """For a trained editor's summary: the fold protocol, per test fold the training inputs removed, and
+    the seconds each fold's fit took where its saved part records them."""
     if not editor.trainable or config.folds < 2:
         return {}
+    secs = {str(k): recorded_fit_seconds(Path(config.out) / f"fold{k}") for k in range(config.folds)}
     return {"folds_protocol": protocol(config),
-            "fold_training": fold_training(cases, config.folds, config.seed, config.folds_overlap)}  # fmt: skip
+            "fold_training": fold_training(cases, config.folds, config.seed, config.folds_overlap),
+            "fit_seconds": {k: v for k, v in secs.items() if v is not None}}  # fmt: skip
 
 
 def write_run_summary(config: RunConfig, setup: RunSetup) -> dict[str, Any]:

@@ -68,7 +68,7 @@ class Grace(Editor):
     name = "grace"
     SNAPSHOT_RESUME = True  # its edit_state is its whole lifelong state
     HParams = GraceHParams
-    APPLY_SECONDS = {"cnle": 1.5, "csne": 2.3}
+    APPLY_SECONDS = {"cnle": 0.5, "csne": 1.2}
 
     # --- keys -----------------------------------------------------------------------------------
     def keys(self, inputs: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
