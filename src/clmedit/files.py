@@ -35,10 +35,11 @@ def slug(text: str, fallback: str = "item") -> str:
     return cleaned[:120]
 
 
-def finite_number(value: object) -> float | None:
-    """`value`, read from a file, as a float only if it is a finite number (never a bool, a string or NaN)."""
+def finite_number(value: object, low: float | None = None) -> float | None:
+    """`value`, read from a file, as a float only if it is a finite number (never a bool, a string or NaN)
+    and, with `low`, not below it."""
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
+        return float(value) if low is None or value >= low else None
     return None
 
 

@@ -164,7 +164,7 @@ def table5(summaries: list[dict[str, Any]]) -> Table:
 def _fit_minutes(summary: dict[str, Any]) -> float | None:
     """Mean minutes of one fold's fit, over the folds whose saved part recorded it (None: none did)."""
     secs = summary.get("fit_seconds") if isinstance(summary.get("fit_seconds"), dict) else {}
-    known = [v for v in map(finite_number, secs.values()) if v is not None and v >= 0]
+    known = [v for v in (finite_number(x, low=0) for x in secs.values()) if v is not None]
     return statistics.fmean(known) / 60 if known else None
 
 

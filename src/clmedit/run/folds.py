@@ -131,8 +131,7 @@ def recorded_fit_seconds(fold_dir: Path) -> float | None:
         value = json.loads((fold_dir / "DONE").read_text(encoding="utf-8"))["fit_seconds"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    seconds = finite_number(value)
-    return seconds if seconds is not None and seconds >= 0 else None
+    return finite_number(value, low=0)
 
 
 def protocol(config: Any) -> str:

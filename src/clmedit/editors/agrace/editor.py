@@ -80,7 +80,7 @@ class AGrace(Grace):
     FIT_SECONDS: ClassVar[dict[str, float]] = {"cnle": 15.0, "csne": 215.0}  # 100 encoder epochs, by task
 
     def fit_seconds(self, task: str) -> float:
-        return self.FIT_SECONDS.get(task, 215.0) * self.hparams.enc_epochs / 100  # the epochs dominate
+        return self.FIT_SECONDS.get(task, self.FIT_SECONDS["csne"]) * self.hparams.enc_epochs / 100  # the epochs dominate
     pool: ClassVar[Pool] = "mean"
     use_encoder: ClassVar[bool] = True
 

@@ -96,7 +96,7 @@ class Malmen(Editor):
     STEP_SECONDS: ClassVar[dict[str, float]] = {"cnle": 1.4, "csne": 5.2}  # one meta-step, by task
 
     def fit_seconds(self, task: str) -> float:
-        return self.STEP_SECONDS.get(task, 5.2) * self.hparams.steps  # the meta-training steps dominate
+        return self.STEP_SECONDS.get(task, self.STEP_SECONDS["csne"]) * self.hparams.steps  # the meta-training steps dominate
 
     def __init__(self, hparams: MalmenHParams | None = None):
         super().__init__(hparams)
