@@ -273,6 +273,21 @@ def test_value_training_stops_once_the_target_decodes(llama_tiny, cases):
     assert all(0 < s < n_iter for s in used[True])
 
 
+def test_min_steps_keeps_a_value_training_past_the_first_decode(llama_tiny, cases):
+    """`min_steps` is a floor under the early stop: each value takes at least that many steps, and
+    stops at the first decoding step from there on (fewer than n_iter); A-GRACE's family sets it."""
+    model, tok = llama_tiny
+    early = get_editor("grace", **{**TINY, "n_iter": 60}).apply(model, tok, cases)
+    first = early.info["steps"]
+    early.restore()
+    floor = max(first) + 3
+    result = get_editor("grace", **{**TINY, "n_iter": 60, "min_steps": floor}).apply(model, tok, cases)
+    assert all(floor <= s < 60 for s in result.info["steps"])
+    result.restore()
+    assert get_editor("agrace").hparams.min_steps == get_editor("scope").hparams.min_steps == 8
+    assert get_editor("grace").hparams.min_steps == 0
+
+
 def test_target_decodes_reads_the_shifted_argmax():
     """Logits at position t predict the label at t+1; IGNORE labels are not scored."""
     from clmedit.models.text import IGNORE, target_decodes

@@ -30,6 +30,9 @@ class GraceHParams(EditorHParams):
     stop_when_decoded: bool = Field(
         True, description="stop a value's optimisation once greedy decoding gives the target (teacher-forced)"
     )
+    min_steps: int = Field(
+        0, ge=0, description="steps a value always takes before stop_when_decoded may end it (n_iter caps it)"
+    )
     eps: float = Field(1.0, gt=0, description="radius of a new codebook entry")
     dist_fn: Distance = Field("euc", description="key distance: euc (L2) or cos (1 - cosine)")
     val_init: Literal["warm", "cold"] = Field("cold", description="warm: unedited outputs; cold: U[0,1)")

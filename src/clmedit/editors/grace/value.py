@@ -14,8 +14,9 @@ from clmedit.models.text import target_decodes, target_nll
 def train_value(model, layer: int, path: str, hidden, batch: dict, init: torch.Tensor, hp: GraceHParams):
     """min_V NLL(target | out[P-1+k] := v_k) by Adam; runs only layers >= `layer` per step.
 
-    With `stop_when_decoded`, optimisation ends at the first step whose value already makes the
-    target the teacher-forced argmax (greedy decoding gives it); further steps only sharpen it.
+    With `stop_when_decoded`, optimisation ends at the first step (from `min_steps` on) whose value
+    already makes the target the teacher-forced argmax (greedy decoding gives it); further steps
+    sharpen it, which matters where the value must also carry to other inputs (A-GRACE, SCOPE).
     Returns (V (S, d_out) float32, final loss, steps taken). The model's parameters are not modified.
     """
     p = batch["prompt_lens"][0]
@@ -36,7 +37,7 @@ def train_value(model, layer: int, path: str, hidden, batch: dict, init: torch.T
         while steps < hp.n_iter:
             logits = forward_from(model, layer, hidden, batch["attention_mask"], logits_to_keep=keep)
             loss = target_nll(logits, labels)
-            if hp.stop_when_decoded and target_decodes(logits, labels):
+            if hp.stop_when_decoded and steps >= hp.min_steps and target_decodes(logits, labels):
                 break  # the value as it is gives these logits: keep it untouched
             opt.zero_grad()
             loss.backward()
