@@ -109,6 +109,7 @@ class ScopeEditor(AGrace):
 
     name = "scope"
     HParams = ScopeHParams
+    APPLY_SECONDS = {"cnle": 0.5, "csne": 1.7}  # measured: see AGrace.FIT_SECONDS
 
     def pool_for(self, cases: list) -> Pool:
         """`key_pool`, or by task: the mean for NL intents, mean+last for code (measured, README)."""
