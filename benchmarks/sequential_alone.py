@@ -36,6 +36,7 @@ def main() -> None:
 
     from clmedit.data.schema import read_cases
     from clmedit.eval.protocol import evaluate_case
+    from clmedit.files import atomic_write_text
     from clmedit.run.prepare import ensure_base_answers, resolve_data
     from clmedit.run.setup import load_model_for, make_editor
 
@@ -57,21 +58,24 @@ def main() -> None:
     by_id = {c.case_id: c for c in read_cases(resolve_data(cfg["data"]))}
     cases = [by_id[i] for i in seq][: args.limit]
 
+    editor = make_editor(cfg["editor"], cfg["model"], cfg.get("preset"), cfg.get("hparams"))
+    # a --folds 2 sequential run edits fold 0 with the part fitted for it
+    if editor.trainable and not (args.run / "fold0" / "DONE").is_file():
+        raise SystemExit(f"{args.run}: {cfg['editor']} is trained, and the run has no finished fold0/ part")
     model, tok = load_model_for(cfg["model"], cfg.get("device"), cfg.get("dtype", "auto"))
     ensure_base_answers(model, tok, cases, cfg.get("answers_from"), model_name=cfg["model"])
-    editor = make_editor(cfg["editor"], cfg["model"], cfg.get("preset"), cfg.get("hparams"))
     editor.prepare(model, tok)
     if editor.trainable:
-        editor.load(args.run / "fold0")  # a --folds 2 sequential run edits fold 0 with the part fitted for it
+        editor.load(args.run / "fold0")
 
     alone = []
     for case in tqdm(cases, desc=f"{cfg['editor']} alone", unit="case"):
         result = editor.apply(model, tok, [case])
         scores = evaluate_case(model, tok, case, model_name=cfg["model"], fluency=False,
-                               budget=cfg.get("budget", "study"))  # fmt: skip
+                               budget=cfg.get("budget", "study"), evaluation=cfg.get("evaluation", "reference"))  # fmt: skip
         result.restore()
         alone.append({"case_id": case.case_id, **{m: getattr(scores, m).em for m in METRICS}})
-    (args.run / f"alone-{point.stem}.jsonl").write_text("".join(json.dumps(a) + "\n" for a in alone))
+    atomic_write_text(args.run / f"alone-{point.stem}.jsonl", "".join(json.dumps(a) + "\n" for a in alone))
 
     print(f"{cfg['editor']}, {len(alone)} cases scored at {point.stem}: EM x100, in the run vs edited alone")
     for m in METRICS:
