@@ -13,12 +13,12 @@ buffers, ~70 MB on smollm2-135m, that do not grow with the edits; the target is 
 specificity EM >= 90, end/start seconds ratio <= 1.2, RSS growth <= 50 MB. With --score-sample K each
 checkpoint scores a fixed random sample of K edited cases (drawn with the run's seed) instead of all.
 
-Data: `default:cnle` (mined from the standard library) has fewer than 1,000 cases. When --data is
-`default:cnle` and it is short of --edits, the benchmark builds (once, cached under
-`$CLMEDIT_CACHE/data`) a larger CNLE set with the same pipeline (`clmedit data build --task cnle
---source python-sources DIR...`) from the standard library plus the installed packages named by
---extra-packages (default torch and sympy, both present wherever clmedit's torch is), offline. It
-prints which data it used; a case file short of --edits is an error (no wrap-around).
+Data: `default:cnle` (mined from the standard library) has fewer than 1,000 cases, and so has
+`default:csne`. When --data is either and short of --edits, the benchmark builds (once, cached under
+`$CLMEDIT_CACHE/data`) a larger set of the same task with the same pipeline (`clmedit data build
+--task TASK --source python-sources DIR...`) from the standard library plus the installed packages
+named by --extra-packages (default torch and sympy, both present wherever clmedit's torch is),
+offline. It prints which data it used; a case file short of --edits is an error (no wrap-around).
 """
 
 from __future__ import annotations
@@ -45,30 +45,32 @@ def _package_dir(name: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def larger_cnle(packages: list[str], seed: int = 0) -> Path:
-    """CNLE cases mined from the stdlib plus `packages`, built once and cached (sealed) by content."""
+def larger_set(task: str, packages: list[str], seed: int = 0) -> Path:
+    """`task` cases mined from the stdlib plus `packages`, built once and cached (sealed) by content."""
     from clmedit.data.build import PIPELINE_VERSION, BuildConfig, build_dataset
     from clmedit.data.sources.python_sources import stdlib_dir, stdlib_fingerprint
     from clmedit.files import cache_root, is_sealed, locked, write_seal
 
     dirs = [stdlib_dir(), *(_package_dir(p) for p in packages)]
-    cfg = BuildConfig(task="cnle", source="python-sources", paths=tuple(map(str, dirs)), seed=seed,
+    cfg = BuildConfig(task=task, source="python-sources", paths=tuple(map(str, dirs)), seed=seed,
                       pool_limit=POOL_LIMIT)  # fmt: skip
     versions = {p: metadata.version(p) for p in packages}
     key = hashlib.sha256(
         f"{cfg.model_dump_json()}|v{PIPELINE_VERSION}|{stdlib_fingerprint()}|{sorted(versions.items())}".encode()
     ).hexdigest()[:12]
-    path = cache_root() / "data" / f"cnle-stdlib+{'+'.join(packages)}-seed{seed}-{key}.jsonl"
+    path = cache_root() / "data" / f"{task}-stdlib+{'+'.join(packages)}-seed{seed}-{key}.jsonl"
     with locked(path):
         if not is_sealed(path):
-            print(f"building a larger CNLE set from the stdlib + {', '.join(packages)} into {path} (once)")
+            print(
+                f"building a larger {task.upper()} set from the stdlib + {', '.join(packages)} into {path} (once)"
+            )
             build_dataset(cfg, path)
             write_seal(path)
     return path
 
 
 def pick_data(data: str, edits: int, packages: list[str]) -> str:
-    """`data`, or the larger stdlib+packages CNLE set when `data` is default:cnle and too short."""
+    """`data`, or the larger stdlib+packages set of its task when `data` is a default set and too short."""
     from clmedit.data.schema import read_cases
     from clmedit.run.prepare import resolve_data
 
@@ -77,12 +79,13 @@ def pick_data(data: str, edits: int, packages: list[str]) -> str:
     if n >= edits:
         print(f"data: {data} ({path}, {n} cases)")
         return data
-    if data != "default:cnle":
+    if data not in ("default:cnle", "default:csne"):
         sys.exit(f"{data} holds {n} cases, fewer than --edits {edits}; give a larger case file")
-    bigger = larger_cnle(packages)
+    task = data.split(":", 1)[1]
+    bigger = larger_set(task, packages)
     m = len(read_cases(bigger))
     print(
-        f"data: {data} has {n} cases; using CNLE mined from the stdlib + {', '.join(packages)}: {bigger} ({m} cases)"
+        f"data: {data} has {n} cases; using {task.upper()} mined from the stdlib + {', '.join(packages)}: {bigger} ({m} cases)"
     )
     if m < edits:
         sys.exit(f"the larger set has {m} cases, fewer than --edits {edits}; add --extra-packages")
@@ -103,7 +106,9 @@ def report(out: Path) -> None:
           f"({summary['counts']['failed']} failed), batch size {summary['sequential']['batch_size']}")  # fmt: skip
     sample = summary["sequential"].get("score_sample")
     if sample:
-        print(f"each checkpoint scores a fixed random sample of {sample['size']} edited cases (seed {sample['seed']})")
+        print(
+            f"each checkpoint scores a fixed random sample of {sample['size']} edited cases (seed {sample['seed']})"
+        )
     print(" edits  retention EM  generalization EM  specificity EM  spec. cases  excluded  s/edit  RSS MiB")
     for r in summary["sequential"]["checkpoints"]:
         secs, rss = r.get("seconds_per_edit"), r.get("rss_bytes")
@@ -138,10 +143,12 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--batch-size", type=int, default=1)
     ap.add_argument("--checkpoints", default="1,10,100,1000")
-    ap.add_argument("--score-sample", type=int, default=None, help="score K sampled edited cases per checkpoint")
+    ap.add_argument(
+        "--score-sample", type=int, default=None, help="score K sampled edited cases per checkpoint"
+    )
     ap.add_argument("--fluency", action="store_true", help="also sample fluency at each checkpoint (slow)")
     ap.add_argument("--hp", action="append", default=[], help="hparams override key=value (repeatable)")
-    ap.add_argument("--extra-packages", default=EXTRA_PACKAGES, help="packages mined for a larger CNLE set")
+    ap.add_argument("--extra-packages", default=EXTRA_PACKAGES, help="packages mined for a larger set")
     ap.add_argument(
         "--folds",
         type=int,
