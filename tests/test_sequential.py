@@ -245,6 +245,35 @@ def test_score_sample_scores_a_fixed_random_sample_of_the_edited_cases(llama_tin
         _config(data, tmp_path / "s", score_sample=2)
 
 
+def test_a_sampled_run_computes_neighbour_answers_only_for_cases_a_checkpoint_may_score(llama_tiny, tmp_path):
+    from clmedit.run.prepare import _read_answers, answers_fingerprint, answers_path
+
+    model, tok = llama_tiny
+    cases = [make_case(i) for i in range(12)]
+    for c in cases:  # neighbour prompts of this test only, so the shared answer cache holds none of them
+        c.neighbours = [Neighbour(prompt=f"{n.prompt} ({tmp_path.name} {c.case_id})") for n in c.neighbours]
+    data = write_cases(tmp_path / "cases.jsonl", cases)
+    config = _config(data, tmp_path / "r", sequential=12, checkpoints="12", score_sample=2, seed=3)
+    run(config, model, tok, editor=Shift())
+    candidates = {c.case_id for c in ckpt.may_score(cases, [12], 2, seed=3)}
+    assert len(candidates) == 4 and candidates >= ckpt.score_sample([c.case_id for c in cases], 2, seed=3)
+    cached = _read_answers(answers_path(answers_fingerprint(model, tok)))
+    answered = {c.case_id for c in cases if any(n.prompt in cached for n in c.neighbours)}
+    assert answered == candidates  # 4 of 12 cases: the sample and as many again for failed edits
+    assert len(ckpt.read_scored(ckpt.checkpoint_path(tmp_path / "r", 12))) == 2
+
+
+def test_may_score_covers_every_checkpoint_sample_and_the_places_of_failed_edits():
+    cases = [make_case(i) for i in range(30)]
+    ids = [c.case_id for c in cases]
+    chosen = {c.case_id for c in ckpt.may_score(cases, [1, 10, 30], 3, seed=0)}
+    for n in (1, 10, 30):
+        assert ckpt.score_sample(ids[:n], 3, seed=0) <= chosen
+        survivors = [i for i in ids[:n] if i not in sorted(ckpt.score_sample(ids[:n], 3, seed=0))[:2]]
+        assert ckpt.score_sample(survivors, 3, seed=0) <= chosen  # two sampled edits failed: still covered
+    assert len(chosen) < 30 and ckpt.may_score(cases, [30], None, seed=0) == cases
+
+
 # --- real editors through the runner -------------------------------------------------------------
 
 

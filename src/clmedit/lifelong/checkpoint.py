@@ -108,6 +108,24 @@ def score_sample(case_ids: list[str], k: int | None, seed: int) -> set[str]:
     return set(sorted(case_ids, key=lambda c: hashlib.sha256(f"{seed}:{c}".encode()).hexdigest())[:k])
 
 
+def may_score(sequence: list[EditCase], counts: list[int], k: int | None, seed: int) -> list[EditCase]:
+    """The cases of `sequence` that a checkpoint after `counts[i]` edits may score, in order: all of
+    them without a sample (k None), else, per checkpoint, the 2k of its edited cases that come first
+    by `score_sample`'s hash: its k, and k more for the places of failed edits (a failed edit leaves
+    the sample and the next case by hash takes its place).
+
+    Only these need the unedited model's neighbour answers: with 10,000 edits and a sample of 500,
+    about a fifth of the sequence instead of all of it.
+    """
+    if k is None:
+        return list(sequence)
+    ids = [c.case_id for c in sequence]
+    wanted: set[str] = set()
+    for n in counts:
+        wanted |= score_sample(ids[:n], 2 * k, seed)
+    return [c for c in sequence if c.case_id in wanted]
+
+
 def edited_inputs(cases: list[EditCase]) -> set[str]:
     """The prompts and rephrases of edited cases, as neighbour prompts are compared with them."""
     return {text.strip() for c in cases for text in (c.prompt, c.rephrase)}
