@@ -123,7 +123,8 @@ class TrainingData:
         counted = set(stats_cases)
         self.moments = {l_: [0, 0.0, 0.0] for l_ in layers}  # layer -> count, sum, sum of squares (f64)
         chunks = iter_key_grad_pairs(model, tok, cases, layers, hp.pair_batch_size, hp.tokens)
-        for start, chunk in zip(range(0, len(cases), hp.pair_batch_size), chunks):
+        starts = range(0, len(cases), hp.pair_batch_size)
+        for start, chunk in tqdm(zip(starts, chunks), total=len(starts), desc="malmen: key-gradient pairs", leave=False):
             for case in range(start, min(start + hp.pair_batch_size, len(cases))):
                 rows = chunk.owner == case  # may be none (a target with no token)
                 tensors = {f"k{l_}": chunk.keys[l_][rows] for l_ in layers}
