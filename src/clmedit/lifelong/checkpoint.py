@@ -115,7 +115,7 @@ def may_score(sequence: list[EditCase], counts: list[int], k: int | None, seed: 
     the sample and the next case by hash takes its place).
 
     Only these need the unedited model's neighbour answers: with 10,000 edits and a sample of 500,
-    about a fifth of the sequence instead of all of it.
+    at most a fifth of the sequence instead of all of it.
     """
     if k is None:
         return list(sequence)
