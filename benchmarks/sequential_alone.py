@@ -37,6 +37,7 @@ def main() -> None:
     from clmedit.data.schema import read_cases
     from clmedit.eval.protocol import evaluate_case
     from clmedit.files import atomic_write_text
+    from clmedit.lifelong.checkpoint import read_scored
     from clmedit.run.prepare import ensure_base_answers, resolve_data
     from clmedit.run.setup import load_model_for, make_editor
 
@@ -54,7 +55,7 @@ def main() -> None:
         if not points:
             raise SystemExit(f"{args.run}: no checkpoint at {args.checkpoint} edits")
     point = points[-1]
-    seq = {r["case_id"]: r for r in map(json.loads, point.read_text(encoding="utf-8").splitlines()) if r.get("scores")}
+    seq = {i: r.scores for i, r in read_scored(point).items() if r.ok}
     by_id = {c.case_id: c for c in read_cases(resolve_data(cfg["data"]))}
     cases = [by_id[i] for i in seq][: args.limit]
 
@@ -79,7 +80,7 @@ def main() -> None:
 
     print(f"{cfg['editor']}, {len(alone)} cases scored at {point.stem}: EM x100, in the run vs edited alone")
     for m in METRICS:
-        in_run = [seq[a["case_id"]]["scores"][m]["em"] for a in alone]
+        in_run = [getattr(seq[a["case_id"]], m).em for a in alone]
         moves = Counter((a[m], r) for a, r in zip(alone, in_run))
         print(f"  {m:15s} {100 * statistics.fmean(in_run):6.1f} vs {100 * statistics.fmean(a[m] for a in alone):6.1f}"
               f"   alone 1 -> run 0: {moves[(1.0, 0.0)]}, alone 0 -> run 1: {moves[(0.0, 1.0)]}")  # fmt: skip
