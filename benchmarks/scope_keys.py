@@ -40,6 +40,7 @@ VARIANTS = {
     "mean-only": {"key_pool": "mean"},
     "grace-radius": {"use_bank": False, "fixed_radius": 1.0},
     "leaky-validation": {"honest_validation": False},
+    "no-unprobed": {"unprobed_limit": 0},
 }
 
 
@@ -67,11 +68,12 @@ def main() -> None:
     from clmedit.data.schema import read_cases
     from clmedit.editors.base import get_editor
     from clmedit.models.load import load_model
-    from clmedit.run.folds import scored_cases, split_folds, training_half
+    from clmedit.run.folds import scored_cases, split_folds, training_half, unprobed_for
     from clmedit.run.prepare import resolve_data
     from clmedit.run.settings import RunConfig
 
-    cases = read_cases(resolve_data(args.data))[: args.limit]
+    data = resolve_data(args.data)
+    cases = read_cases(data)[: args.limit]
     config = RunConfig(data=args.data, out=".", folds=2, eval_limit=args.eval_limit)
     scored = {c.case_id for c in scored_cases(cases, config)}
     folds = split_folds(cases, 2, config.seed)
@@ -88,7 +90,8 @@ def main() -> None:
                     continue
                 editor.load(args.trained / f"fold{k}")
             else:
-                editor.fit(model, tok, training_half(folds, k, args.folds_overlap)[0])  # probe-disjoint by default
+                train = training_half(folds, k, args.folds_overlap)[0]  # probe-disjoint by default
+                editor.fit(model, tok, train, unprobed=unprobed_for(data, fold))
             before = dict(hits)
             for case in (c for c in fold if c.case_id in scored):
                 d = editor.key_record(model, tok, case)["distances"]

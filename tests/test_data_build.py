@@ -18,8 +18,9 @@ from clmedit.data.build import (
     stats_path,
 )
 from clmedit.data.neighbours import SentenceEmbedder, bm25_knn, knn
-from clmedit.data.schema import read_cases
+from clmedit.data.schema import probe_texts, read_cases
 from clmedit.data.sources import RawExample
+from clmedit.data.unprobed import read_unprobed, unprobed_path
 
 CONALA = Path(__file__).resolve().parents[2] / "shared" / "data" / "conala" / "conala-train.json"
 
@@ -117,8 +118,25 @@ def test_build_from_conala_yields_valid_cases(tmp_path):
         assert case.rephrase != case.prompt and len(case.neighbours) == 5
         assert case.prompt not in pool_inputs  # neighbours come from the non-targeted pool
     assert result.cases[0].meta["rephrase_kind"] in ("human", "rule")
+    # every other input of the source is written beside the cases, none of them a probe
+    unprobed = read_unprobed(out)
+    assert unprobed == result.unprobed and stats["counts"]["unprobed"] == len(unprobed)
+    assert len(unprobed) > 2000 - 7 * 40 and not set(unprobed) & probe_texts(cases)
+    assert all(t.startswith("Intent: ") and t.endswith("\nCode:") for t in unprobed)
     build_dataset(cfg, tmp_path / "again.jsonl")
     assert (tmp_path / "again.jsonl").read_text() == out.read_text()  # deterministic
+    assert read_unprobed(tmp_path / "again.jsonl") == unprobed
+
+
+def test_unprobed_file_lines_that_are_not_a_prompt_are_skipped(tmp_path, caplog):
+    cases = tmp_path / "c.jsonl"
+    assert read_unprobed(cases) == []  # data built elsewhere has none
+    unprobed_path(cases).write_text(
+        '{"prompt": "Intent: a\\nCode:"}\nnot json\n{"prompt": 3}\n{"text": "x"}\n{"prompt": "Intent: a\\nCode:"}\n'
+    )
+    with caplog.at_level("WARNING"):
+        assert read_unprobed(cases) == ["Intent: a\nCode:"]
+    assert "skipped 3 line(s)" in caplog.text
 
 
 def test_build_csne_from_python_files(tmp_path):

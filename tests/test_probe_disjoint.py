@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from clmedit.data.schema import EditCase, EditRequest, Neighbour, format_prompt, read_cases, write_cases
+from clmedit.data.unprobed import write_unprobed
 from clmedit.editors.base import Editor, EditResult
 from clmedit.files import cache_root
 from clmedit.grid.cell import run
@@ -50,10 +51,12 @@ class Memoriser(Editor):
         super().__init__(hparams)
         self.known: set[str] = set()
         self.fitted_on: list[list[EditCase]] = []
+        self.unprobed_on: list[list[str]] = []
 
-    def fit(self, model, tok, train_cases, **kwargs):
+    def fit(self, model, tok, train_cases, unprobed=(), **kwargs):
         self.fitted_on.append(list(train_cases))
-        self.known = {n.prompt for c in train_cases for n in c.neighbours}
+        self.unprobed_on.append(list(unprobed))
+        self.known = {n.prompt for c in train_cases for n in c.neighbours} | set(unprobed)
         return {}
 
     def save(self, directory):
@@ -154,6 +157,23 @@ def test_memorising_neighbours_cannot_raise_test_specificity(llama_tiny, tmp_pat
         assert ("[overlapping folds]" in (out / "table.md").read_text()) == overlap
     assert spec[True] == 100.0  # on the study's split the cheat keeps every neighbour: it was shown them all
     assert spec[False] == 0.0  # probe-disjoint: it was shown none of them
+
+
+def test_unprobed_inputs_reach_fit_without_any_probe_of_the_test_fold(llama_tiny, tmp_path):
+    """The data's unprobed inputs are a user's file: one that lists every probe too (hostile, or built
+    from other cases) still gives `fit` none of the test fold's, and the memoriser keeps no neighbour."""
+    model, tok = llama_tiny
+    cases = pooled_cases(own=False)
+    data = write_cases(tmp_path / "c.jsonl", cases)
+    extra = [format_prompt("cnle", "strip every line of a file"), format_prompt("cnle", "format a date")]
+    write_unprobed(data, [*extra, *sorted(probe_texts(cases))])
+    editor = Memoriser()
+    out = run(_config(data, tmp_path / "r"), model, tok, editor=editor)
+    folds = split_folds(cases, 2, 0)
+    assert len(editor.unprobed_on) == 2
+    for k, given in enumerate(editor.unprobed_on):
+        assert set(extra) <= set(given) and not set(given) & probe_texts(folds[k])
+    assert json.loads((out / "summary.json").read_text())["metrics"]["specificity"]["em"] == 0.0
 
 
 class Recorder(Editor):

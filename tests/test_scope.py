@@ -143,6 +143,44 @@ def test_hard_negatives_are_the_most_similar_other_prompts():
     assert hard_negatives(x, torch.arange(4), k=0)[0].numel() == 0
 
 
+def test_hard_negatives_also_draw_on_unprobed_texts():
+    x = torch.tensor([[1.0, 0.0, 0.1], [0.0, 1.0, 0.0], [0.1, 0.9, 0.1]])
+    extra = torch.tensor([[0.9, 0.1, 0.0], [0.0, 0.0, 1.0]])
+    index, owner = hard_negatives(x, torch.arange(3), k=1, extra=extra)
+    # prompt 0's nearest is the unprobed text 0 (row 3 of cat(prompts, extra)); 1 and 2 are each other's
+    assert owner.tolist() == [0, 1, 2] and index.tolist() == [3, 2, 1]
+    index, _ = hard_negatives(x, torch.arange(3), k=4, extra=extra)
+    assert 4 in index.tolist()  # the far unprobed text too, once k asks for every candidate
+
+
+def test_validation_knows_no_unprobed_text_that_is_a_probe_of_its_validation_cases():
+    from tests.test_probe_disjoint import pooled_cases
+
+    cases = pooled_cases(6)
+    data = _features(cases)
+    free = format_prompt("cnle", "parse a json string")
+    known = unprobed_rows(data, torch.tensor([0]), [free, cases[0].neighbours[0].prompt, cases[1].prompt])
+    assert known.unprobed.tolist() == [True, False, True]  # case 1's prompt is no probe of case 0
+    extra = torch.tensor([[1000.0], [1000.0], [1000.0]])
+    extra[1] = float(data.neighbours[0]) + 0.5  # the probe's text sits right by case 0's first neighbour
+    identity = torch.nn.Identity()
+    *_, without = validation_distances(identity, data, torch.tensor([0]), torch.arange(1, 6), known=known)
+    *_, withal = validation_distances(identity, data, torch.tensor([0]), torch.arange(1, 6), None, known, extra)
+    assert torch.equal(without, withal)  # the probe's row is not known, the others are far
+
+
+def test_unprobed_texts_join_the_bank_up_to_the_limit(llama_tiny):
+    model, tok = llama_tiny
+    train = [make_case(i) for i in range(2, 10)]
+    texts = [format_prompt("cnle", f"count the words of line {i}") for i in range(5)] + [train[0].prompt]
+    base = 8 * 2 + sum(len(c.neighbours) for c in train)
+    editor = get_editor("scope", preset="tiny", enc_selection_seeds=1, enc_init_pos_fractions=[0.5])
+    assert editor.fit(model, tok, train, unprobed=texts)["bank"] == base + 5  # a training input is not new
+    editor = get_editor("scope", preset="tiny", enc_selection_seeds=1, enc_init_pos_fractions=[0.5])
+    history = editor.fit(model, tok, train, unprobed=texts, unprobed_limit=3)
+    assert history["bank"] == base + 3 and history["unprobed"] == 3
+
+
 def test_nearest_known_ignores_the_query_itself():
     bank = torch.tensor([[0.0, 0.0], [3.0, 4.0]])
     d = nearest_known(torch.tensor([[0.0, 0.0], [3.0, 0.0]]), bank)

@@ -34,11 +34,12 @@ from clmedit.data.sources import RawExample, SourceError, collapse
 from clmedit.data.sources.python_sources import stdlib_fingerprint
 from clmedit.data.sources.read import read_source
 from clmedit.data.stats import TokenCounter, dataset_stats, stats_path, token_counter
+from clmedit.data.unprobed import unprobed_path, unprobed_prompts, write_unprobed
 from clmedit.files import atomic_write_text, cache_root, is_sealed, locked, write_seal
 
 log = logging.getLogger(__name__)
 
-PIPELINE_VERSION = 1  # bump when a change alters built datasets, so caches rebuild
+PIPELINE_VERSION = 2  # bump when a change alters built datasets, so caches rebuild
 
 
 class BuildConfig(BaseModel):
@@ -77,6 +78,7 @@ class BuildResult:
     cases: list[EditCase]
     stats: dict
     path: Path | None = None
+    unprobed: list[str] = field(default_factory=list)  # inputs no case is scored on (data.unprobed)
 
 
 @dataclass
@@ -205,7 +207,8 @@ def find_neighbours(queries: Sequence[str], pool: Sequence[str], cfg: BuildConfi
 
 
 def build_dataset(cfg: BuildConfig, out: str | Path | None = None) -> BuildResult:
-    """Run every step; write `out` (JSONL) and `<out stem>.stats.json` when `out` is given.
+    """Run every step; write `out` (JSONL), `<out stem>.stats.json` and `<out stem>.unprobed.jsonl`
+    (the inputs no case is scored on, `data.unprobed`) when `out` is given.
 
     Neighbour answers are not part of a built dataset: they depend on a model, and are filled
     per model before a run (`run.prepare.ensure_base_answers`).
@@ -255,6 +258,11 @@ def build_dataset(cfg: BuildConfig, out: str | Path | None = None) -> BuildResul
         for (ex, reph, meta), row, sc in zip(items, idx, scores)
     ]
     run.counts["cases"] = len(cases)
+    used = {id(ex) for ex, _, _ in items}
+    unprobed = unprobed_prompts(
+        (format_prompt(cfg.task, ex.input) for ex in examples if id(ex) not in used), cases
+    )
+    run.counts["unprobed"] = len(unprobed)
     stats = dataset_stats(
         cfg.model_dump(), run.counts, run.skipped, run.timings, cases, counter, judge_counts
     )
@@ -262,8 +270,9 @@ def build_dataset(cfg: BuildConfig, out: str | Path | None = None) -> BuildResul
     path = None
     if out is not None:
         path = write_cases(out, cases)
+        write_unprobed(path, unprobed)
         atomic_write_text(stats_path(path), json.dumps(stats, indent=2) + "\n")
-    return BuildResult(cases, stats, path)
+    return BuildResult(cases, stats, path, unprobed)
 
 
 def _case(
@@ -304,7 +313,7 @@ def default_dataset(
     name = f"{task}-stdlib-py{py}-seed{seed}{f'-n{limit}' if limit else ''}-{key}.jsonl"
     path = cache_root(cache_dir) / "data" / name
     with locked(path):  # two runs starting together build it once
-        if not is_sealed(path):
+        if not is_sealed(path) or not unprobed_path(path).is_file():
             if path.is_file():
                 log.warning("cached dataset %s does not match its seal (cut or changed); rebuilding", path)
             log.info("building the default %s dataset into %s (once)", task, path)

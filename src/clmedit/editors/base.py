@@ -21,7 +21,7 @@ The registry (a lazy name -> "module:Class" map with labels) lives in the torch-
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -233,7 +233,16 @@ class Editor(ABC):
         return None
 
     # Trainable editors override these three.
-    def fit(self, model: nn.Module, tok: Any, train_cases: list[EditCase], **kwargs: Any) -> dict[str, Any]:
+    def fit(
+        self,
+        model: nn.Module,
+        tok: Any,
+        train_cases: list[EditCase],
+        unprobed: Sequence[str] = (),
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """Train on `train_cases`; `unprobed`: inputs that are no probe of the cases it will be scored
+        on (data.unprobed), which an editor may use as unlabelled text; kwargs override hparams."""
         return {}
 
     def save(self, directory: str | Path) -> None:

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from clmedit.errors import InputError
 from clmedit.grid.cell import run
 from clmedit.run import records
-from clmedit.run.folds import fit_fold, scored_cases, split_folds, training_half
+from clmedit.run.folds import fit_fold, scored_cases, split_folds, training_half, unprobed_for
 from clmedit.run.settings import RunConfig
 from clmedit.run.setup import claim_run, load_model_for, ready, setup_run, usable_cases
 from clmedit.run.summary import write_run_summary
@@ -117,7 +117,9 @@ def fit_run_fold(config: RunConfig, fold: int, model, tok) -> None:
     ready(config, setup.editor, model, tok, usable_cases(todo, model, tok, config.fluency)[0])
     parts = split_folds(setup.cases, config.folds, config.seed)
     train, _ = training_half(parts, fold, config.folds_overlap)  # probe-disjoint, as the runner's
-    fit_fold(setup.editor, model, tok, train, setup.out / f"fold{fold}")
+    fit_fold(
+        setup.editor, model, tok, train, setup.out / f"fold{fold}", unprobed_for(setup.data, parts[fold])
+    )
 
 
 @dataclass

@@ -61,7 +61,7 @@ from clmedit.models.fingerprint import fingerprint, fingerprint_diff
 from clmedit.models.text import model_name as name_of
 from clmedit.results import EDITS_FILE, read_edits
 from clmedit.run import records, rundir
-from clmedit.run.folds import fit_fold, split_folds, training_half
+from clmedit.run.folds import fit_fold, split_folds, training_half, unprobed_for
 from clmedit.run.settings import RunConfig, parse_checkpoints
 from clmedit.run.setup import claim_run, load_model_for, ready, setup_run, usable_cases
 
@@ -288,7 +288,7 @@ def run_sequential(config: RunConfig, model=None, tok=None, editor=None, overwri
         scored = ckpt.may_score(sequence, [counts[j - 1] for j in states], config.score_sample, config.seed)
         clean = ready(config, editor, model, tok, scored)
         if editor.trainable:
-            fit_fold(editor, model, tok, train, out / "fold0")
+            fit_fold(editor, model, tok, train, out / "fold0", unprobed_for(setup.data, pool))
         # the unedited model, as snapshots record it (an editor with state outside its edit is re-applied)
         base = BaseModelRecord.of(model, tok, config.model) if editor.SNAPSHOT_RESUME else None
         run = _Sequence(config, out, editor, model, tok, batches, states, name_of(model), base)

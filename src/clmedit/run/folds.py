@@ -9,6 +9,7 @@ Folds are probe-disjoint by default (`training_half`): the neighbours of all cas
 so the other folds' inputs include, verbatim, many of fold k's probes. Every training input equal to a
 probe of fold k (one of its prompts, rephrases or neighbour prompts) is removed before `fit`, so no
 editor is fitted on what it is scored on. `overlap=True` keeps the study's plain split (fidelity checks).
+The data's unprobed inputs (data.unprobed) reach `fit` without any probe of fold k as well.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ import json
 import logging
 import random
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from clmedit.data.schema import EditCase, probe_texts, read_cases
+from clmedit.data.unprobed import for_fold, read_unprobed
 from clmedit.errors import InputError
 from clmedit.files import atomic_write_text, finite_number
 from clmedit.outputs import check_output_dir
@@ -100,8 +103,18 @@ def fold_training(
     return {str(k): training_half(parts, k, overlap)[1] for k in range(folds)}
 
 
-def fit_fold(editor, model, tok, train: list[EditCase], fold_dir: Path) -> dict[str, Any]:
-    """Fit a trainable editor on the other folds and save it, or load what an earlier run saved.
+def unprobed_for(data: Path, test: list[EditCase]) -> list[str]:
+    """The data's unprobed inputs (data.unprobed: none is a probe of any case it was built with) that
+    an editor fitted to be scored on `test` may read: the file is a user's, so its lines that are a
+    probe of `test` are removed here, whatever it holds."""
+    return for_fold(read_unprobed(data), test)
+
+
+def fit_fold(
+    editor, model, tok, train: list[EditCase], fold_dir: Path, unprobed: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Fit a trainable editor on the other folds (and `unprobed`, see `unprobed_for`) and save it,
+    or load what an earlier run saved.
 
     Returns the fit history ({} when loaded). The DONE marker is written after the save, so an
     interrupted save is redone, never half-loaded.
@@ -112,7 +125,7 @@ def fit_fold(editor, model, tok, train: list[EditCase], fold_dir: Path) -> dict[
         return {}
     log.info("fitting %s on %d cases", editor.name, len(train))
     t0 = time.perf_counter()
-    history = editor.fit(model, tok, train)
+    history = editor.fit(model, tok, train, unprobed=list(unprobed))
     if editor.trainable:
         seconds = time.perf_counter() - t0
         editor.save(fold_dir)
@@ -156,12 +169,13 @@ def train_fold(config: Any, fold: int) -> dict[str, Any]:
     check_output_dir(config.out, [config.data], ours=lambda p: (p / "train.json").is_file() or (p / "DONE").is_file())
     out = check_out_dir(config.out)
     check_device(config.device)
-    cases = read_cases(resolve_data(config.data, seed=config.seed))[: config.limit]
+    data = resolve_data(config.data, seed=config.seed)
+    cases = read_cases(data)[: config.limit]
     parts = split_folds(cases, config.folds, config.seed)
     train, removed = training_half(parts, fold, config.folds_overlap)
     model, tok = load_model_for(config.model, config.device, config.dtype)
     (out / "DONE").unlink(missing_ok=True)  # training anew: what was saved before is stale
-    history = fit_fold(editor, model, tok, train, out)
+    history = fit_fold(editor, model, tok, train, out, unprobed_for(data, parts[fold]))
     summary = {"editor": editor.name, "model": config.model, "fold": fold, "folds": config.folds,
                "train_cases": len(train), "training": removed, "protocol": protocol(config), "history": {k: v for k, v in history.items() if not isinstance(v, list)}}  # fmt: skip
     atomic_write_text(out / "train.json", json.dumps(records.jsonable(summary), indent=2))

@@ -30,7 +30,7 @@ from clmedit.models.fingerprint import fingerprint, fingerprint_diff
 from clmedit.models.text import model_name as name_of
 from clmedit.results import CaseRecord
 from clmedit.run import records, rundir
-from clmedit.run.folds import fit_fold, scored_cases, split_folds, training_half
+from clmedit.run.folds import fit_fold, scored_cases, split_folds, training_half, unprobed_for
 from clmedit.run.settings import RunConfig
 from clmedit.run.setup import RunSetup, claim_run, load_model_for, ready, setup_run, usable_cases
 from clmedit.run.summary import write_run_summary
@@ -107,7 +107,9 @@ def _run_cases(loop: _Loop, todo: list[EditCase]) -> None:
             continue
         if editor.trainable:
             train, _ = training_half(folds, k, config.folds_overlap)
-            fit_fold(editor, loop.model, loop.tok, train, out / f"fold{k}")
+            fit_fold(
+                editor, loop.model, loop.tok, train, out / f"fold{k}", unprobed_for(loop.setup.data, fold)
+            )
         for start in range(0, len(fold_todo), config.batch_size):
             batch = fold_todo[start : start + config.batch_size]
             batch_id = f"{k}:{start // config.batch_size}" if config.batch_size > 1 else batch[0].case_id

@@ -17,6 +17,7 @@ Ablations (the study's Table VI):
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -135,12 +136,13 @@ class AGrace(Grace):
         """Whether this editor takes an encoder trained on `pool`-ed features."""
         return pool == self.pool
 
-    def fit(self, model, tok, train_cases, **kwargs: Any) -> dict[str, Any]:
+    def fit(self, model, tok, train_cases, unprobed: Sequence[str] = (), **kwargs: Any) -> dict[str, Any]:
         """Train the key encoder on (prompt, rephrase) positives and (prompt, neighbour) negatives (all).
 
         Features come from the unedited model at the edited layer (cached on disk); a validation
         split of `train_cases` picks the epoch and the initial scale, scoring specificity on all
-        of its cases' neighbours. kwargs override hparams (e.g. enc_epochs=20).
+        of its cases' neighbours. kwargs override hparams (e.g. enc_epochs=20). `unprobed` is not
+        used: A-GRACE trains as the study's does.
         """
         self.hparams = self.hparams.override("fit arguments", **kwargs)
         if not self.use_encoder:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -119,8 +120,9 @@ class Malmen(Editor):
             HypernetConfig(d_key, d_value, len(layers), rank, hp.blocks), hp.init_lr, hp.init_lambda
         )
 
-    def fit(self, model, tok, train_cases, **kwargs: Any) -> dict[str, Any]:
-        """Meta-train a fresh hypernetwork on `train_cases`; kwargs override hparams (e.g. steps=200)."""
+    def fit(self, model, tok, train_cases, unprobed: Sequence[str] = (), **kwargs: Any) -> dict[str, Any]:
+        """Meta-train a fresh hypernetwork on `train_cases`; kwargs override hparams (e.g. steps=200).
+        `unprobed` is not used (a hypernetwork learns from edits, not from unlabelled inputs)."""
         self.hparams = self.hparams.override("fit arguments", **kwargs)
         layers = self.edited_layers(model)
         torch.manual_seed(self.hparams.seed)  # the fresh net's init too: a fit depends on its inputs only

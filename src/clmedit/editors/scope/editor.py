@@ -25,6 +25,10 @@ that an ablation turns off:
    cover it better than one wider ball, which would also take in the neighbours that differ from
    the edited function by one called name. The scope is chosen on validation with the same balls.
    CNLE takes none: its rule rewording is deterministic and is the build's rephrase itself.
+5. Unprobed inputs (`unprobed_limit`): inputs of the same source that no case is scored on (the
+   build writes them beside the cases, data.unprobed; the runner hands `fit` those that are no
+   probe of the test fold) join the hard negatives' pool and the bank, so what is known near an
+   edit is not only the few training neighbours the outer protocol leaves.
 
 Values, lookup and replacement are GRACE's; an edit costs GRACE's insert plus one prompt forward
 (the insert key), one batched forward of its rewrites (their keys) and a distance to the bank per key. `fixed_radius` fixes R (GRACE's 1.0, say) instead of
@@ -36,6 +40,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import random
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -98,6 +104,10 @@ class ScopeHParams(AGraceHParams):
     fixed_radius: float | None = Field(
         None, gt=0, description="R fixed (ablation) instead of chosen on validation"
     )
+    unprobed_limit: int = Field(
+        3000, ge=0, description="at most this many of the data's unprobed inputs (a seeded sample) join the "
+        "hard negatives' pool and the bank; 0: none",
+    )  # fmt: skip
     honest_validation: bool = Field(
         True, description="validate as the runner tests: no probe of a validation case in its bank or negatives, "
         "missing neighbours counted at the observed rate",
@@ -127,10 +137,16 @@ class ScopeEditor(AGrace):
         super().__init__(hparams)
 
     # --- training -------------------------------------------------------------------------------
-    def fit(self, model, tok, train_cases, **kwargs: Any) -> dict[str, Any]:
-        """Train the encoder (every initial scale x selection seed) and choose the scope on validation."""
+    def fit(self, model, tok, train_cases, unprobed: Sequence[str] = (), **kwargs: Any) -> dict[str, Any]:
+        """Train the encoder (every initial scale x selection seed) and choose the scope on validation.
+
+        `unprobed`: inputs no case it will be scored on has as a probe (the runner's `data.unprobed`,
+        filtered for the test fold); up to `unprobed_limit` of them join the hard-negative pool and
+        the bank, so a scope knows more of what lies near an edit without seeing what is scored.
+        """
         self.hparams = hp = self.hparams.override("fit arguments", **kwargs)
         data = self.training_features(model, tok, train_cases)
+        texts, corpus = self.unprobed_features(model, tok, data, unprobed)
         extra = self.rewritten_neighbours(model, tok, data) if hp.augment else None
         expected = max(len(c.neighbours) for c in data.cases) if hp.honest_validation else None
         rewrites = self.rewrite_features(model, tok, data)
@@ -143,12 +159,12 @@ class ScopeEditor(AGrace):
             runs, parts = [], []
             for seed in seeds:
                 val, train = holdout(len(data.anchor), hp.enc_val_fraction, seed)
-                known = unprobed_rows(data, val) if hp.honest_validation else None
-                negatives, positives = self._negatives(data, train, val, known), self._known(extra, known)
+                known = unprobed_rows(data, val, texts) if hp.honest_validation else None
+                negatives = self._negatives(data, train, val, known, corpus)
                 encoder, _, _ = train_candidate(data.anchor, data.positive, negatives, fraction, seed, hp,
-                                                margin, hp.eps, data.config, positives)  # fmt: skip
+                                                margin, hp.eps, data.config, self._known(extra, known))  # fmt: skip
                 runs.append(encoder)
-                parts.append(validation_distances(encoder, data, val, train, rewrites, known))
+                parts.append(validation_distances(encoder, data, val, train, rewrites, known, corpus))
             pos, nbs, bank = (torch.cat([p[i] for p in parts]) for i in range(3))
             scope = choose_scope(pos, nbs, bank, hp.kept_target, gammas, hp.fixed_radius, expected)
             candidates.append({"init_pos_fraction": fraction, **asdict(scope)})
@@ -160,10 +176,36 @@ class ScopeEditor(AGrace):
         assert best is not None
         _, self.encoder, self.scope = best
         with torch.no_grad():
-            self.bank = self.encoder(torch.cat([data.anchor, data.positive, data.neighbours])).detach()
+            self.bank = self.encoder(
+                torch.cat([data.anchor, data.positive, data.neighbours, corpus])
+            ).detach()
         self.encoder.to(next(model.parameters()).device)
-        data.config.meta.update(scope=asdict(self.scope), candidates=candidates)
-        return {"scope": asdict(self.scope), "candidates": candidates, "bank": len(self.bank)}
+        data.config.meta.update(scope=asdict(self.scope), candidates=candidates, unprobed=len(texts))
+        return {
+            "scope": asdict(self.scope),
+            "candidates": candidates,
+            "bank": len(self.bank),
+            "unprobed": len(texts),
+        }
+
+    def unprobed_features(
+        self, model, tok, data: TrainingFeatures, unprobed: Sequence[str]
+    ) -> tuple[list[str], torch.Tensor]:
+        """Up to `unprobed_limit` of the `unprobed` texts (a seeded sample, in their order) that are
+        no training input, and their features (C, d_in); none with `unprobed_limit` 0."""
+        inputs = {t for c in data.cases for t in (c.prompt, c.rephrase, *(n.prompt for n in c.neighbours))}
+        texts = list(dict.fromkeys(t for t in unprobed if t not in inputs))
+        limit = self.hparams.unprobed_limit
+        if len(texts) > limit:
+            keep = sorted(random.Random(self.hparams.seed).sample(range(len(texts)), limit))
+            texts = [texts[i] for i in keep]
+        if not texts:
+            return [], data.anchor[:0]
+        feats = cached_prompt_features(
+            model, tok, texts, self.edit_layer(model), data.config.pool, cache=self.hparams.feature_cache
+        )
+        log.info("%s: %d unprobed inputs join the negatives' pool and the bank", self.name, len(texts))
+        return texts, feats.to(data.anchor.dtype)
 
     def rewritten_neighbours(
         self, model, tok, data: TrainingFeatures
@@ -205,16 +247,21 @@ class ScopeEditor(AGrace):
         return out, exists
 
     def _negatives(
-        self, data: TrainingFeatures, train: torch.Tensor, val: torch.Tensor, known: Known | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every neighbour, plus each prompt's most similar training-split prompts (hard negatives);
-        with `known`, none that is a probe of a validation case, but the validation cases' own
-        (which only score the validation loss)."""
+        self, data: TrainingFeatures, train: torch.Tensor, val: torch.Tensor, known: Known | None,
+        corpus: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """Every neighbour, plus each prompt's most similar training-split prompts and unprobed
+        texts (`corpus`, features) as hard negatives; with `known`, none that is a probe of a
+        validation case, but the validation cases' own (which only score the validation loss)."""
         pool, rows = train, torch.ones(len(data.owner), dtype=torch.bool)
         if known is not None:
             pool, rows = train[known.anchor[train]], known.neighbours | torch.isin(data.owner, val)
-        index, owner = hard_negatives(data.anchor, pool, self.hparams.hard_negatives)
-        return torch.cat([data.neighbours[rows], data.anchor[index]]), torch.cat([data.owner[rows], owner])
+            corpus = corpus[known.unprobed] if len(corpus) else corpus
+        index, owner = hard_negatives(
+            data.anchor, pool, self.hparams.hard_negatives, corpus if len(corpus) else None
+        )
+        candidates = torch.cat([data.anchor, corpus])
+        return torch.cat([data.neighbours[rows], candidates[index]]), torch.cat([data.owner[rows], owner])
 
     @staticmethod
     def _known(extra: tuple[Positives, torch.Tensor] | None, known: Known | None) -> Positives | None:

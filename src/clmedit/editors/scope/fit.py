@@ -4,7 +4,8 @@ An entry's scope is the radius it answers within:
 
     scope(k) = min(R, gamma * b(k))       b(k): distance from k to the nearest *known* non-matching key
 
-where the known keys (the "bank") are the encoded training prompts, rephrases and neighbours. A key in
+where the known keys (the "bank") are the encoded training prompts, rephrases and neighbours, and the
+data's unprobed inputs (inputs no case is scored on: data.unprobed), when it has them. A key in
 a crowded region gets a small scope, one far from everything known a wide one (up to R). R and gamma
 are picked on validation cases of the training data. By default (`kept_target` None) they maximise
 inside + kept: the share of validation rephrases inside plus the share of validation cases that keep
@@ -26,6 +27,7 @@ be out too, at the rate the observed neighbours are (`expected` neighbours per s
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -63,38 +65,48 @@ def nearest_known(keys: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
     return d.masked_fill(d <= SAME, math.inf).min(dim=1).values
 
 
-def hard_negatives(prompts: torch.Tensor, pool: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The `k` most similar other prompts of `pool` (indices into `prompts`) for every prompt.
+def hard_negatives(
+    prompts: torch.Tensor, pool: torch.Tensor, k: int, extra: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The `k` most similar candidates of every prompt: the other prompts of `pool` (indices into
+    `prompts`) and the rows of `extra` (texts that are no case's, indexed after the N prompts).
 
-    Similarity: cosine of the standardised features. Returns (negative index (N*k,), owner (N*k,)).
+    Similarity: cosine of the features standardised over the candidates. Returns (candidate index
+    into cat(prompts, extra) (N*k,), owner (N*k,)).
     """
+    n = len(prompts)
+    x = prompts.float() if extra is None else torch.cat([prompts, extra]).float()
+    if extra is not None:
+        pool = torch.cat([pool, torch.arange(n, len(x))])
     if k <= 0 or len(pool) < 2:
         return torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
-    x = prompts.float()
     x = torch.nn.functional.normalize((x - x[pool].mean(0)) / x[pool].std(0).clamp_min(1e-6), dim=1)
-    is_self = torch.arange(len(x)).unsqueeze(1) == pool.unsqueeze(0)
-    sim = (x @ x[pool].T).masked_fill(is_self, -math.inf)  # (N, |pool|)
+    is_self = torch.arange(n).unsqueeze(1) == pool.unsqueeze(0)
+    sim = (x[:n] @ x[pool].T).masked_fill(is_self, -math.inf)  # (N, |pool|)
     k = min(k, len(pool) - 1)
     top = sim.topk(k, dim=1).indices
-    return pool[top].reshape(-1), torch.arange(len(x)).repeat_interleave(k)
+    return pool[top].reshape(-1), torch.arange(n).repeat_interleave(k)
 
 
 @dataclass(frozen=True)
 class Known:
-    """Which training inputs (rows of anchor, positive, neighbours) a validation split may know: those
-    that are no probe of its validation cases. A case whose prompt or rephrase is one is dropped whole."""
+    """Which training inputs (rows of anchor, positive, neighbours, and the unprobed texts) a
+    validation split may know: those that are no probe of its validation cases. A case whose prompt
+    or rephrase is one is dropped whole."""
 
     anchor: torch.Tensor  # (N,) bool
     neighbours: torch.Tensor  # (M,) bool
+    unprobed: torch.Tensor  # (C,) bool
 
 
-def unprobed_rows(data: TrainingFeatures, val: torch.Tensor) -> Known:
-    """The inputs of `data` that are no probe of the validation cases `val` (the runner's rule)."""
+def unprobed_rows(data: TrainingFeatures, val: torch.Tensor, unprobed: Sequence[str] = ()) -> Known:
+    """The inputs of `data` (and of the `unprobed` texts) that are no probe of the validation cases
+    `val` (the runner's rule)."""
     probes = probe_texts(data.cases[i] for i in val.tolist())
     whole = torch.tensor([c.prompt not in probes and c.rephrase not in probes for c in data.cases])
     texts = [n.prompt for c in data.cases for n in c.neighbours]  # the rows of data.neighbours
     neighbours = torch.tensor([t not in probes for t in texts], dtype=torch.bool) & whole[data.owner]
-    return Known(whole, neighbours)
+    return Known(whole, neighbours, torch.tensor([t not in probes for t in unprobed], dtype=torch.bool))
 
 
 def rank(inside: float, kept: float, kept_target: float | None) -> tuple:
@@ -163,11 +175,11 @@ def kept_share(
 @torch.no_grad()
 def validation_distances(encoder, data: TrainingFeatures, val: torch.Tensor, train: torch.Tensor,
                           rewrites: tuple[torch.Tensor, torch.Tensor] | None = None,
-                          known: Known | None = None):  # fmt: skip
+                          known: Known | None = None, unprobed: torch.Tensor | None = None):  # fmt: skip
     """For the validation cases, per ball j (the prompt's key, then its rewrites' keys): (centre ->
     rephrase (V, J), centre -> neighbours (V, J, K), centre -> nearest key of the training split's
-    prompts, rephrases and neighbours that are `known` (default: all) (V, J)); inf where a case has
-    fewer rewrites or neighbours."""
+    prompts, rephrases and neighbours and of the `unprobed` texts' features that are `known`
+    (default: all) (V, J)); inf where a case has fewer rewrites or neighbours."""
     centres = encoder(data.anchor[val]).unsqueeze(1)  # (V, 1, d_key)
     present = torch.ones(len(val), 1, dtype=torch.bool)
     if rewrites is not None:
@@ -185,8 +197,12 @@ def validation_distances(encoder, data: TrainingFeatures, val: torch.Tensor, tra
     is_train = torch.zeros(len(data.anchor), dtype=torch.bool)
     is_train[train] = True
     in_train = is_train[data.owner]
+    extra = unprobed if unprobed is not None else data.anchor[:0]
     if known is not None:
         is_train, in_train = is_train & known.anchor, in_train & known.neighbours
-    bank = encoder(torch.cat([data.anchor[is_train], data.positive[is_train], data.neighbours[in_train]]))
+        extra = extra[known.unprobed] if len(extra) else extra
+    bank = encoder(
+        torch.cat([data.anchor[is_train], data.positive[is_train], data.neighbours[in_train], extra])
+    )
     known = nearest_known(centres.reshape(-1, centres.shape[-1]), bank).reshape(centres.shape[:2])
     return positive, neighbours, known.masked_fill(far, math.inf)
