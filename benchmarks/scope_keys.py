@@ -40,7 +40,7 @@ VARIANTS = {
     "mean-only": {"key_pool": "mean"},
     "grace-radius": {"use_bank": False, "fixed_radius": 1.0},
     "leaky-validation": {"honest_validation": False},
-    "no-unprobed": {"unprobed_limit": 0},
+    "unprobed": {"unprobed_limit": 3000},
 }
 
 

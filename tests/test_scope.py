@@ -175,8 +175,9 @@ def test_unprobed_texts_join_the_bank_up_to_the_limit(llama_tiny):
     texts = [format_prompt("cnle", f"count the words of line {i}") for i in range(5)] + [train[0].prompt]
     base = 8 * 2 + sum(len(c.neighbours) for c in train)
     editor = get_editor("scope", preset="tiny", enc_selection_seeds=1, enc_init_pos_fractions=[0.5])
-    assert editor.fit(model, tok, train, unprobed=texts)["bank"] == base + 5  # a training input is not new
-    editor = get_editor("scope", preset="tiny", enc_selection_seeds=1, enc_init_pos_fractions=[0.5])
+    assert editor.fit(model, tok, train, unprobed=texts)["bank"] == base  # off by default
+    history = editor.fit(model, tok, train, unprobed=texts, unprobed_limit=100)
+    assert history["bank"] == base + 5 and history["unprobed"] == 5  # a training input is not new
     history = editor.fit(model, tok, train, unprobed=texts, unprobed_limit=3)
     assert history["bank"] == base + 3 and history["unprobed"] == 3
 
