@@ -173,7 +173,9 @@ def test_unprobed_inputs_reach_fit_without_any_probe_of_the_test_fold(llama_tiny
     assert len(editor.unprobed_on) == 2
     for k, given in enumerate(editor.unprobed_on):
         assert set(extra) <= set(given) and not set(given) & probe_texts(folds[k])
-    assert json.loads((out / "summary.json").read_text())["metrics"]["specificity"]["em"] == 0.0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["metrics"]["specificity"]["em"] == 0.0
+    assert summary["unprobed_offered"] == {str(k): len(given) for k, given in enumerate(editor.unprobed_on)}
 
 
 class Recorder(Editor):

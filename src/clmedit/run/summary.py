@@ -20,7 +20,14 @@ from clmedit.eval.scores import summarise
 from clmedit.files import atomic_write_text
 from clmedit.results import CaseRecord, read_records
 from clmedit.run import records
-from clmedit.run.folds import fold_training, protocol, recorded_fit_seconds, scored_cases
+from clmedit.run.folds import (
+    fold_training,
+    protocol,
+    recorded_fit_seconds,
+    scored_cases,
+    split_folds,
+    unprobed_for,
+)
 from clmedit.run.settings import RunConfig
 from clmedit.run.setup import RunSetup
 
@@ -74,14 +81,17 @@ def _most_common(values) -> str | None:
     return counts.most_common(1)[0][0] if counts else None
 
 
-def fold_facts(config: RunConfig, editor, cases: list[EditCase]) -> dict[str, Any]:
-    """For a trained editor's summary: the fold protocol, per test fold the training inputs removed, and
-    the seconds each fold's fit took where its saved part records them."""
+def fold_facts(config: RunConfig, editor, cases: list[EditCase], data: Path) -> dict[str, Any]:
+    """For a trained editor's summary: the fold protocol, per test fold the training inputs removed and
+    the data's unprobed inputs offered to `fit` (data.unprobed, the fold's probes removed), and the
+    seconds each fold's fit took where its saved part records them."""
     if not editor.trainable or config.folds < 2:
         return {}
     secs = {str(k): recorded_fit_seconds(Path(config.out) / f"fold{k}") for k in range(config.folds)}
+    folds = split_folds(cases, config.folds, config.seed)
     return {"folds_protocol": protocol(config),
             "fold_training": fold_training(cases, config.folds, config.seed, config.folds_overlap),
+            "unprobed_offered": {str(k): len(unprobed_for(data, fold)) for k, fold in enumerate(folds)},
             "fit_seconds": {k: v for k, v in secs.items() if v is not None}}  # fmt: skip
 
 
@@ -90,7 +100,7 @@ def write_run_summary(config: RunConfig, setup: RunSetup) -> dict[str, Any]:
     ids = {c.case_id for c in scored_cases(setup.cases, config)}
     return write_summary(setup.out, config, case_ids=ids, hparams=setup.hparams,
                          skipped_lines=setup.skip_info, **row_facts(setup.editor.name),
-                         **fold_facts(config, setup.editor, setup.cases))  # fmt: skip
+                         **fold_facts(config, setup.editor, setup.cases, setup.data))  # fmt: skip
 
 
 def write_summary(
