@@ -97,6 +97,11 @@ def test_data_commands_never_replace_a_file_they_did_not_write(tmp_path):
     result = cli.invoke(app, ["data", "build", "-t", "cnle", "--embedder", "bm25", "--out", str(theirs)])
     _one_line_error(result, "already exists")
     assert theirs.read_text() == "x"
+    beside = tmp_path / "new.unprobed.jsonl"  # the file a build of new.jsonl writes beside it
+    beside.write_text("y")
+    result = cli.invoke(app, ["data", "build", "-t", "cnle", "--embedder", "bm25", "--out", str(tmp_path / "new.jsonl")])
+    _one_line_error(result, "already exists")
+    assert beside.read_text() == "y" and not (tmp_path / "new.jsonl").exists()
 
 
 def test_a_failed_export_leaves_no_folder(tmp_path):

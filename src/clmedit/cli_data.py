@@ -62,6 +62,7 @@ def data_build_cmd(
     """Build CLMEEval-style edit cases (default: from this Python's standard library, offline)."""
     from clmedit.data.build import BuildConfig, build_dataset, stats_path
     from clmedit.data.stats import format_stats
+    from clmedit.data.unprobed import unprobed_path
     from clmedit.outputs import check_output_file, output_path
 
     label = source.replace("hf:", "hf-").replace("/", "-").replace(":", "-")
@@ -69,6 +70,7 @@ def data_build_cmd(
     check_embedder(embedder)
     # a file this command built has its statistics beside it: only such a file is rebuilt in place
     out = check_output_file(out, paths or (), ours=stats_path(out).is_file())
+    check_output_file(unprobed_path(out), paths or (), ours=stats_path(out).is_file())  # written beside it
     try:
         cfg = BuildConfig(
             task=task, source=source, paths=tuple(str(p) for p in paths or ()), seed=seed, limit=limit,
@@ -84,7 +86,8 @@ def data_build_cmd(
     except _data_errors() as err:
         raise _data_exit(err) from None
     typer.echo(format_stats(result.stats))
-    typer.echo(f"{len(result.cases)} cases in {out} (statistics in {stats_path(out)})")
+    typer.echo(f"{len(result.cases)} cases in {out} (statistics in {stats_path(out)}; "
+               f"{len(result.unprobed)} inputs no case is scored on in {unprobed_path(out)})")  # fmt: skip
 
 
 @data_app.command("import-clmeeval")
