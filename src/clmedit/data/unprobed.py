@@ -5,7 +5,7 @@ so most of the pool (and every targeted input that did not become a case) is nev
 rephrase or a neighbour of any case. They are written beside the cases, formatted as prompts, in
 `<name>.unprobed.jsonl` (one `{"prompt": ...}` per line). A trainable editor may learn from them what
 the inputs around an edit look like (SCOPE: more known keys, more negatives) without ever seeing a
-probe; the runner still removes any line that is a probe of the fold it fits for (`for_fold`),
+probe; the runner still removes any line that is a probe of the fold it fits for (`unprobed_prompts`),
 since the file is a user's input and may hold anything.
 """
 
@@ -60,9 +60,3 @@ def read_unprobed(cases_path: str | Path) -> list[str]:
     if skipped:
         log.warning("%s: skipped %d line(s): %s", path, sum(skipped.values()), dict(skipped))
     return list(dict.fromkeys(prompts))
-
-
-def for_fold(prompts: list[str], test: Iterable[EditCase]) -> list[str]:
-    """`prompts` without any probe of the `test` cases: what an editor fitted for them may read."""
-    probes = probe_texts(test)
-    return [p for p in prompts if p not in probes]

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from clmedit.data.schema import EditCase, probe_texts, read_cases
-from clmedit.data.unprobed import for_fold, read_unprobed
+from clmedit.data.unprobed import read_unprobed, unprobed_prompts
 from clmedit.errors import InputError
 from clmedit.files import atomic_write_text, finite_number
 from clmedit.outputs import check_output_dir
@@ -107,7 +107,7 @@ def unprobed_for(data: Path, test: list[EditCase]) -> list[str]:
     """The data's unprobed inputs (data.unprobed: none is a probe of any case it was built with) that
     an editor fitted to be scored on `test` may read: the file is a user's, so its lines that are a
     probe of `test` are removed here, whatever it holds."""
-    return for_fold(read_unprobed(data), test)
+    return unprobed_prompts(read_unprobed(data), test)
 
 
 def fit_fold(

@@ -51,6 +51,7 @@ import torch
 from pydantic import Field
 from safetensors.torch import load_file
 
+from clmedit.data.unprobed import unprobed_prompts
 from clmedit.editors.agrace.editor import AGrace, AGraceHParams, TrainingFeatures
 from clmedit.editors.agrace.encoder import save_encoder
 from clmedit.editors.agrace.features import Pool, cached_prompt_features
@@ -194,8 +195,7 @@ class ScopeEditor(AGrace):
     ) -> tuple[list[str], torch.Tensor]:
         """Up to `unprobed_limit` of the `unprobed` texts (a seeded sample, in their order) that are
         no training input, and their features (C, d_in); none with `unprobed_limit` 0."""
-        inputs = {t for c in data.cases for t in (c.prompt, c.rephrase, *(n.prompt for n in c.neighbours))}
-        texts = list(dict.fromkeys(t for t in unprobed if t not in inputs))
+        texts = unprobed_prompts(unprobed, data.cases)  # a training input is known already
         limit = self.hparams.unprobed_limit
         if len(texts) > limit:
             keep = sorted(random.Random(self.hparams.seed).sample(range(len(texts)), limit))
