@@ -10,7 +10,8 @@ from torch import nn
 from typer.testing import CliRunner
 
 from clmedit.cli import app
-from clmedit.data.schema import write_cases
+from clmedit.data.schema import read_cases, write_cases
+from clmedit.data.unprobed import write_unprobed
 from clmedit.editors.base import EDITORS, Editor, EditResult, EditState, replace_module
 from clmedit.errors import NotSavableError
 from clmedit.fixes.artifact import load_artifact, save_artifact
@@ -18,6 +19,7 @@ from clmedit.fixes.cases import read_fixes
 from clmedit.models.fingerprint import fingerprint
 from clmedit.models.tiny import tiny_model
 from clmedit.results import read_records
+from clmedit.run.folds import split_folds
 from tests.conftest import make_case
 
 cli = CliRunner()
@@ -274,6 +276,8 @@ def test_skipped_lines_are_shown_at_the_end(tiny_dir, data, tmp_path):
 def test_train_then_run_uses_the_trained_fold(tiny_dir, tmp_path, monkeypatch):
     monkeypatch.setitem(EDITORS, "memo", "tests.test_runner:Memo")
     data = write_cases(tmp_path / "c.jsonl", [make_case(i) for i in range(4)])
+    fold0 = split_folds(read_cases(data), 2, 0)[0]
+    write_unprobed(data, [make_case(9).prompt, fold0[0].prompt])  # the second is a probe of fold 0
     common = ["--model", str(tiny_dir), "--data", str(data), "--editor", "memo"]
     threads = torch.get_num_threads()
     try:
@@ -283,7 +287,9 @@ def test_train_then_run_uses_the_trained_fold(tiny_dir, tmp_path, monkeypatch):
     finally:
         torch.set_num_threads(threads)
     assert result.exit_code == 0, result.output
-    assert json.loads((tmp_path / "r" / "fold0" / "train.json").read_text())["train_cases"] == 2
+    trained = json.loads((tmp_path / "r" / "fold0" / "train.json").read_text())
+    assert trained["train_cases"] == 2
+    assert trained["unprobed_offered"] == 1  # the line that is a probe of the test fold is not offered
     (tmp_path / "r" / "fold0" / "learned.json").write_text("99")  # proof that fold 0 is loaded, not refitted
     result = cli.invoke(app, ["run", *common, "--folds", "2", "--out", str(tmp_path / "r"), "--no-fluency"])
     assert result.exit_code == 0, result.output

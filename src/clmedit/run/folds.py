@@ -175,8 +175,10 @@ def train_fold(config: Any, fold: int) -> dict[str, Any]:
     train, removed = training_half(parts, fold, config.folds_overlap)
     model, tok = load_model_for(config.model, config.device, config.dtype)
     (out / "DONE").unlink(missing_ok=True)  # training anew: what was saved before is stale
-    history = fit_fold(editor, model, tok, train, out, unprobed_for(data, parts[fold]))
+    unprobed = unprobed_for(data, parts[fold])
+    history = fit_fold(editor, model, tok, train, out, unprobed)
     summary = {"editor": editor.name, "model": config.model, "fold": fold, "folds": config.folds,
-               "train_cases": len(train), "training": removed, "protocol": protocol(config), "history": {k: v for k, v in history.items() if not isinstance(v, list)}}  # fmt: skip
+               "train_cases": len(train), "training": removed, "unprobed_offered": len(unprobed),
+               "protocol": protocol(config), "history": {k: v for k, v in history.items() if not isinstance(v, list)}}  # fmt: skip
     atomic_write_text(out / "train.json", json.dumps(records.jsonable(summary), indent=2))
     return summary
