@@ -167,6 +167,9 @@ def test_validation_knows_no_unprobed_text_that_is_a_probe_of_its_validation_cas
     *_, without = validation_distances(identity, data, torch.tensor([0]), torch.arange(1, 6), known=known)
     *_, withal = validation_distances(identity, data, torch.tensor([0]), torch.arange(1, 6), None, known, extra)
     assert torch.equal(without, withal)  # the probe's row is not known, the others are far
+    extra[0] = 0.5  # a text that is no probe, right by case 0's prompt (at 0): the nearest known key now
+    *_, nearer = validation_distances(identity, data, torch.tensor([0]), torch.arange(1, 6), None, known, extra)
+    assert float(nearer[0, 0]) == 0.5 < float(without[0, 0])
 
 
 def test_unprobed_texts_join_the_bank_up_to_the_limit(llama_tiny):
